@@ -1,0 +1,35 @@
+// hypergrad — exact hypergradients by reversible SGD with momentum.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file config.hpp
+/// \brief Version, index type and the internal-invariant assert macro.
+
+#include <cstdint>
+
+#include <Eigen/Core>
+
+#define HYPERGRAD_VERSION_MAJOR 0
+#define HYPERGRAD_VERSION_MINOR 1
+#define HYPERGRAD_VERSION_PATCH 0
+
+/// Internal invariants (never user input: that gets a typed exception). Override by defining
+/// HYPERGRAD_ASSERT before including any hypergrad header.
+#ifndef HYPERGRAD_ASSERT
+#include <cassert>
+#define HYPERGRAD_ASSERT(x) assert(x)
+#endif
+
+namespace hypergrad {
+
+/// Index type used throughout, the same as Eigen's so sizes mix without casts.
+using Index = Eigen::Index;
+
+namespace detail {
+// 128-bit integers for exact products of 64-bit fixed-point values (GCC and Clang).
+// __extension__ keeps -Wpedantic quiet about the non-standard type.
+__extension__ typedef __int128 Int128;
+__extension__ typedef unsigned __int128 UInt128;
+}  // namespace detail
+
+}  // namespace hypergrad

@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file ratio_multiply.hpp
+/// \brief Exactly reversible multiplication of fixed-point integers by ratios n/d, with the
+/// information buffer holding what the multiplication destroys. Two rounding policies:
+///
+/// | policy            | forward (× n/d)                                     | error of the product | buffer bits per op      |
+/// |-------------------|-----------------------------------------------------|----------------------|-------------------------|
+/// | BitsBackRounding  | push(c mod d, d); c = floor(c/d)·n + pop(n)          | < n units of 2^−R    | log2(d/n) (the bound)   |
+/// | FloorRounding     | c' = floor(c·n/d); push(index of c among preimages)  | < 1 unit of 2^−R     | up to 2 ln 2 ≈ 1.39× it |
+///
+/// Both are exact bijections on (integer, buffer) pairs. BitsBackRounding is the default: it
+/// stores the entropy bound (0.152 bits at γ = 0.9), and at R = 52, d = 2^16 its error is below
+/// 1.5e-11, far under float32 rounding. FloorRounding stores 0.200 bits at γ = 0.9.
+///
+/// A "run" is a contiguous range of elements sharing one numerator. multiply() walks each block's
+/// elements in increasing order; divide() walks them in exactly the reverse order, which is what
+/// makes the shared per-block stack come back word for word. Blocks are independent and are split
+/// across OpenMP threads when OpenMP is enabled; the result does not depend on the thread count.
+
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <limits>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../config.hpp"
+#include "../errors.hpp"
+#include "information_buffer.hpp"
+#include "ratio.hpp"
+
+namespace hypergrad {
+
+/// Elements [begin, end) are multiplied by numerator/d.
+struct RatioRun {
+  Index begin = 0;
+  Index end = 0;
+  std::uint32_t numerator = 1;
+};
+
+namespace detail {
+inline std::int64_t floorDiv(std::int64_t a, std::int64_t b) noexcept {
+  std::int64_t q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+  return q;
+}
+inline Int128 floorDiv128(Int128 a, Int128 b) noexcept {
+  Int128 q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+  return q;
+}
+inline Int128 ceilDiv128(Int128 a, Int128 b) noexcept { return -floorDiv128(-a, b); }
+
+[[noreturn]] inline void throwRangeError(const char* fn, Index i, std::int64_t c) {
+  throw FixedPointOverflow(message(fn, ": element ", i, " (stored integer ", c,
+                                   ") leaves the int64 range when divided by its ratio: this integer was not produced by "
+                                   "the matching multiply (wrong buffer, wrong ratios or a corrupted state)"));
+}
+}  // namespace detail
+
+/// Memory-optimal rounding (default): stores log2(d/n) bits per op on average; product error
+/// below n units of the last place.
+struct BitsBackRounding {
+  static constexpr const char* name = "bits-back";
+
+  template <int DBits, class Buffer>
+  static void multiplyOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
+    const std::int64_t q = c >> DBits;  // arithmetic shift: floor(c / d)
+    const std::uint32_t r = static_cast<std::uint32_t>(c & ((std::int64_t(1) << DBits) - 1));
+    buf.pushPow2(i, r, DBits);
+    const std::uint32_t s = buf.popUniform(i, n);
+    c = q * static_cast<std::int64_t>(n) + static_cast<std::int64_t>(s);  // |q·n| ≤ |c|: no overflow
+  }
+
+  template <int DBits, class Buffer>
+  static void divideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
+    const std::int64_t q = detail::floorDiv(c, static_cast<std::int64_t>(n));
+    const std::uint32_t s = static_cast<std::uint32_t>(c - q * static_cast<std::int64_t>(n));
+    constexpr std::int64_t qMax = std::numeric_limits<std::int64_t>::max() >> DBits;
+    if (q > qMax || q < -qMax) detail::throwRangeError("divideByRatio", i, c);
+    buf.pushUniform(i, s, n);
+    const std::uint32_t r = buf.popPow2(i, DBits);
+    c = q * (std::int64_t(1) << DBits) + static_cast<std::int64_t>(r);
+  }
+};
+
+/// Deterministic rounding: c' = floor(c·n/d) exactly (error below one unit); stores the index of
+/// c among the preimages of c', E[log2(preimage size)] bits (≈1.3–1.4× the bound for γ ≥ 0.9).
+struct FloorRounding {
+  static constexpr const char* name = "floor";
+
+  template <int DBits, class Buffer>
+  static void multiplyOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
+    const detail::Int128 d = detail::Int128(1) << DBits;
+    const detail::Int128 image = (detail::Int128(c) * n) >> DBits;          // floor(c·n/d)
+    const detail::Int128 first = detail::ceilDiv128(image * d, n);     // smallest preimage
+    const detail::Int128 count = detail::ceilDiv128((image + 1) * d, n) - first;
+    buf.pushUniform(i, static_cast<std::uint32_t>(detail::Int128(c) - first), static_cast<std::uint32_t>(count));
+    c = static_cast<std::int64_t>(image);
+  }
+
+  template <int DBits, class Buffer>
+  static void divideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
+    const detail::Int128 d = detail::Int128(1) << DBits;
+    const detail::Int128 first = detail::ceilDiv128(detail::Int128(c) * d, n);
+    const detail::Int128 count = detail::ceilDiv128((detail::Int128(c) + 1) * d, n) - first;
+    const detail::Int128 result = first + buf.popUniform(i, static_cast<std::uint32_t>(count));
+    if (result > std::numeric_limits<std::int64_t>::max() || result <= std::numeric_limits<std::int64_t>::min())
+      detail::throwRangeError("divideByRatio", i, c);
+    c = static_cast<std::int64_t>(result);
+  }
+};
+
+namespace detail {
+
+template <class Buffer>
+void checkRuns(const std::vector<RatioRun>& runs, Index size, std::uint32_t d, const Buffer& buf, const char* fn) {
+  if (buf.size() != size) {
+    throw InvalidArgument(message(fn, ": the information buffer has ", buf.size(), " elements but the vector has ", size));
+  }
+  Index expect = 0;
+  for (const RatioRun& run : runs) {
+    if (run.begin != expect || run.end <= run.begin || run.end > size) {
+      throw InvalidArgument(message(fn, ": ratio runs must tile [0, ", size, ") in order; got run [", run.begin, ", ",
+                                    run.end, ") where element ", expect, " was expected next"));
+    }
+    if (run.numerator < 1 || run.numerator > d) {
+      throw InvalidArgument(message(fn, ": numerator ", run.numerator, " for elements [", run.begin, ", ", run.end,
+                                    ") must be in [1, ", d, "] (gamma in (0, 1])"));
+    }
+    expect = run.end;
+  }
+  if (expect != size) {
+    throw InvalidArgument(message(fn, ": ratio runs cover [0, ", expect, ") but the vector has ", size, " elements"));
+  }
+}
+
+// Exceptions must not cross an OpenMP region: keep the first one, rethrow after the loop.
+class BlockErrors {
+ public:
+  template <class F>
+  void guard(F&& f) noexcept {
+    try {
+      f();
+    } catch (...) {
+#if defined(_OPENMP)
+#pragma omp critical(hypergrad_block_errors)
+#endif
+      if (!m_first) m_first = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (m_first) std::rethrow_exception(m_first);
+  }
+
+ private:
+  std::exception_ptr m_first;
+};
+
+// Index of the first run that ends after element i (runs tile in order).
+inline std::size_t firstRunAfter(const std::vector<RatioRun>& runs, Index i) {
+  std::size_t lo = 0, hi = runs.size();
+  while (lo < hi) {
+    const std::size_t mid = (lo + hi) / 2;
+    if (runs[mid].end <= i) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+}  // namespace detail
+
+/// c ← c × n/d for each run, exactly reversible with divideByRatio and the same buffer.
+/// Runs with n = d (γ = 1) are skipped: an exact identity that stores nothing.
+template <class Rounding = BitsBackRounding, int DBits = 16, int MBits = 24>
+void multiplyByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& runs, InformationBuffer<MBits>& buf) {
+  static_assert(MBits >= DBits + 1, "hypergrad: the coder precision MBits must exceed the ratio bits DBits");
+  constexpr std::uint32_t d = std::uint32_t(1) << DBits;
+  detail::checkRuns(runs, size, d, buf, "multiplyByRatio");
+  const Index numBlocks = buf.numBlocks();
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (numBlocks > 1 && size >= 32768)
+#endif
+  detail::BlockErrors errors;
+  for (Index b = 0; b < numBlocks; ++b) {
+    errors.guard([&] {
+      const Index lo = buf.blockBegin(b), hi = buf.blockEnd(b);
+      for (std::size_t r = detail::firstRunAfter(runs, lo); r < runs.size() && runs[r].begin < hi; ++r) {
+        const std::uint32_t n = runs[r].numerator;
+        if (n == d) continue;
+        const Index end = std::min(hi, runs[r].end);
+        for (Index i = std::max(lo, runs[r].begin); i < end; ++i) Rounding::template multiplyOne<DBits>(c[i], n, i, buf);
+      }
+    });
+  }
+  errors.rethrow();
+}
+
+/// c ← c × d/n for each run: the exact inverse of multiplyByRatio with the same runs, applied to
+/// the buffer it left. Elements are visited in reverse order within each block.
+template <class Rounding = BitsBackRounding, int DBits = 16, int MBits = 24>
+void divideByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& runs, InformationBuffer<MBits>& buf) {
+  constexpr std::uint32_t d = std::uint32_t(1) << DBits;
+  detail::checkRuns(runs, size, d, buf, "divideByRatio");
+  const Index numBlocks = buf.numBlocks();
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (numBlocks > 1 && size >= 32768)
+#endif
+  detail::BlockErrors errors;
+  for (Index b = 0; b < numBlocks; ++b) {
+    errors.guard([&] {
+      const Index lo = buf.blockBegin(b), hi = buf.blockEnd(b);
+      const std::size_t first = detail::firstRunAfter(runs, lo);
+      std::size_t last = first;
+      while (last < runs.size() && runs[last].begin < hi) ++last;
+      for (std::size_t r = last; r-- > first;) {
+        const std::uint32_t n = runs[r].numerator;
+        if (n == d) continue;
+        const Index begin = std::max(lo, runs[r].begin);
+        for (Index i = std::min(hi, runs[r].end); i-- > begin;) Rounding::template divideOne<DBits>(c[i], n, i, buf);
+      }
+    });
+  }
+  errors.rethrow();
+}
+
+/// Runs from one numerator per element (consecutive equal numerators merged).
+template <class Derived>
+std::vector<RatioRun> ratioRuns(const Eigen::DenseBase<Derived>& numerators) {
+  std::vector<RatioRun> runs;
+  for (Index i = 0; i < numerators.size(); ++i) {
+    const auto n = static_cast<std::uint32_t>(numerators(i));
+    if (!runs.empty() && runs.back().numerator == n) runs.back().end = i + 1;
+    else runs.push_back(RatioRun{i, i + 1, n});
+  }
+  return runs;
+}
+
+/// A single run covering [0, size).
+inline std::vector<RatioRun> ratioRuns(Index size, std::uint32_t numerator) {
+  return {RatioRun{0, size, numerator}};
+}
+
+}  // namespace hypergrad
