@@ -16,6 +16,10 @@
 /// decode exact inverses, spills and refills included (DESIGN.md §2). M must be finer than the
 /// ratio denominator d: with M = d a pop only re-reads the digit just pushed and the buffer
 /// stores 1.3–1.4× the entropy bound.
+///
+/// Below each block's stack lies an implicit infinite supply of zero words, so any sequence of
+/// pushes and pops is a bijection on (values, buffer): popping from the empty buffer is allowed
+/// (it draws zeros) and the matching pushes return it to exactly empty().
 
 #include <algorithm>
 #include <cmath>
@@ -180,20 +184,25 @@ class InformationBuffer {
     }
   }
 
+  // The stack of a block is the top of an infinite stack of zero words: a refill from an empty
+  // stack reads a zero, and a zero spilled onto an empty stack is dropped. The pair is still an
+  // exact inverse, and it lets a run start with divisions (x d/n) from the empty state, as the
+  // paper's arbitrary-precision buffer does, while "empty" keeps one representation.
   void spill(Index i, std::uint64_t& x) {
-    m_stacks[static_cast<std::size_t>(i / m_blockSize)].push_back(static_cast<std::uint32_t>(x));
+    Stack& stack = m_stacks[static_cast<std::size_t>(i / m_blockSize)];
+    const auto word = static_cast<std::uint32_t>(x);
+    if (word != 0 || !stack.empty()) stack.push_back(word);
     x >>= 32;
   }
 
   void refill(Index i, std::uint64_t& x) {
     Stack& stack = m_stacks[static_cast<std::size_t>(i / m_blockSize)];
-    if (stack.empty()) {
-      throw ExactnessViolation(detail::message(
-          "InformationBuffer: element ", i, " needs bits that were never stored (its block's stack is empty): "
-          "the buffer is being read back in an order other than the exact reverse of how it was written"));
+    std::uint32_t word = 0;
+    if (!stack.empty()) {
+      word = stack.back();
+      stack.pop_back();
     }
-    x = (x << 32) | stack.back();
-    stack.pop_back();
+    x = (x << 32) | word;
   }
 
   std::vector<std::uint64_t> m_states;
