@@ -101,13 +101,13 @@ class FixedVector {
   /// The real values (exact for |value| < 2^(53−R)).
   Eigen::VectorXd toDouble() const {
     Eigen::VectorXd out(size());
-    toDouble(out);
+    writeDouble(out.data());
     return out;
   }
   /// Writes the real values into `out` (resized if needed).
   void toDouble(Eigen::VectorXd& out) const {
-    out.resize(size());
-    for (Index i = 0; i < size(); ++i) out(i) = Format::toDouble(m_data(i));
+    if (out.size() != size()) out.resize(size());
+    writeDouble(out.data());
   }
 
   /// this += fix(x) elementwise. Undone exactly by subtractReal with the bit-identical x.
@@ -135,6 +135,10 @@ class FixedVector {
   bool operator!=(const FixedVector& o) const { return !(*this == o); }
 
  private:
+  void writeDouble(double* out) const noexcept {
+    for (Index i = 0; i < size(); ++i) out[i] = Format::toDouble(m_data(i));
+  }
+
   void checkSize(Index n, const char* fn) const {
     if (n != size())
       throw InvalidArgument(detail::message("FixedVector::", fn, ": size ", n, " does not match ", size()));

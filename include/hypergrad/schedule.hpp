@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file schedule.hpp
+/// \brief Hyperparameter schedules: one value per (iteration, parameter group). Scalars and
+/// per-group constants are conveniences that fill the same T × G table.
+
+#include <cmath>
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "config.hpp"
+#include "errors.hpp"
+#include "layout.hpp"
+
+namespace hypergrad {
+
+/// A T × G table of values: row t is iteration t (0-based), column k is parameter group k.
+class Schedule {
+ public:
+  Schedule() = default;
+  /// From a T × G matrix.
+  explicit Schedule(Eigen::MatrixXd values) : m_values(std::move(values)) {}
+
+  /// The same value for every iteration and group.
+  static Schedule constant(Index numIterations, Index numGroups, double value) {
+    checkShape(numIterations, numGroups, "Schedule::constant");
+    return Schedule(Eigen::MatrixXd::Constant(numIterations, numGroups, value));
+  }
+  /// One value per group, repeated for every iteration.
+  static Schedule perGroup(Index numIterations, const Eigen::VectorXd& groupValues) {
+    checkShape(numIterations, groupValues.size(), "Schedule::perGroup");
+    return Schedule(groupValues.transpose().replicate(numIterations, 1));
+  }
+  /// One value per iteration, shared by all groups.
+  static Schedule perIteration(const Eigen::VectorXd& iterationValues, Index numGroups) {
+    checkShape(iterationValues.size(), numGroups, "Schedule::perIteration");
+    return Schedule(iterationValues.replicate(1, numGroups));
+  }
+
+  Index numIterations() const noexcept { return m_values.rows(); }
+  Index numGroups() const noexcept { return m_values.cols(); }
+  double operator()(Index t, Index k) const { return m_values(t, k); }
+  double& operator()(Index t, Index k) { return m_values(t, k); }
+  const Eigen::MatrixXd& values() const noexcept { return m_values; }
+  Eigen::MatrixXd& values() noexcept { return m_values; }
+
+  /// Throws InvalidArgument unless the table is numIterations × layout.numGroups() and finite.
+  /// `name` (e.g. "learning-rate schedule") appears in the message.
+  void validate(Index numIterations, const ParameterLayout& layout, const char* name) const {
+    if (m_values.rows() != numIterations || m_values.cols() != layout.numGroups()) {
+      throw InvalidArgument(detail::message(name, " has shape ", m_values.rows(), " x ", m_values.cols(),
+                                            " but the run needs ", numIterations, " iterations x ", layout.numGroups(),
+                                            " parameter groups (rows are iterations, columns groups)"));
+    }
+    for (Index t = 0; t < m_values.rows(); ++t)
+      for (Index k = 0; k < m_values.cols(); ++k)
+        if (!std::isfinite(m_values(t, k))) {
+          throw InvalidArgument(detail::message(name, " at iteration ", t, ", group '", layout.group(k).name,
+                                                "' is ", m_values(t, k), "; every entry must be finite"));
+        }
+  }
+
+ private:
+  static void checkShape(Index rows, Index cols, const char* fn) {
+    if (rows <= 0 || cols <= 0) {
+      throw InvalidArgument(detail::message(fn, ": need at least one iteration and one group, got ", rows, " x ", cols));
+    }
+  }
+
+  Eigen::MatrixXd m_values;
+};
+
+}  // namespace hypergrad

@@ -1,0 +1,216 @@
+// Hypergradients of the library's reverse pass against independent computations:
+// (1) an explicit-matrix adjoint of the full (w, v) state over the library's own forward
+//     trajectory (isolates the reverse pass: agreement near machine precision);
+// (2) central finite differences of a plain double training run (DESIGN.md §8).
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <vector>
+
+#include <hypergrad/init.hpp>
+#include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/reverse.hpp>
+
+#include "logistic_fixture.hpp"
+
+using namespace hypergrad;
+using fixture::Logistic;
+using fixture::MatrixXd;
+using fixture::Validation;
+using fixture::VectorXd;
+
+namespace {
+
+double relErr(double a, double b) { return std::fabs(a - b) / std::max({std::fabs(a), std::fabs(b), 1e-300}); }
+
+struct Problem {
+  Logistic train;
+  Validation valid;
+  ParameterLayout layout;
+  MatrixXd alpha, gamma;  // gamma as given; the optimizer quantises it
+  VectorXd w1, v1;
+  Index steps;
+
+  explicit Problem(std::uint64_t seed, Index steps_ = 40)
+      : train(50, 8, 10, seed), valid(train, seed + 100), steps(steps_) {
+    layout.addGroup("a", 5);
+    layout.addGroup("b", 3);
+    CounterRng rng(seed, 7);
+    alpha.resize(steps, 2);
+    gamma.resize(steps, 2);
+    for (Index t = 0; t < steps; ++t)
+      for (Index k = 0; k < 2; ++k) {
+        alpha(t, k) = 0.2 + 0.3 * rng.uniform();
+        gamma(t, k) = 0.5 + 0.45 * rng.uniform();
+      }
+    w1.resize(8);
+    v1.resize(8);
+    for (Index i = 0; i < 8; ++i) {
+      w1(i) = 0.5 * rng.normal();
+      v1(i) = 0.1 * rng.normal();
+    }
+  }
+
+  SgdMomentum<> optimizer() const { return SgdMomentum<>(layout, Schedule(alpha), Schedule(gamma)); }
+};
+
+// Records the library's own trajectory w_t, v_t (as doubles) during the forward pass.
+struct Recorder {
+  std::vector<VectorXd> w, v;
+  template <class Opt>
+  void onForwardStep(const Opt& opt, Index, const VectorXd&) {
+    w.push_back(opt.weights());
+    v.push_back(opt.velocity());
+  }
+};
+
+struct NaiveResult {
+  MatrixXd dAlpha, dGamma;
+  VectorXd dw1, dv1, dTheta;
+};
+
+// Reverse-mode over stored states with explicit Jacobians J_t = ∂(w_{t+1}, v_{t+1})/∂(w_t, v_t).
+NaiveResult naiveAdjoint(const Problem& p, const MatrixXd& gammaQ, const std::vector<VectorXd>& w,
+                         const std::vector<VectorXd>& v) {
+  const Index n = p.layout.size(), T = p.steps;
+  NaiveResult r;
+  r.dAlpha = MatrixXd::Zero(T, 2);
+  r.dGamma = MatrixXd::Zero(T, 2);
+  r.dTheta = VectorXd::Zero(p.train.numHyperparameters());
+  VectorXd lw, lv = VectorXd::Zero(n);
+  p.valid.valueAndGradient(w[static_cast<std::size_t>(T)], lw);
+  const MatrixXd I = MatrixXd::Identity(n, n);
+  for (Index t = T; t-- > 0;) {
+    const auto ts = static_cast<std::size_t>(t);
+    VectorXd g;
+    p.train.gradient(w[ts], t, g);
+    const MatrixXd H = p.train.hessian(w[ts], t), M = p.train.mixedJacobian(w[ts], t);
+    const VectorXd a = p.layout.expand(p.alpha.row(t).transpose()), c = p.layout.expand(gammaQ.row(t).transpose());
+    const MatrixXd A = a.asDiagonal(), G = c.asDiagonal(), D = I - G;
+    const VectorXd dAlphaElem = lw.cwiseProduct(v[ts + 1]);
+    const VectorXd dGammaElem = (A * lw + lv).cwiseProduct(v[ts] + g);
+    r.dAlpha.row(t) = p.layout.sumByGroup(dAlphaElem).transpose();
+    r.dGamma.row(t) = p.layout.sumByGroup(dGammaElem).transpose();
+    r.dTheta += (-A * D * M).transpose() * lw + (-D * M).transpose() * lv;
+    MatrixXd J(2 * n, 2 * n);
+    J << I - A * D * H, A * G, -D * H, G;
+    VectorXd l(2 * n);
+    l << lw, lv;
+    const VectorXd prev = J.transpose() * l;
+    lw = prev.head(n);
+    lv = prev.tail(n);
+  }
+  r.dw1 = lw;
+  r.dv1 = lv;
+  return r;
+}
+
+double finalLoss(const Problem& p, const Logistic& train, const MatrixXd& alpha, const MatrixXd& gammaQ,
+                 const VectorXd& w1, const VectorXd& v1) {
+  const auto run = fixture::trainDouble(train, p.layout, alpha, gammaQ, w1, v1);
+  return p.valid.value(run.w.back());
+}
+
+}  // namespace
+
+TEST_CASE("reverse-pass hypergradients equal an explicit-Jacobian adjoint over the recorded trajectory",
+          "[reverse][naive]") {
+  for (std::uint64_t seed : {1u, 2u, 3u}) {
+    const Problem p(seed);
+    auto opt = p.optimizer();
+    opt.start(p.w1, p.v1);
+    Recorder rec;
+    rec.w.push_back(opt.weights());
+    rec.v.push_back(opt.velocity());
+    train(opt, p.train, rec);
+    const Hypergradients hg = reverse(opt, p.train, p.valid);
+    const NaiveResult naive = naiveAdjoint(p, opt.quantizedMomenta(), rec.w, rec.v);
+
+    auto rel = [](const auto& a, const auto& b) { return (a - b).norm() / b.norm(); };
+    CAPTURE(seed);
+    CHECK(rel(hg.learningRates, naive.dAlpha) < 1e-9);
+    CHECK(rel(hg.momenta, naive.dGamma) < 1e-9);
+    CHECK(rel(hg.initialWeights, naive.dw1) < 1e-9);
+    CHECK(rel(hg.initialVelocity, naive.dv1) < 1e-9);
+    CHECK(rel(hg.hyperparameters, naive.dTheta) < 1e-9);
+    // entry by entry as well, where entries are not negligible
+    for (Index t = 0; t < p.steps; ++t)
+      for (Index k = 0; k < 2; ++k) {
+        if (std::fabs(naive.dAlpha(t, k)) > 1e-8 * naive.dAlpha.norm()) CHECK(relErr(hg.learningRates(t, k), naive.dAlpha(t, k)) < 1e-9);
+        if (std::fabs(naive.dGamma(t, k)) > 1e-8 * naive.dGamma.norm()) CHECK(relErr(hg.momenta(t, k), naive.dGamma(t, k)) < 1e-9);
+      }
+    CHECK(hg.metaObjective == p.valid.value(rec.w.back()));
+  }
+}
+
+TEST_CASE("hypergradients match central finite differences of a plain double training run", "[reverse][fd]") {
+  const double eps = 1e-5;
+  for (std::uint64_t seed : {11u, 12u, 13u}) {
+    CAPTURE(seed);
+    const Problem p(seed);
+    auto opt = p.optimizer();
+    const MatrixXd gq = opt.quantizedMomenta();
+    const Hypergradients hg = computeHypergradients(opt, p.train, p.valid, p.w1, p.v1);
+
+    // α_t and γ_t entries of each group at a few iterations
+    for (Index t : {Index(0), Index(17), p.steps - 1})
+      for (Index k = 0; k < 2; ++k) {
+        MatrixXd ap = p.alpha, am = p.alpha;
+        ap(t, k) += eps;
+        am(t, k) -= eps;
+        const double fdA = (finalLoss(p, p.train, ap, gq, p.w1, p.v1) - finalLoss(p, p.train, am, gq, p.w1, p.v1)) / (2 * eps);
+        CAPTURE(t, k);
+        CHECK(relErr(hg.learningRates(t, k), fdA) < 1e-5);
+        MatrixXd gp = gq, gm = gq;
+        gp(t, k) += eps;
+        gm(t, k) -= eps;
+        const double fdG = (finalLoss(p, p.train, p.alpha, gp, p.w1, p.v1) - finalLoss(p, p.train, p.alpha, gm, p.w1, p.v1)) / (2 * eps);
+        CHECK(relErr(hg.momenta(t, k), fdG) < 1e-5);
+      }
+    // per-weight L2 (θ = log λ)
+    for (Index i = 0; i < p.train.numHyperparameters(); ++i) {
+      Logistic tp = p.train, tm = p.train;
+      tp.theta(i) += eps;
+      tm.theta(i) -= eps;
+      const double fd = (finalLoss(p, tp, p.alpha, gq, p.w1, p.v1) - finalLoss(p, tm, p.alpha, gq, p.w1, p.v1)) / (2 * eps);
+      CAPTURE(i);
+      CHECK(relErr(hg.hyperparameters(i), fd) < 1e-5);
+    }
+    // initial velocity, one entry per group
+    for (Index i : {Index(1), Index(6)}) {
+      VectorXd vp = p.v1, vm = p.v1;
+      vp(i) += eps;
+      vm(i) -= eps;
+      const double fd = (finalLoss(p, p.train, p.alpha, gq, p.w1, vp) - finalLoss(p, p.train, p.alpha, gq, p.w1, vm)) / (2 * eps);
+      CHECK(relErr(hg.initialVelocity(i), fd) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("per-group initialisation-scale hypergradients match finite differences", "[reverse][fd][init]") {
+  const double eps = 1e-5;
+  for (std::uint64_t seed : {21u, 22u}) {
+    CAPTURE(seed);
+    const Problem p(seed);
+    VectorXd logS(2);
+    logS << std::log(0.4), std::log(0.7);
+    const ScaledInit init(p.layout, logS, seed);
+    auto opt = p.optimizer();
+    const MatrixXd gq = opt.quantizedMomenta();
+    const Hypergradients hg = computeHypergradients(opt, p.train, p.valid, init.weights(), p.v1);
+    const VectorXd dLogS = init.logScaleGradient(hg.initialWeights);
+    for (Index k = 0; k < 2; ++k) {
+      ScaledInit ip = init, im = init;
+      VectorXd sp = logS, sm = logS;
+      sp(k) += eps;
+      sm(k) -= eps;
+      ip.setLogScales(sp);
+      im.setLogScales(sm);
+      const double fd =
+          (finalLoss(p, p.train, p.alpha, gq, ip.weights(), p.v1) - finalLoss(p, p.train, p.alpha, gq, im.weights(), p.v1)) /
+          (2 * eps);
+      CAPTURE(k);
+      CHECK(relErr(dLogS(k), fd) < 1e-5);
+    }
+  }
+}

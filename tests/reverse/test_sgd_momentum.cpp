@@ -1,0 +1,135 @@
+#include <catch2/catch.hpp>
+
+#include <limits>
+
+#include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/reverse.hpp>
+
+#include "logistic_fixture.hpp"
+
+using namespace hypergrad;
+using fixture::Logistic;
+using fixture::VectorXd;
+
+namespace {
+ParameterLayout twoGroups() {
+  ParameterLayout layout;
+  layout.addGroup("a", 5);
+  layout.addGroup("b", 3);
+  return layout;
+}
+}  // namespace
+
+TEST_CASE("the optimizer's fixed-point trajectory follows the double recurrence to rounding noise", "[optimizer]") {
+  const Logistic f(50, 8, 10, 5);
+  const auto layout = twoGroups();
+  const Index T = 60;
+  SgdMomentum<> opt(layout, Schedule::constant(T, 2, 0.3), Schedule::perGroup(T, Eigen::Vector2d(0.9, 0.6)));
+  const VectorXd w1 = VectorXd::LinSpaced(8, -1, 1);
+  opt.start(w1);
+  train(opt, f);
+  const auto run = fixture::trainDouble(f, layout, Eigen::MatrixXd::Constant(T, 2, 0.3), opt.quantizedMomenta(), w1,
+                                        VectorXd::Zero(8));
+  CHECK((opt.weights() - run.w.back()).norm() < 1e-9 * run.w.back().norm());
+  CHECK((opt.velocity() - run.v.back()).norm() < 1e-9 * run.v.back().norm());
+}
+
+TEST_CASE("unstep after step restores weights, velocity and buffer bit for bit", "[optimizer][exact]") {
+  const Logistic f(50, 8, 10, 6);
+  const Index T = 300;
+  SgdMomentum<> opt(twoGroups(), Schedule::constant(T, 2, 0.5), Schedule::perGroup(T, Eigen::Vector2d(0.98, 0.5)));
+  const VectorXd w1 = VectorXd::LinSpaced(8, -2, 2);
+  const VectorXd v1 = VectorXd::LinSpaced(8, 0.3, -0.1);
+  opt.start(w1, v1);
+  const auto w0 = opt.fixedWeights();
+  const auto v0 = opt.fixedVelocity();
+  train(opt, f);
+  CHECK(opt.fixedWeights() != w0);
+  while (opt.iteration() > 0) opt.unstep(f);
+  CHECK(opt.fixedWeights() == w0);
+  CHECK(opt.fixedVelocity() == v0);
+  CHECK(opt.buffer().empty());
+  CHECK_NOTHROW(opt.checkRecoveredStart());
+}
+
+TEST_CASE("the reverse pass detects a run reversed with a different objective", "[optimizer][errors]") {
+  const Logistic f(50, 8, 10, 7), other(50, 8, 10, 8);
+  const Index T = 50;
+  SgdMomentum<> opt(twoGroups(), Schedule::constant(T, 2, 0.3), Schedule::constant(T, 2, 0.9));
+  opt.start(VectorXd::Ones(8));
+  train(opt, f);
+  fixture::Validation valid(f, 3);
+  CHECK_THROWS_AS(reverse(opt, other, valid), ExactnessViolation);
+}
+
+TEST_CASE("misuse of the optimizer raises typed exceptions with actionable messages", "[optimizer][errors]") {
+  const Logistic f(50, 8, 10, 9);
+  const auto layout = twoGroups();
+  CHECK_THROWS_WITH(SgdMomentum<>(layout, Schedule::constant(10, 3, 0.1), Schedule::constant(10, 2, 0.9)),
+                    Catch::Contains("10 x 3") && Catch::Contains("2 parameter groups"));
+  CHECK_THROWS_WITH(SgdMomentum<>(layout, Schedule::constant(10, 2, 0.1), Schedule::constant(9, 2, 0.9)),
+                    Catch::Contains("momentum schedule"));
+  Eigen::MatrixXd gamma = Eigen::MatrixXd::Constant(10, 2, 0.9);
+  gamma(4, 1) = 1.5;
+  CHECK_THROWS_WITH(SgdMomentum<>(layout, Schedule::constant(10, 2, 0.1), Schedule(gamma)),
+                    Catch::Contains("iteration 4") && Catch::Contains("'b'") && Catch::Contains("(0, 1]"));
+  Eigen::MatrixXd alpha = Eigen::MatrixXd::Constant(10, 2, 0.1);
+  alpha(2, 0) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH(SgdMomentum<>(layout, Schedule(alpha), Schedule::constant(10, 2, 0.9)),
+                    Catch::Contains("iteration 2") && Catch::Contains("finite"));
+
+  SgdMomentum<> opt(layout, Schedule::constant(3, 2, 0.1), Schedule::constant(3, 2, 0.9));
+  CHECK_THROWS_AS(opt.step(f), InvalidState);  // not started
+  CHECK_THROWS_AS(opt.start(VectorXd::Ones(7)), InvalidArgument);
+  opt.start(VectorXd::Ones(8));
+  CHECK_THROWS_AS(opt.unstep(f), InvalidState);  // nothing to reverse
+  train(opt, f);
+  CHECK_THROWS_WITH(opt.step(f), Catch::Contains("all 3 iterations"));
+  fixture::Validation valid(f, 3);
+  reverse(opt, f, valid);
+  CHECK_THROWS_WITH(reverse(opt, f, valid), Catch::Contains("nothing to reverse"));
+}
+
+TEST_CASE("a non-finite gradient is reported with its iteration and group and leaves the state unchanged",
+          "[optimizer][errors]") {
+  struct Exploding : Logistic {
+    using Logistic::Logistic;
+    void gradient(const VectorXd& w, Index t, VectorXd& g) const {
+      Logistic::gradient(w, t, g);
+      if (t == 2) g(6) = std::numeric_limits<double>::infinity();
+    }
+  };
+  const Exploding f(50, 8, 10, 10);
+  SgdMomentum<> opt(twoGroups(), Schedule::constant(5, 2, 0.1), Schedule::constant(5, 2, 0.9));
+  opt.start(VectorXd::Ones(8));
+  opt.step(f);
+  opt.step(f);
+  const auto w = opt.fixedWeights();
+  const auto v = opt.fixedVelocity();
+  CHECK_THROWS_WITH(opt.step(f), Catch::Contains("iteration 2") && Catch::Contains("group 'b'") &&
+                                     Catch::Contains("element 6"));
+  CHECK(opt.fixedWeights() == w);
+  CHECK(opt.fixedVelocity() == v);
+  CHECK(opt.iteration() == 2);
+  while (opt.iteration() > 0) opt.unstep(f);  // the steps taken can still be reversed
+  CHECK_NOTHROW(opt.checkRecoveredStart());
+}
+
+TEST_CASE("fixed-point overflow of the weights names iteration, group and value, and undoes the step",
+          "[optimizer][errors]") {
+  const Logistic f(50, 8, 10, 12);
+  SgdMomentum<> opt(twoGroups(), Schedule::constant(5, 2, 1e6), Schedule::constant(5, 2, 0.5));
+  opt.start(VectorXd::Constant(8, 0.5));
+  const auto w = opt.fixedWeights();
+  const auto v = opt.fixedVelocity();
+  try {
+    opt.step(f);
+    FAIL("expected FixedPointOverflow");
+  } catch (const FixedPointOverflow& e) {
+    const std::string msg = e.what();
+    CHECK_THAT(msg, Catch::Contains("iteration 0") && Catch::Contains("group 'a'") && Catch::Contains("smaller learning rate"));
+  }
+  CHECK(opt.fixedWeights() == w);
+  CHECK(opt.fixedVelocity() == v);
+  CHECK(opt.buffer().empty());
+}
