@@ -180,10 +180,10 @@ void multiplyByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& r
   constexpr std::uint32_t d = std::uint32_t(1) << DBits;
   detail::checkRuns(runs, size, d, buf, "multiplyByRatio");
   const Index numBlocks = buf.numBlocks();
+  detail::BlockErrors errors;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (numBlocks > 1 && size >= 32768)
 #endif
-  detail::BlockErrors errors;
   for (Index b = 0; b < numBlocks; ++b) {
     errors.guard([&] {
       const Index lo = buf.blockBegin(b), hi = buf.blockEnd(b);
@@ -205,10 +205,10 @@ void divideByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& run
   constexpr std::uint32_t d = std::uint32_t(1) << DBits;
   detail::checkRuns(runs, size, d, buf, "divideByRatio");
   const Index numBlocks = buf.numBlocks();
+  detail::BlockErrors errors;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (numBlocks > 1 && size >= 32768)
 #endif
-  detail::BlockErrors errors;
   for (Index b = 0; b < numBlocks; ++b) {
     errors.guard([&] {
       const Index lo = buf.blockBegin(b), hi = buf.blockEnd(b);

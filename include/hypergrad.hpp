@@ -1,0 +1,21 @@
+// hypergrad — exact hypergradients by reversible SGD with momentum.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file hypergrad.hpp
+/// \brief Everything in one include: `#include <hypergrad.hpp>`. Each area header below also
+/// works on its own for users who want less.
+
+#include "hypergrad/config.hpp"
+#include "hypergrad/errors.hpp"
+#include "hypergrad/random.hpp"
+#include "hypergrad/layout.hpp"
+#include "hypergrad/batches.hpp"
+#include "hypergrad/objective.hpp"
+#include "hypergrad/exact.hpp"
+#include "hypergrad/schedule.hpp"
+#include "hypergrad/init.hpp"
+#include "hypergrad/callbacks.hpp"
+#include "hypergrad/optimizers/sgd_momentum.hpp"
+#include "hypergrad/reverse.hpp"
+#include "hypergrad/objectives/mlp.hpp"

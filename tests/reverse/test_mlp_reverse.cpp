@@ -1,0 +1,121 @@
+// The reverse pass on the MLP objective: exact reversal over 1000 steps, and hypergradients
+// (learning rates, momenta, training pixels) against finite differences of a double run.
+#include <catch2/catch.hpp>
+
+#include <hypergrad/init.hpp>
+#include <hypergrad/objectives/mlp.hpp>
+#include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/reverse.hpp>
+
+#include "double_trainer.hpp"
+
+using namespace hypergrad;
+
+namespace {
+
+// Uniform inputs labelled by a random linear teacher; the teacher depends on (features, classes)
+// only, so training and validation sets drawn with different seeds share it.
+Dataset syntheticData(Index examples, Index features, Index classes, std::uint64_t seed) {
+  CounterRng teacherRng(features * 1000 + classes), rng(seed);
+  Dataset d;
+  d.inputs.resize(examples, features);
+  d.labels.resize(examples);
+  d.numClasses = classes;
+  Eigen::MatrixXd teacher(features, classes);
+  for (Index i = 0; i < teacher.size(); ++i) teacher(i) = teacherRng.normal();
+  for (Index j = 0; j < examples; ++j) {
+    for (Index i = 0; i < features; ++i) d.inputs(j, i) = rng.uniform();
+    Eigen::Index best;
+    (d.inputs.row(j) * teacher).maxCoeff(&best);
+    d.labels(j) = static_cast<int>(best);
+  }
+  return d;
+}
+
+Eigen::VectorXd initialWeights(const MlpArchitecture& arch, std::uint64_t seed) {
+  std::vector<Index> fanIn = arch.groupFanIn();
+  Eigen::VectorXd f(static_cast<Index>(fanIn.size()));
+  for (std::size_t k = 0; k < fanIn.size(); ++k) f(static_cast<Index>(k)) = static_cast<double>(fanIn[k]);
+  return ScaledInit(arch.layout(), ScaledInit::logScalesFromFanIn(f), seed).weights();
+}
+
+}  // namespace
+
+TEST_CASE("an MLP trained for 1000 steps reverses to its initial weights and velocity bit for bit", "[reverse][mlp][exact]") {
+  const MlpArchitecture arch({30, 20, 20, 10}, Activation::Tanh);
+  const Dataset data = syntheticData(400, 30, 10, 1);
+  const MlpObjective f(arch, data, SeededBatches(2, 400, 40));
+  const MlpLoss valid(arch, syntheticData(200, 30, 10, 3));
+  const Index T = 1000;
+  const ParameterLayout layout = arch.layout();
+  Eigen::MatrixXd gamma(T, layout.numGroups());
+  for (Index t = 0; t < T; ++t)
+    for (Index k = 0; k < layout.numGroups(); ++k) gamma(t, k) = (k % 2 == 0) ? 0.9 : 0.5 + 0.45 * (t % 7) / 7.0;
+  SgdMomentum<> opt(layout, Schedule::constant(T, layout.numGroups(), 0.05), Schedule(gamma));
+  Eigen::VectorXd v1 = Eigen::VectorXd::Zero(layout.size());
+  v1.head(10).setConstant(0.01);
+  opt.start(initialWeights(arch, 4), v1);
+  const auto w0 = opt.fixedWeights();
+  const auto v0 = opt.fixedVelocity();
+  train(opt, f);
+  CHECK(valid.value(opt.weights()) < valid.value(initialWeights(arch, 4)));  // it did learn
+  CHECK(opt.buffer().informationBits() > 0);
+  const Hypergradients hg = reverse(opt, f, valid);  // throws unless recovered exactly
+  CHECK(opt.fixedWeights() == w0);
+  CHECK(opt.fixedVelocity() == v0);
+  CHECK(opt.buffer().empty());
+  CHECK(hg.learningRates.allFinite());
+}
+
+TEST_CASE("MLP hypergradients for learning rates, momenta and training pixels match finite differences",
+          "[reverse][mlp][fd]") {
+  const double eps = 1e-5;
+  for (std::uint64_t seed : {5u, 6u}) {
+    CAPTURE(seed);
+    const MlpArchitecture arch({6, 5, 3}, Activation::Softplus);
+    const Dataset data = syntheticData(12, 6, 3, seed);
+    const MlpObjective f(arch, data, SeededBatches(seed, 12, 4), /*inputsAreHyperparameters=*/true);
+    const MlpLoss valid(arch, syntheticData(30, 6, 3, seed + 10));
+    const ParameterLayout layout = arch.layout();
+    const Index T = 30, G = layout.numGroups();
+    Eigen::MatrixXd alpha(T, G), gamma(T, G);
+    CounterRng rng(seed, 1);
+    for (Index t = 0; t < T; ++t)
+      for (Index k = 0; k < G; ++k) {
+        alpha(t, k) = 0.3 + 0.3 * rng.uniform();
+        gamma(t, k) = 0.5 + 0.4 * rng.uniform();
+      }
+    const Eigen::VectorXd w1 = initialWeights(arch, seed), v1 = Eigen::VectorXd::Zero(layout.size());
+    SgdMomentum<> opt(layout, Schedule(alpha), Schedule(gamma));
+    const Eigen::MatrixXd gq = opt.quantizedMomenta();
+    const Hypergradients hg = computeHypergradients(opt, f, valid, w1, v1);
+
+    auto loss = [&](const MlpObjective& obj, const Eigen::MatrixXd& a, const Eigen::MatrixXd& c) {
+      return valid.value(fixture::trainDoubleFinal(obj, layout, a, c, w1, v1));
+    };
+    for (Index k = 0; k < G; ++k) {
+      const Index t = (7 * k + 3) % T;
+      CAPTURE(k, t);
+      Eigen::MatrixXd ap = alpha, am = alpha, cp = gq, cm = gq;
+      ap(t, k) += eps;
+      am(t, k) -= eps;
+      cp(t, k) += eps;
+      cm(t, k) -= eps;
+      CHECK(fixture::relErr(hg.learningRates(t, k), (loss(f, ap, gq) - loss(f, am, gq)) / (2 * eps)) < 1e-5);
+      CHECK(fixture::relErr(hg.momenta(t, k), (loss(f, alpha, cp) - loss(f, alpha, cm)) / (2 * eps)) < 1e-5);
+    }
+    REQUIRE(hg.hyperparameters.size() == 12 * 6);
+    for (Index p : {Index(0), Index(13), Index(40), Index(71)}) {  // training pixels
+      MlpObjective fp = f, fm = f;
+      Eigen::VectorXd theta = f.hyperparameters();
+      theta(p) += eps;
+      fp.setHyperparameters(theta);
+      theta(p) -= 2 * eps;
+      fm.setHyperparameters(theta);
+      const double fd = (loss(fp, alpha, gq) - loss(fm, alpha, gq)) / (2 * eps);
+      CAPTURE(p, fd, hg.hyperparameters(p));
+      if (std::fabs(fd) > 1e-9) CHECK(fixture::relErr(hg.hyperparameters(p), fd) < 1e-5);
+      else CHECK(std::fabs(hg.hyperparameters(p)) < 1e-9);  // example never in a batch
+    }
+  }
+}
