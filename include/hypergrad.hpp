@@ -19,3 +19,6 @@
 #include "hypergrad/optimizers/sgd_momentum.hpp"
 #include "hypergrad/reverse.hpp"
 #include "hypergrad/objectives/mlp.hpp"
+#include "hypergrad/objectives/quadratic.hpp"
+#include "hypergrad/objectives/l2.hpp"
+#include "hypergrad/objectives/autodiff.hpp"
