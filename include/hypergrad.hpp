@@ -22,3 +22,4 @@
 #include "hypergrad/objectives/quadratic.hpp"
 #include "hypergrad/objectives/l2.hpp"
 #include "hypergrad/objectives/autodiff.hpp"
+#include "hypergrad/meta.hpp"

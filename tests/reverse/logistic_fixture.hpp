@@ -26,11 +26,13 @@ struct Logistic {
   hypergrad::BatchSchedule batches;
 
   Logistic(Index examples, Index features, Index batchSize, std::uint64_t seed) {
-    hypergrad::CounterRng rng(seed);
+    // The teacher depends on the number of features only, so a validation set drawn with another
+    // seed shares it; the examples and noise depend on the seed.
+    hypergrad::CounterRng rng(seed), teacherRng(static_cast<std::uint64_t>(features) * 7919u);
     x.resize(examples, features);
     y.resize(examples);
     VectorXd truth(features);
-    for (Index i = 0; i < features; ++i) truth(i) = rng.normal();
+    for (Index i = 0; i < features; ++i) truth(i) = teacherRng.normal();
     for (Index j = 0; j < examples; ++j) {
       for (Index i = 0; i < features; ++i) x(j, i) = rng.normal();
       y(j) = (x.row(j).dot(truth) + 0.5 * rng.normal()) > 0 ? 1.0 : -1.0;

@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file meta.hpp
+/// \brief Meta-optimisation: hyperparameter transforms, meta-optimisers, the loop, callbacks.
+
+#include "meta/callbacks.hpp"
+#include "meta/meta_optimize.hpp"
+#include "meta/optimizers.hpp"
+#include "meta/parameters.hpp"

@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file callbacks.hpp
+/// \brief Ready-made meta-optimisation callbacks: a progress line, a CSV log, early stopping.
+/// Pass any number of them to metaOptimize; each implements only the hooks it needs.
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../errors.hpp"
+#include "meta_optimize.hpp"
+
+namespace hypergrad {
+
+/// One line per meta-iteration: iteration, a bar, objective, hypergradient norm, the metrics,
+/// elapsed and estimated remaining time.
+///
+///     meta  12/50 [#####.............]  objective 0.3456  |grad| 1.2e-02  valid loss 0.41  3.1s, ~9.8s left
+class ProgressBar {
+ public:
+  explicit ProgressBar(std::ostream& os = std::cout, int width = 20) : m_os(&os), m_width(width) {}
+
+  bool onMetaIteration(const MetaIterationInfo& info) {
+    const int done = static_cast<int>(static_cast<double>(m_width) * static_cast<double>(info.iteration + 1) /
+                                      static_cast<double>(info.numIterations));
+    std::ostringstream line;
+    line << "meta " << std::setw(4) << info.iteration + 1 << "/" << info.numIterations << " ["
+         << std::string(static_cast<std::size_t>(done), '#') << std::string(static_cast<std::size_t>(m_width - done), '.')
+         << "]  objective " << std::setprecision(5) << info.objective << "  |grad| " << std::scientific
+         << std::setprecision(2) << info.gradientNorm << std::defaultfloat;
+    if (info.metrics)
+      for (const auto& [name, value] : *info.metrics) line << "  " << name << " " << std::setprecision(4) << value;
+    line << "  " << std::fixed << std::setprecision(1) << info.elapsedSeconds << "s, ~" << info.remainingSeconds
+         << "s left";
+    *m_os << line.str() << std::endl;
+    return false;
+  }
+
+  void onMetaEnd(const MetaResult& r) {
+    *m_os << "meta-optimisation " << (r.stoppedEarly ? "stopped early (" + r.stopReason + ")" : "finished") << " after "
+          << r.iterations << " iterations in " << std::fixed << std::setprecision(1) << r.seconds
+          << "s; best objective " << std::defaultfloat << std::setprecision(6) << r.bestObjective << std::endl;
+  }
+
+ private:
+  std::ostream* m_os;
+  int m_width;
+};
+
+/// Writes one CSV row per meta-iteration: iteration, objective, gradient_norm, elapsed_s, then
+/// the metrics (columns fixed by the first iteration's metric names). Flushed every row.
+class CsvLogger {
+ public:
+  explicit CsvLogger(const std::string& path) : m_path(path), m_file(path) {
+    if (!m_file) {
+      throw InvalidArgument(detail::message("CsvLogger: cannot open '", path,
+                                            "' for writing; check that the directory exists and is writable"));
+    }
+  }
+
+  bool onMetaIteration(const MetaIterationInfo& info) {
+    if (!m_headerWritten) {
+      m_file << "iteration,objective,gradient_norm,elapsed_s";
+      if (info.metrics)
+        for (const auto& kv : *info.metrics) {
+          m_columns.push_back(kv.first);
+          m_file << "," << kv.first;
+        }
+      m_file << "\n";
+      m_headerWritten = true;
+    }
+    m_file << std::setprecision(17) << info.iteration << "," << info.objective << "," << info.gradientNorm << ","
+           << info.elapsedSeconds;
+    for (const std::string& c : m_columns) {
+      m_file << ",";
+      if (info.metrics) {
+        const auto it = info.metrics->find(c);
+        if (it != info.metrics->end()) m_file << it->second;
+      }
+    }
+    m_file << "\n" << std::flush;
+    if (!m_file) throw InvalidArgument(detail::message("CsvLogger: writing to '", m_path, "' failed"));
+    return false;
+  }
+
+ private:
+  std::string m_path;
+  std::ofstream m_file;
+  std::vector<std::string> m_columns;
+  bool m_headerWritten = false;
+};
+
+/// Stops the meta loop when the hypergradient norm explodes — the chaotic regime of large
+/// learning rates where hypergradients stop being informative (Maclaurin et al. 2015, §5) — or
+/// when a monitored value has not improved for `patience` iterations.
+class EarlyStopping {
+ public:
+  /// \param explosionFactor stop when ‖∂f/∂x‖ exceeds this multiple of its smallest value so far
+  /// \param patience        stop after this many iterations without a new best (0: never)
+  /// \param metric          the metric to monitor ("" monitors the objective)
+  explicit EarlyStopping(double explosionFactor = 100.0, Index patience = 0, std::string metric = "")
+      : m_factor(explosionFactor), m_patience(patience), m_metric(std::move(metric)) {
+    if (!(explosionFactor > 1.0))
+      throw InvalidArgument(detail::message("EarlyStopping: explosionFactor ", explosionFactor, " must be > 1"));
+    if (patience < 0) throw InvalidArgument("EarlyStopping: patience must be >= 0");
+  }
+
+  bool onMetaIteration(const MetaIterationInfo& info) {
+    if (info.gradientNorm > 0) m_smallestNorm = std::min(m_smallestNorm, info.gradientNorm);
+    if (info.gradientNorm > m_factor * m_smallestNorm) {
+      m_reason = detail::message("hypergradient norm ", info.gradientNorm, " at meta-iteration ", info.iteration,
+                                 " exceeds ", m_factor, "x its smallest value ", m_smallestNorm,
+                                 ": the training dynamics look chaotic; lower the learning rates");
+      return true;
+    }
+    double value = info.objective;
+    if (!m_metric.empty()) {
+      if (!info.metrics || info.metrics->count(m_metric) == 0)
+        throw InvalidArgument(detail::message("EarlyStopping: no metric named '", m_metric, "' in the evaluation"));
+      value = info.metrics->at(m_metric);
+    }
+    if (value < m_best) {
+      m_best = value;
+      m_sinceBest = 0;
+    } else if (m_patience > 0 && ++m_sinceBest >= m_patience) {
+      m_reason = detail::message(m_metric.empty() ? std::string("objective") : m_metric, " has not improved on ", m_best,
+                                 " for ", m_patience, " iterations");
+      return true;
+    }
+    return false;
+  }
+
+  std::string stopReason() const { return m_reason; }
+
+ private:
+  double m_factor;
+  Index m_patience;
+  std::string m_metric;
+  double m_smallestNorm = std::numeric_limits<double>::infinity();
+  double m_best = std::numeric_limits<double>::infinity();
+  Index m_sinceBest = 0;
+  std::string m_reason;
+};
+
+}  // namespace hypergrad
