@@ -1,0 +1,446 @@
+// Tests of the IDX reader and the MNIST loader (include/hypergrad/data/idx.hpp): round trips of
+// every element type, plain and gzip; every malformed-input error with its message; loadMnist on
+// synthetic files; and, where installed, the real Fashion-MNIST / MNIST test sets.
+#include <catch2/catch.hpp>
+
+#include <zlib.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <hypergrad/data/idx.hpp>
+
+using namespace hypergrad;
+using Catch::Matchers::Contains;
+using Bytes = std::vector<std::uint8_t>;
+
+namespace fs = std::filesystem;
+
+namespace {
+
+/// A fresh directory under the system temp directory, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device device;
+    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
+    m_path = fs::temp_directory_path() /
+             ("hypergrad_test_idx_" + std::to_string(device()) + "_" + std::to_string(stamp));
+    fs::create_directories(m_path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(m_path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string dir() const { return m_path.string(); }
+  std::string file(const std::string& name) const { return (m_path / name).string(); }
+
+ private:
+  fs::path m_path;
+};
+
+void appendBigEndian32(Bytes& out, std::uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(v >> shift));
+}
+
+/// An IDX file: header (magic 0 0, type code, dimensions) followed by `payload` as given.
+Bytes idxFile(std::uint8_t typeCode, const std::vector<std::uint32_t>& dims, const Bytes& payload) {
+  Bytes out = {0, 0, typeCode, static_cast<std::uint8_t>(dims.size())};
+  for (std::uint32_t d : dims) appendBigEndian32(out, d);
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+void writePlain(const std::string& path, const Bytes& bytes) {
+  std::ofstream os(path, std::ios::binary);
+  os.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(os.good());
+}
+
+void writeGzip(const std::string& path, const Bytes& bytes) {
+  gzFile gz = gzopen(path.c_str(), "wb");
+  REQUIRE(gz != nullptr);
+  if (!bytes.empty()) REQUIRE(gzwrite(gz, bytes.data(), static_cast<unsigned>(bytes.size())) == int(bytes.size()));
+  REQUIRE(gzclose(gz) == Z_OK);
+}
+
+Bytes readAll(const std::string& path) {
+  std::ifstream is(path, std::ios::binary);
+  return Bytes(std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>());
+}
+
+/// The message of the DataError `f` throws; fails the test when it throws nothing or another type.
+std::string dataErrorMessage(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const DataError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL("expected a hypergrad::DataError, got another exception: " << e.what());
+  } catch (...) {
+    FAIL("expected a hypergrad::DataError, got a non-standard exception");
+  }
+  FAIL("expected a hypergrad::DataError, nothing was thrown");
+  return {};
+}
+
+/// Writes an MNIST-format split: `count` images of rows × cols pixels (pixel value = (17 k + j) mod 256
+/// for image k, pixel j) and the given labels.
+void writeMnistSplit(const TempDir& tmp, const std::string& split, std::uint32_t count, std::uint32_t rows,
+                     std::uint32_t cols, const Bytes& labels, bool gzip) {
+  Bytes pixels;
+  for (std::uint32_t k = 0; k < count; ++k)
+    for (std::uint32_t j = 0; j < rows * cols; ++j) pixels.push_back(static_cast<std::uint8_t>((17 * k + j) % 256));
+  const std::string suffix = gzip ? ".gz" : "";
+  const auto write = gzip ? writeGzip : writePlain;
+  write(tmp.file(split + "-images-idx3-ubyte" + suffix), idxFile(0x08, {count, rows, cols}, pixels));
+  write(tmp.file(split + "-labels-idx1-ubyte" + suffix),
+        idxFile(0x08, {static_cast<std::uint32_t>(labels.size())}, labels));
+}
+
+const Bytes kPixels = {0, 1, 2, 127, 128, 254, 255, 7, 8, 9, 10, 11};  // 3 × 2 × 2
+
+}  // namespace
+
+TEST_CASE("readIdx returns the dimensions and bytes of an unsigned-byte file, plain or gzip", "[data][idx]") {
+  TempDir tmp;
+  const Bytes file = idxFile(0x08, {3, 2, 2}, kPixels);
+  writePlain(tmp.file("plain.idx"), file);
+  writeGzip(tmp.file("packed.idx.gz"), file);
+  writeGzip(tmp.file("packed-without-suffix"), file);  // gzip is recognised by content, not name
+
+  for (const std::string name : {"plain.idx", "packed.idx.gz", "packed-without-suffix"}) {
+    INFO(name);
+    const IdxArray a = readIdx(tmp.file(name));
+    CHECK(a.type == IdxType::UnsignedByte);
+    CHECK(a.dims == std::vector<std::int64_t>{3, 2, 2});
+    CHECK(a.bytes == kPixels);
+    CHECK(a.values.empty());
+    CHECK(a.size() == 12);
+    CHECK(a.value(6) == 255.0);
+  }
+  const IdxArray m = parseIdx(file.data(), file.size(), "memory");
+  CHECK(m.dims == std::vector<std::int64_t>{3, 2, 2});
+  CHECK(m.bytes == kPixels);
+}
+
+TEST_CASE("readIdx decodes signed bytes, shorts, ints, floats and doubles big-endian and exactly", "[data][idx]") {
+  TempDir tmp;
+  struct Case {
+    std::uint8_t code;
+    IdxType type;
+    Bytes payload;
+    std::vector<double> expected;
+  };
+  const double pi = 3.141592653589793;
+  Bytes doublePayload;
+  {
+    std::uint64_t bits;
+    std::memcpy(&bits, &pi, sizeof bits);
+    appendBigEndian32(doublePayload, static_cast<std::uint32_t>(bits >> 32));
+    appendBigEndian32(doublePayload, static_cast<std::uint32_t>(bits));
+    const double minusTiny = -1e-300;
+    std::memcpy(&bits, &minusTiny, sizeof bits);
+    appendBigEndian32(doublePayload, static_cast<std::uint32_t>(bits >> 32));
+    appendBigEndian32(doublePayload, static_cast<std::uint32_t>(bits));
+  }
+  const std::vector<Case> cases = {
+      {0x09, IdxType::SignedByte, {0x80, 0x7f}, {-128, 127}},
+      {0x0B, IdxType::Short, {0x80, 0x00, 0x04, 0xd2}, {-32768, 1234}},
+      {0x0C, IdxType::Int, {0x80, 0, 0, 0, 0, 0, 0, 7}, {-2147483648.0, 7}},
+      {0x0D, IdxType::Float, {0x3f, 0xc0, 0, 0, 0xbe, 0x80, 0, 0}, {1.5, -0.25}},
+      {0x0E, IdxType::Double, doublePayload, {pi, -1e-300}},
+  };
+  for (const Case& c : cases) {
+    INFO(idxTypeName(c.type));
+    const Bytes file = idxFile(c.code, {2}, c.payload);
+    writeGzip(tmp.file("values.gz"), file);
+    const IdxArray a = readIdx(tmp.file("values.gz"));
+    CHECK(a.type == c.type);
+    CHECK(a.dims == std::vector<std::int64_t>{2});
+    CHECK(a.bytes.empty());
+    CHECK(a.values == c.expected);
+    CHECK(parseIdx(file.data(), file.size(), "memory").values == c.expected);
+  }
+}
+
+TEST_CASE("readIdx reports a missing file, a directory and corrupt or truncated gzip data", "[data][idx]") {
+  TempDir tmp;
+  const std::string missing = tmp.file("no-such-file.gz");
+  std::string m = dataErrorMessage([&] { readIdx(missing); });
+  CHECK_THAT(m, Contains(missing) && Contains("cannot open") && Contains("No such file"));
+
+  m = dataErrorMessage([&] { readIdx(tmp.dir()); });
+  CHECK_THAT(m, Contains(tmp.dir()) && Contains("directory"));
+
+  const std::string garbage = tmp.file("garbage.gz");
+  writePlain(garbage, {0x1f, 0x8b, 0xff, 0xff, 0x00, 0x13, 0x37, 0x42, 0x42, 0x42, 0x42, 0x42});
+  m = dataErrorMessage([&] { readIdx(garbage); });
+  CHECK_THAT(m, Contains(garbage) && Contains("corrupt gzip"));
+
+  // A gzip stream cut in the middle.
+  Bytes pixels(5000);
+  for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<std::uint8_t>(i * 7919 % 251);
+  const std::string whole = tmp.file("whole.gz");
+  writeGzip(whole, idxFile(0x08, {50, 10, 10}, pixels));
+  Bytes compressed = readAll(whole);
+  REQUIRE(compressed.size() > 100);
+  const std::string cut = tmp.file("cut.gz");
+  writePlain(cut, Bytes(compressed.begin(), compressed.begin() + static_cast<std::ptrdiff_t>(compressed.size() / 2)));
+  m = dataErrorMessage([&] { readIdx(cut); });
+  CHECK_THAT(m, Contains(cut) && Contains("corrupt gzip") && Contains("truncated"));
+
+  // A damaged CRC in the gzip trailer (the data themselves decompress).
+  Bytes badCrc = compressed;
+  badCrc[badCrc.size() - 6] ^= 0xff;
+  const std::string crc = tmp.file("bad-crc.gz");
+  writePlain(crc, badCrc);
+  m = dataErrorMessage([&] { readIdx(crc); });
+  CHECK_THAT(m, Contains(crc) && Contains("corrupt gzip"));
+}
+
+TEST_CASE("readIdx and parseIdx reject malformed headers and data with messages naming the file",
+          "[data][idx]") {
+  TempDir tmp;
+  struct Case {
+    const char* what;
+    Bytes file;
+    const char* phrase;
+  };
+  const std::vector<Case> cases = {
+      {"empty file", {}, "empty"},
+      {"wrong magic", {0x50, 0x4b, 0x03, 0x04, 0, 0, 0, 1, 0}, "wrong magic number: the first two bytes are 0x50 0x4b"},
+      {"wrong second magic byte", idxFile(0x08, {1}, {1}), ""},  // replaced below
+      {"unsupported type code", idxFile(0x0A, {1}, {1}), "unsupported type code 0x0a"},
+      {"no dimensions", {0, 0, 0x08, 0}, "0 dimensions"},
+      {"header shorter than 4 bytes", {0, 0, 0x08}, "truncated header"},
+      {"header shorter than its dimensions", {0, 0, 0x08, 3, 0, 0, 0, 3, 0, 0}, "truncated header"},
+      {"truncated data", idxFile(0x08, {3, 2, 2}, Bytes(kPixels.begin(), kPixels.begin() + 10)),
+       "expected 12 bytes of data after the 16-byte header, got 10"},
+      {"truncated shorts", idxFile(0x0B, {3}, {0, 1, 0, 2, 0}), "expected 6 bytes of data after the 8-byte header, got 5"},
+      {"header claims MNIST size, file holds 100 bytes", idxFile(0x08, {60000, 28, 28}, Bytes(100)),
+       "expected 47040000 bytes of data after the 16-byte header, got 100"},
+      {"extra data", idxFile(0x08, {2}, {1, 2, 3}), "more data than the header declares"},
+      {"absurd dimensions", idxFile(0x0E, {0xffffffffu, 0xffffffffu, 0xffffffffu}, Bytes(64)), "too large"},
+      {"dimensions beyond the cap", idxFile(0x08, {65536, 65536}, Bytes(64)), "too large"},
+  };
+  for (Case c : cases) {
+    if (std::string(c.what) == "wrong second magic byte") {
+      c.file[1] = 0x03;
+      c.phrase = "wrong magic number: the first two bytes are 0x00 0x03";
+    }
+    INFO(c.what);
+    const std::string plain = tmp.file("bad.idx");
+    const std::string packed = tmp.file("bad.idx.gz");
+    writePlain(plain, c.file);
+    writeGzip(packed, c.file);
+    for (const std::string& path : {plain, packed}) {
+      INFO(path);
+      const std::string m = dataErrorMessage([&] { readIdx(path); });
+      CHECK_THAT(m, Contains("'" + path + "'") && Contains(c.phrase));
+    }
+    const std::string m = dataErrorMessage([&] { parseIdx(c.file.data(), c.file.size(), "in-memory.idx"); });
+    CHECK_THAT(m, Contains("'in-memory.idx'") && Contains(c.phrase));
+  }
+
+  // The cap is a parameter: 12 bytes of data against a limit of 11.
+  const Bytes file = idxFile(0x08, {3, 2, 2}, kPixels);
+  writePlain(tmp.file("capped.idx"), file);
+  std::string m = dataErrorMessage([&] { readIdx(tmp.file("capped.idx"), 11); });
+  CHECK_THAT(m, Contains("too large") && Contains("limit of 11 bytes"));
+  CHECK(readIdx(tmp.file("capped.idx"), 12).bytes == kPixels);
+  m = dataErrorMessage([&] { parseIdx(file.data(), file.size(), "x", 11); });
+  CHECK_THAT(m, Contains("too large"));
+
+  // A zero dimension is a valid empty array, whatever the other sizes.
+  const Bytes empty = idxFile(0x08, {0, 0xffffffffu, 0xffffffffu}, {});
+  const IdxArray a = parseIdx(empty.data(), empty.size(), "empty");
+  CHECK(a.size() == 0);
+  CHECK(a.dims == std::vector<std::int64_t>{0, 0xffffffffLL, 0xffffffffLL});
+}
+
+TEST_CASE("parseIdx throws DataError, never crashes, on every prefix and on random corruptions of valid files",
+          "[data][idx]") {
+  std::vector<Bytes> valid = {idxFile(0x08, {3, 2, 2}, kPixels), idxFile(0x0B, {2, 2}, {0, 1, 0, 2, 0, 3, 0, 4}),
+                              idxFile(0x0E, {1}, {0x40, 0x09, 0x21, 0xfb, 0x54, 0x44, 0x2d, 0x18})};
+  for (const Bytes& file : valid) {
+    for (std::size_t n = 0; n < file.size(); ++n) {
+      // Copy the prefix to a buffer of exactly n bytes, so ASan sees any read past its end.
+      const std::unique_ptr<std::uint8_t[]> prefix(new std::uint8_t[n == 0 ? 1 : n]);
+      if (n > 0) std::memcpy(prefix.get(), file.data(), n);
+      CHECK_THROWS_AS(parseIdx(n == 0 ? nullptr : prefix.get(), n, "prefix"), DataError);
+    }
+  }
+  std::mt19937 rng(12345);
+  int parsed = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    Bytes file = valid[static_cast<std::size_t>(trial) % valid.size()];
+    const int flips = 1 + trial % 3;
+    for (int f = 0; f < flips; ++f) file[rng() % file.size()] = static_cast<std::uint8_t>(rng());
+    try {
+      const IdxArray a = parseIdx(file.data(), file.size(), "mutated");
+      ++parsed;
+      CHECK(a.size() * idxElementSize(a.type) <= file.size());
+    } catch (const DataError&) {
+    }
+  }
+  CHECK(parsed > 0);  // some mutations only touch values and must still parse
+}
+
+TEST_CASE("loadMnist reads synthetic splits: one image per row, scaled to [0, 1], first k examples",
+          "[data][mnist]") {
+  TempDir tmp;
+  const Bytes labels = {3, 0, 9, 1, 7};
+  writeMnistSplit(tmp, "train", 5, 2, 3, labels, /*gzip=*/true);
+  writeMnistSplit(tmp, "t10k", 5, 2, 3, labels, /*gzip=*/false);
+
+  for (const std::string split : {"train", "t10k"}) {
+    INFO(split);
+    const Dataset d = loadMnist(tmp.dir(), split);
+    REQUIRE(d.numExamples() == 5);
+    REQUIRE(d.numFeatures() == 6);
+    CHECK(d.numClasses == 10);
+    for (Index k = 0; k < 5; ++k) {
+      CHECK(d.labels(k) == labels[static_cast<std::size_t>(k)]);
+      for (Index j = 0; j < 6; ++j) CHECK(d.inputs(k, j) == static_cast<double>((17 * k + j) % 256) / 255.0);
+    }
+    CHECK(d.inputs.minCoeff() >= 0.0);
+    CHECK(d.inputs.maxCoeff() <= 1.0);
+    CHECK_NOTHROW(d.validate());
+
+    const Dataset first = loadMnist(tmp.dir(), split, 3, /*scaleTo01=*/false);
+    REQUIRE(first.numExamples() == 3);
+    CHECK(first.labels == Eigen::Vector3i(3, 0, 9));
+    CHECK(first.inputs(2, 5) == 39.0);  // 17·2 + 5
+    CHECK(loadMnist(tmp.dir(), split, 1000).numExamples() == 5);
+  }
+  // The gzip file wins when both exist.
+  writePlain(tmp.file("train-labels-idx1-ubyte"), idxFile(0x08, {5}, {0, 0, 0, 0, 0}));
+  CHECK(loadMnist(tmp.dir(), "train").labels(0) == 3);
+
+  CHECK_THROWS_AS(loadMnist(tmp.dir(), "test"), InvalidArgument);
+  CHECK_THROWS_AS(loadMnist(tmp.dir(), "train", 0), InvalidArgument);
+  CHECK_THROWS_AS(loadMnist(tmp.dir(), "train", -2), InvalidArgument);
+
+  CHECK(findDataDirectory({tmp.file("nowhere"), "", tmp.dir()}) == tmp.dir());
+  CHECK(findDataDirectory({tmp.file("nowhere")}).empty());
+  CHECK(defaultDataDirectory() == "/usr/share/datasets/fashion-mnist");
+}
+
+TEST_CASE("loadMnist reports missing files, wrong shapes, count mismatches and labels out of range",
+          "[data][mnist]") {
+  TempDir tmp;
+  const std::string nowhere = tmp.file("nowhere");
+  std::string m = dataErrorMessage([&] { loadMnist(nowhere, "t10k"); });
+  CHECK_THAT(m, Contains(nowhere + "/t10k-images-idx3-ubyte") && Contains("missing file") &&
+                    Contains("does not exist") && Contains("dataset-fashion-mnist") && Contains("--data"));
+
+  writeMnistSplit(tmp, "t10k", 4, 2, 2, {1, 2, 3, 4}, true);
+  const std::string images = tmp.file("t10k-images-idx3-ubyte.gz");
+  const std::string labels = tmp.file("t10k-labels-idx1-ubyte.gz");
+  fs::remove(labels);
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(tmp.file("t10k-labels-idx1-ubyte")) && Contains("missing file"));
+
+  writeGzip(labels, idxFile(0x08, {3}, {1, 2, 3}));
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(images) && Contains(labels) && Contains("count mismatch") && Contains("4 images") &&
+                    Contains("3 labels"));
+
+  writeGzip(labels, idxFile(0x08, {4}, {1, 2, 10, 4}));
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(labels) && Contains("label of example 2 is 10") && Contains("out of range [0, 10)"));
+
+  writeGzip(labels, idxFile(0x09, {4}, {1, 2, 0xff, 4}));  // signed byte −1
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(labels) && Contains("is -1") && Contains("out of range"));
+
+  writeGzip(labels, idxFile(0x0D, {1}, {0x3f, 0x80, 0, 0}));
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(labels) && Contains("must be integers"));
+
+  writeGzip(labels, idxFile(0x08, {2, 2}, {1, 2, 3, 4}));
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(labels) && Contains("labels must be 1-D") && Contains("2 dimensions"));
+
+  writeGzip(labels, idxFile(0x08, {4}, {1, 2, 3, 4}));
+  writeGzip(images, idxFile(0x08, {4, 4}, Bytes(16)));
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(images) && Contains("images must be 3-D") && Contains("2 dimensions"));
+
+  writeGzip(images, idxFile(0x08, {4, 0, 28}, {}));
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(images) && Contains("no pixels"));
+
+  writeGzip(images, idxFile(0x08, {4, 2, 2}, Bytes(15)));
+  m = dataErrorMessage([&] { loadMnist(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains(images) && Contains("expected 16 bytes of data") && Contains("got 15"));
+}
+
+namespace {
+
+/// Loads the t10k split from `directory` and checks it against the published set; skips (with a
+/// warning) when the files are not there.
+void checkRealTestSet(const std::string& directory, const char* name, double minMean, double maxMean,
+                      int firstLabel) {
+  if (detail::idx::findFile(directory, "t10k-images-idx3-ubyte").empty() ||
+      detail::idx::findFile(directory, "t10k-labels-idx1-ubyte").empty()) {
+    WARN("skipped: " << name << " t10k files not found in " << directory);
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const Dataset d = loadMnist(directory, "t10k");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(name << " t10k from " << directory << " loaded in " << seconds << " s");
+  REQUIRE(d.numExamples() == 10000);
+  REQUIRE(d.numFeatures() == 784);
+  CHECK(d.numClasses == 10);
+  CHECK_NOTHROW(d.validate());
+  CHECK(d.labels(0) == firstLabel);
+  for (int c = 0; c < 10; ++c) CHECK((d.labels.array() == c).count() > 800);
+  CHECK(d.inputs.minCoeff() == 0.0);
+  CHECK(d.inputs.maxCoeff() == 1.0);
+  const double mean = d.inputs.mean();
+  CHECK(mean > minMean);
+  CHECK(mean < maxMean);
+}
+
+}  // namespace
+
+TEST_CASE("loadMnist reads the real Fashion-MNIST and MNIST test sets where installed (else skips)",
+          "[data][mnist][real]") {
+  // Published pixel means: Fashion-MNIST ≈ 0.286, MNIST ≈ 0.133. First test labels: 9 (ankle
+  // boot) and 7.
+  checkRealTestSet(defaultDataDirectory(), "Fashion-MNIST", 0.27, 0.30, 9);
+#ifdef HYPERGRAD_SHARED_DATA_DIR
+  checkRealTestSet(HYPERGRAD_SHARED_DATA_DIR, "MNIST", 0.12, 0.145, 7);
+#endif
+}
+
+// Hidden (run with `test_data "[.train]"`): the 60,000-example training set costs 376 MB.
+TEST_CASE("loadMnist reads the Fashion-MNIST training set where installed", "[.train]") {
+  const std::string directory = defaultDataDirectory();
+  if (detail::idx::findFile(directory, "train-images-idx3-ubyte").empty()) {
+    WARN("skipped: Fashion-MNIST train files not found in " << directory);
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const Dataset d = loadMnist(directory, "train");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  WARN("Fashion-MNIST train (60,000 x 784) loaded in " << seconds << " s");
+  REQUIRE(d.numExamples() == 60000);
+  REQUIRE(d.numFeatures() == 784);
+  for (int c = 0; c < 10; ++c) CHECK((d.labels.array() == c).count() == 6000);
+}
