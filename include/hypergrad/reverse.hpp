@@ -88,15 +88,18 @@ Hypergradients reverse(Optimizer& opt, const Objective& f, const Meta& meta, Cal
   out.momenta = Eigen::MatrixXd::Zero(opt.numIterations(), numGroups);
 
   Eigen::VectorXd dv = Eigen::VectorXd::Zero(n), u(n), vNext(n), w(n), v(n), g(n), hu(n), mixed(numHyper);
+  Eigen::VectorXd groupSum(numGroups);  // per-group sums of one step, in a fixed order
   for (Index t = T; t-- > 0;) {
-    vNext = opt.velocity();
+    opt.velocity(vNext);
     opt.unstepWeights();  // w_t = w_{t+1} − α_t ⊙ v_{t+1}, exact
-    w = opt.weights();
+    opt.weights(w);
+    groupSum.setZero();
     opt.forEachGroup(t, [&](Index k, Index i, double alpha, double gamma) {
-      out.learningRates(t, k) += dw(i) * vNext(i);  // ∂w_{t+1}/∂α_t = v_{t+1}
-      dv(i) += alpha * dw(i);                       // ∂w_{t+1}/∂v_{t+1} = α_t
+      groupSum(k) += dw(i) * vNext(i);  // ∂w_{t+1}/∂α_t = v_{t+1}
+      dv(i) += alpha * dw(i);           // ∂w_{t+1}/∂v_{t+1} = α_t
       u(i) = (1.0 - gamma) * dv(i);
     });
+    out.learningRates.row(t) = groupSum.transpose();
     reverseStep(f, w, t, u, g, hu, mixed);  // g_t, H_t u, (∂_θ g_t)ᵀ u
     if (g.size() != n || hu.size() != n || mixed.size() != numHyper) {
       throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective returned sizes ", g.size(), ", ",
@@ -108,11 +111,13 @@ Hypergradients reverse(Optimizer& opt, const Objective& f, const Meta& meta, Cal
                                            " at iteration ", t, " is not finite"));
     }
     opt.unstepVelocity(g);  // v_t = (v_{t+1} + (1 − γ_t) g_t) / γ_t, exact
-    v = opt.velocity();
+    opt.velocity(v);
+    groupSum.setZero();
     opt.forEachGroup(t, [&](Index k, Index i, double, double gamma) {
-      out.momenta(t, k) += dv(i) * (v(i) + g(i));  // ∂v_{t+1}/∂γ_t = v_t + g_t
-      dv(i) *= gamma;                               // ∂v_{t+1}/∂v_t = γ_t
+      groupSum(k) += dv(i) * (v(i) + g(i));  // ∂v_{t+1}/∂γ_t = v_t + g_t
+      dv(i) *= gamma;                        // ∂v_{t+1}/∂v_t = γ_t
     });
+    out.momenta.row(t) = groupSum.transpose();
     dw -= hu;
     dtheta -= mixed;
     detail::callReverseStep(callback, opt, t, ReverseState{g, dw, dv});

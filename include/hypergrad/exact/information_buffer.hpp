@@ -172,17 +172,8 @@ class InformationBuffer {
  private:
   using Stack = std::vector<std::uint32_t>;
 
-  /// cum(s) = ceil(s·M/n). Computed in double: s·M < 2^(2·MBits) ≤ 2^62 is exact as a double
-  /// when ≤ 2^53 (MBits ≤ 26 and s ≤ M); for larger MBits fall back to integer division. The
-  /// correctly rounded quotient cannot cross an integer: a non-integer s·M/n is at least 1/n from
-  /// one, far above its rounding error (< 2^−28 here), so the ceiling is exact.
-  static std::uint64_t cumulative(std::uint64_t s, std::uint32_t n) noexcept {
-    if constexpr (2 * MBits <= 52) {
-      return static_cast<std::uint64_t>(std::ceil(static_cast<double>(s << MBits) / static_cast<double>(n)));
-    } else {
-      return ((s << MBits) + n - 1) / n;
-    }
-  }
+  /// cum(s) = ceil(s·M/n), in integers (s·M < 2^(2·MBits) fits 64 bits).
+  static std::uint64_t cumulative(std::uint64_t s, std::uint32_t n) noexcept { return ((s << MBits) + n - 1) / n; }
 
   // The stack of a block is the top of an infinite stack of zero words: a refill from an empty
   // stack reads a zero, and a zero spilled onto an empty stack is dropped. The pair is still an
@@ -191,7 +182,12 @@ class InformationBuffer {
   void spill(Index i, std::uint64_t& x) {
     Stack& stack = m_stacks[static_cast<std::size_t>(i / m_blockSize)];
     const auto word = static_cast<std::uint32_t>(x);
-    if (word != 0 || !stack.empty()) stack.push_back(word);
+    if (word != 0 || !stack.empty()) {
+      // Grow by 1.25x rather than the vector's doubling: allocated memory stays within 25% of
+      // the content, which is what the memory-versus-trajectory figure is about.
+      if (stack.size() == stack.capacity()) stack.reserve(stack.capacity() + stack.capacity() / 4 + 64);
+      stack.push_back(word);
+    }
     x >>= 32;
   }
 
