@@ -1,0 +1,291 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// Shared pieces of the benchmark binaries: the MNIST-shaped synthetic workload (no download),
+// plain double baselines (momentum SGD, and a reverse pass that stores the trajectory), a
+// thread-CPU-time stopwatch for interleaved ratio measurements, and the "--hypergrad_long" flag.
+
+#include <benchmark/benchmark.h>
+
+#include <time.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include <hypergrad/batches.hpp>
+#include <hypergrad/init.hpp>
+#include <hypergrad/layout.hpp>
+#include <hypergrad/objectives/mlp.hpp>
+#include <hypergrad/random.hpp>
+#include <hypergrad/reverse.hpp>
+#include <hypergrad/schedule.hpp>
+
+namespace bench {
+
+using Eigen::MatrixXd;
+using Eigen::VectorXd;
+using hypergrad::Index;
+
+// ---- Timing -----------------------------------------------------------------------------------
+
+/// CPU seconds consumed by the calling thread. Other agents' load on a shared machine inflates
+/// wall time but much less the CPU time of a single-threaded computation, so the interleaved
+/// ratio benchmarks time each side with this.
+inline double threadSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+/// CPU seconds consumed by all threads of the process.
+inline double processSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+/// Wall-clock seconds (for multi-threaded sections).
+inline double wallSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// ---- Command line -------------------------------------------------------------------------------
+
+/// Removes "--hypergrad_long" from argv (before benchmark::Initialize sees it) and says whether
+/// it was there: it registers the long cases (T = 1000 hypergradients, T = 10000 memory).
+inline bool takeLongFlag(int& argc, char** argv) {
+  bool found = false;
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--hypergrad_long") == 0) found = true;
+    else argv[out++] = argv[i];
+  }
+  argc = out;
+  return found;
+}
+
+// ---- Workload -----------------------------------------------------------------------------------
+
+/// Shape of an MLP training workload.
+struct WorkloadSpec {
+  std::string name;           ///< appears in benchmark names ("mnist", "smoke")
+  std::vector<Index> sizes;   ///< layer sizes
+  Index numExamples;          ///< training examples
+  Index numValidation;        ///< validation examples (meta objective)
+  Index batchSize;            ///< minibatch
+  Index steps;                ///< T of the standard run
+  double alpha;               ///< learning rate
+  double gamma;               ///< momentum
+  std::uint64_t seed;
+};
+
+/// The paper's workload (DESIGN.md §7) on synthetic data of MNIST shape:
+/// MLP 784-50-50-50-10 (N = 44,860), 10,000 examples, minibatch 200, γ = 0.9, α = 0.1, T = 100.
+inline WorkloadSpec mnistSpec() { return {"mnist", {784, 50, 50, 50, 10}, 10000, 1000, 200, 100, 0.1, 0.9, 20150101}; }
+
+/// A tiny workload with the same code paths, for the ctest smoke pass.
+inline WorkloadSpec smokeSpec() { return {"smoke", {64, 16, 16, 10}, 400, 100, 20, 10, 0.1, 0.9, 7}; }
+
+/// Synthetic classification data: pixels uniform in [0, 1], label = argmax_c (x − ½)ᵀ teacher_c
+/// for a random linear teacher shared by the training and validation sets.
+inline hypergrad::Dataset syntheticData(Index numExamples, Index numFeatures, Index numClasses, const MatrixXd& teacher,
+                                        std::uint64_t seed) {
+  hypergrad::Dataset data;
+  data.numClasses = numClasses;
+  data.inputs.resize(numExamples, numFeatures);
+  data.labels.resize(numExamples);
+  hypergrad::CounterRng rng(seed, 0xda7a);
+  for (Index j = 0; j < numFeatures; ++j)
+    for (Index k = 0; k < numExamples; ++k) data.inputs(k, j) = rng.uniform();
+  const MatrixXd scores = (data.inputs.array() - 0.5).matrix() * teacher;
+  for (Index k = 0; k < numExamples; ++k) {
+    Index best = 0;
+    scores.row(k).maxCoeff(&best);
+    data.labels(k) = static_cast<int>(best);
+  }
+  return data;
+}
+
+/// Everything a training run needs: objective (training loss), meta objective (validation
+/// loss), layout, initial weights (1/√fan-in scales) and constant schedules.
+struct Workload {
+  WorkloadSpec spec;
+  hypergrad::MlpArchitecture arch;
+  hypergrad::ParameterLayout layout;
+  hypergrad::MlpObjective train;
+  hypergrad::MlpLoss validation;
+  VectorXd w1;
+
+  explicit Workload(WorkloadSpec s) : Workload(s, makeTeacher(s)) {}
+
+  Index size() const { return layout.size(); }
+  Index numGroups() const { return layout.numGroups(); }
+
+  hypergrad::Schedule alphas(Index T) const { return hypergrad::Schedule::constant(T, numGroups(), spec.alpha); }
+  hypergrad::Schedule gammas(Index T, double gamma) const { return hypergrad::Schedule::constant(T, numGroups(), gamma); }
+
+  /// The same objective with another minibatch size (the long memory case uses a small one).
+  hypergrad::MlpObjective objectiveWithBatch(Index batchSize) const {
+    return hypergrad::MlpObjective(arch, train.data(), hypergrad::SeededBatches(spec.seed + 1, spec.numExamples, batchSize));
+  }
+
+ private:
+  static MatrixXd makeTeacher(const WorkloadSpec& s) {
+    hypergrad::CounterRng rng(s.seed, 0x7eac);
+    MatrixXd t(s.sizes.front(), s.sizes.back());
+    for (Index i = 0; i < t.size(); ++i) t.data()[i] = rng.normal();
+    return t;
+  }
+
+  Workload(WorkloadSpec s, const MatrixXd& teacher)
+      : spec(std::move(s)),
+        arch(spec.sizes, hypergrad::Activation::Tanh),
+        layout(arch.layout()),
+        train(arch, syntheticData(spec.numExamples, spec.sizes.front(), spec.sizes.back(), teacher, spec.seed + 2),
+              hypergrad::SeededBatches(spec.seed + 1, spec.numExamples, spec.batchSize)),
+        validation(arch, syntheticData(spec.numValidation, spec.sizes.front(), spec.sizes.back(), teacher, spec.seed + 3)) {
+    const std::vector<Index> fanIn = arch.groupFanIn();
+    VectorXd f(static_cast<Index>(fanIn.size()));
+    for (std::size_t k = 0; k < fanIn.size(); ++k) f(static_cast<Index>(k)) = static_cast<double>(fanIn[k]);
+    w1 = hypergrad::ScaledInit(layout, hypergrad::ScaledInit::logScalesFromFanIn(f), spec.seed + 4).weights();
+  }
+};
+
+/// One workload object per spec name, built on first use (the 10k × 784 data set takes a while).
+inline const Workload& workload(const WorkloadSpec& spec) {
+  static std::vector<std::unique_ptr<Workload>> cache;
+  for (const auto& w : cache)
+    if (w->spec.name == spec.name) return *w;
+  cache.push_back(std::make_unique<Workload>(spec));
+  return *cache.back();
+}
+
+// ---- Plain double baselines ----------------------------------------------------------------------
+
+/// SGD with momentum in plain double arithmetic, per-group α and γ (the baseline the exact
+/// optimizer is compared with): v ← γ v − (1 − γ) g;  w ← w + α v.
+class DoubleMomentum {
+ public:
+  DoubleMomentum(const hypergrad::ParameterLayout& layout, const MatrixXd& alpha, const MatrixXd& gamma)
+      : m_layout(layout), m_alpha(alpha), m_gamma(gamma) {}
+
+  void start(const VectorXd& w1) {
+    m_w = w1;
+    m_v = VectorXd::Zero(w1.size());
+    m_g.resize(w1.size());
+  }
+
+  /// The update alone, with a given gradient.
+  void update(Index t, const VectorXd& g) {
+    for (Index k = 0; k < m_layout.numGroups(); ++k) {
+      const auto& grp = m_layout.group(k);
+      const double a = m_alpha(t, k), c = m_gamma(t, k);
+      auto v = m_v.segment(grp.offset, grp.size);
+      v = c * v - (1.0 - c) * g.segment(grp.offset, grp.size);
+      m_w.segment(grp.offset, grp.size) += a * v;
+    }
+  }
+
+  /// Gradient + update (one training step).
+  template <class Objective>
+  void step(const Objective& f, Index t) {
+    f.gradient(m_w, t, m_g);
+    update(t, m_g);
+  }
+
+  const VectorXd& weights() const { return m_w; }
+  const VectorXd& velocity() const { return m_v; }
+
+ private:
+  const hypergrad::ParameterLayout& m_layout;
+  MatrixXd m_alpha, m_gamma;
+  VectorXd m_w, m_v, m_g;
+};
+
+/// The store-the-trajectory baseline: a plain double forward pass that keeps w_t and v_t for
+/// every t, then a reverse pass over the stored states (same recurrence as reverse.hpp, no
+/// exact arithmetic, no information buffer). Its trajectory memory is 2·8·N·(T+1) bytes.
+struct StoredTrajectoryResult {
+  MatrixXd learningRates, momenta;
+  VectorXd initialWeights;
+  double metaObjective = 0.0;
+  std::size_t trajectoryBytes = 0;
+};
+
+template <class Objective, class Meta>
+StoredTrajectoryResult storedTrajectoryHypergradients(const Objective& f, const Meta& meta,
+                                                      const hypergrad::ParameterLayout& layout, const MatrixXd& alpha,
+                                                      const MatrixXd& gamma, const VectorXd& w1) {
+  const Index T = alpha.rows(), n = w1.size(), G = layout.numGroups();
+  std::vector<VectorXd> w(static_cast<std::size_t>(T + 1)), v(static_cast<std::size_t>(T + 1));
+  w[0] = w1;
+  v[0] = VectorXd::Zero(n);
+  VectorXd g(n), hu(n), mixed;
+  for (Index t = 0; t < T; ++t) {
+    const auto k0 = static_cast<std::size_t>(t);
+    f.gradient(w[k0], t, g);
+    w[k0 + 1].resize(n);
+    v[k0 + 1].resize(n);
+    for (Index k = 0; k < G; ++k) {
+      const auto& grp = layout.group(k);
+      const double a = alpha(t, k), c = gamma(t, k);
+      v[k0 + 1].segment(grp.offset, grp.size) =
+          c * v[k0].segment(grp.offset, grp.size) - (1.0 - c) * g.segment(grp.offset, grp.size);
+      w[k0 + 1].segment(grp.offset, grp.size) =
+          w[k0].segment(grp.offset, grp.size) + a * v[k0 + 1].segment(grp.offset, grp.size);
+    }
+  }
+  StoredTrajectoryResult out;
+  for (std::size_t k = 0; k < w.size(); ++k)
+    out.trajectoryBytes += sizeof(double) * static_cast<std::size_t>(w[k].size() + v[k].size());
+  out.learningRates = MatrixXd::Zero(T, G);
+  out.momenta = MatrixXd::Zero(T, G);
+  VectorXd dw(n), dv = VectorXd::Zero(n), u(n);
+  out.metaObjective = meta.valueAndGradient(w[static_cast<std::size_t>(T)], dw);
+  for (Index t = T; t-- > 0;) {
+    const auto k0 = static_cast<std::size_t>(t);
+    for (Index k = 0; k < G; ++k) {
+      const auto& grp = layout.group(k);
+      const double a = alpha(t, k), c = gamma(t, k);
+      out.learningRates(t, k) = dw.segment(grp.offset, grp.size).dot(v[k0 + 1].segment(grp.offset, grp.size));
+      dv.segment(grp.offset, grp.size) += a * dw.segment(grp.offset, grp.size);
+      u.segment(grp.offset, grp.size) = (1.0 - c) * dv.segment(grp.offset, grp.size);
+    }
+    f.reverseStep(w[k0], t, u, g, hu, mixed);
+    for (Index k = 0; k < G; ++k) {
+      const auto& grp = layout.group(k);
+      out.momenta(t, k) = dv.segment(grp.offset, grp.size)
+                              .dot(v[k0].segment(grp.offset, grp.size) + g.segment(grp.offset, grp.size));
+      dv.segment(grp.offset, grp.size) *= gamma(t, k);
+    }
+    dw -= hu;
+  }
+  out.initialWeights = dw;
+  return out;
+}
+
+/// Largest |a − b| / max(|a|, |b|, floor) over two matrices of the same shape.
+inline double maxRelativeDifference(const MatrixXd& a, const MatrixXd& b, double floor = 1e-12) {
+  double worst = 0.0;
+  for (Index i = 0; i < a.size(); ++i) {
+    const double x = a.data()[i], y = b.data()[i];
+    worst = std::max(worst, std::fabs(x - y) / std::max({std::fabs(x), std::fabs(y), floor}));
+  }
+  return worst;
+}
+
+/// Bitwise equality of two double matrices (same shape, same bits).
+inline bool bitIdentical(const MatrixXd& a, const MatrixXd& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), sizeof(double) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+}  // namespace bench

@@ -1,0 +1,428 @@
+// SPDX-License-Identifier: MIT
+//
+// Issue "Benchmarks": the paper's workload on synthetic data of MNIST shape (no download):
+// MLP 784-50-50-50-10 (N = 44,860), tanh, 10,000 training examples, minibatch 200, γ = 0.9,
+// α = 0.1, T = 100 (T = 1000 with --hypergrad_long). Each figure has a "smoke" twin on a tiny
+// MLP that the ctest smoke pass runs.
+//
+//  1) train_step/{exact,double,interleaved}/<wl>    one training step, exact vs plain double
+//  2) hypergradients/interleaved/<wl>/T:<T>         forward + reverse (exact) vs double training
+//                                                  vs the store-the-trajectory double baseline
+//     hypergradients/exact, train/double, ...       the same, timed one at a time
+//     reverse_parts/<part>/<wl>                    per-step pieces of the reverse pass
+//  3) buffer_bits/<policy>/<wl>/gamma:<γ>           bits per weight per step vs log2(1/γ)
+//  4) memory/<wl>/gamma:0.9/T:<T>                   trajectory memory, exact vs stored
+//  (5, threads, is bench_threads.)
+//
+// The *interleaved* benchmarks run both sides of a ratio in the same iteration and time each
+// with the thread's CPU clock, so load from other processes on a shared machine affects both
+// alike; their "ratio" counters are the figures to quote.
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include <hypergrad/exact.hpp>
+#include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/reverse.hpp>
+
+#include "bench_common.hpp"
+
+namespace {
+
+using bench::Workload;
+using bench::WorkloadSpec;
+using Eigen::MatrixXd;
+using Eigen::VectorXd;
+using hypergrad::Index;
+
+template <class Rounding>
+using Sgd = hypergrad::SgdMomentum<hypergrad::FixedFormat<52>, Rounding>;
+using ExactSgd = Sgd<hypergrad::BitsBackRounding>;
+
+std::string gammaName(double g) {
+  std::string s = std::to_string(g);
+  while (s.back() == '0') s.pop_back();
+  return s;
+}
+
+ExactSgd exactOptimizer(const Workload& wl, Index T, double gamma) {
+  return ExactSgd(wl.layout, wl.alphas(T), wl.gammas(T, gamma));
+}
+
+bench::DoubleMomentum doubleOptimizer(const Workload& wl, Index T, const ExactSgd& twin) {
+  return bench::DoubleMomentum(wl.layout, wl.alphas(T).values(), twin.quantizedMomenta());
+}
+
+// ---- 1) One training step -----------------------------------------------------------------------
+
+void trainStepExact(benchmark::State& state, const WorkloadSpec& spec) {
+  const Workload& wl = bench::workload(spec);
+  const Index T = spec.steps;
+  ExactSgd opt = exactOptimizer(wl, T, spec.gamma);
+  opt.start(wl.w1);
+  for (auto _ : state) {
+    if (opt.iteration() == T) {
+      state.PauseTiming();
+      opt.start(wl.w1);
+      state.ResumeTiming();
+    }
+    opt.step(wl.train);
+  }
+  state.SetItemsProcessed(state.iterations() * wl.size());
+}
+
+void trainStepDouble(benchmark::State& state, const WorkloadSpec& spec) {
+  const Workload& wl = bench::workload(spec);
+  const Index T = spec.steps;
+  const ExactSgd twin = exactOptimizer(wl, T, spec.gamma);
+  bench::DoubleMomentum opt = doubleOptimizer(wl, T, twin);
+  opt.start(wl.w1);
+  Index t = 0;
+  for (auto _ : state) {
+    if (t == T) {
+      state.PauseTiming();
+      opt.start(wl.w1);
+      t = 0;
+      state.ResumeTiming();
+    }
+    opt.step(wl.train, t++);
+  }
+  benchmark::DoNotOptimize(opt.weights().data());
+  state.SetItemsProcessed(state.iterations() * wl.size());
+}
+
+/// Both steps at the same t in every iteration, each timed with the thread CPU clock.
+void trainStepInterleaved(benchmark::State& state, const WorkloadSpec& spec) {
+  const Workload& wl = bench::workload(spec);
+  const Index T = spec.steps;
+  ExactSgd exact = exactOptimizer(wl, T, spec.gamma);
+  bench::DoubleMomentum plain = doubleOptimizer(wl, T, exact);
+  exact.start(wl.w1);
+  plain.start(wl.w1);
+  double exactSeconds = 0.0, doubleSeconds = 0.0;
+  for (auto _ : state) {
+    if (exact.iteration() == T) {
+      exact.start(wl.w1);
+      plain.start(wl.w1);
+    }
+    const Index t = exact.iteration();
+    const double t0 = bench::threadSeconds();
+    exact.step(wl.train);
+    const double t1 = bench::threadSeconds();
+    plain.step(wl.train, t);
+    const double t2 = bench::threadSeconds();
+    exactSeconds += t1 - t0;
+    doubleSeconds += t2 - t1;
+  }
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["exact_ms"] = 1e3 * exactSeconds / iters;
+  state.counters["double_ms"] = 1e3 * doubleSeconds / iters;
+  state.counters["ratio"] = exactSeconds / doubleSeconds;
+  state.counters["target_ratio_max"] = 1.10;
+}
+
+// ---- 2) Hypergradient cost ------------------------------------------------------------------------
+
+/// Exact forward + reverse, double training and the stored-trajectory baseline of the same run,
+/// in the same iteration, each timed with the thread CPU clock.
+void hypergradientsInterleaved(benchmark::State& state, const WorkloadSpec& spec, Index T, bool withStored) {
+  const Workload& wl = bench::workload(spec);
+  ExactSgd exact = exactOptimizer(wl, T, spec.gamma);
+  bench::DoubleMomentum plain = doubleOptimizer(wl, T, exact);
+  const VectorXd v1 = VectorXd::Zero(wl.size());
+  double forwardS = 0.0, reverseS = 0.0, doubleS = 0.0, storedS = 0.0, diff = 0.0;
+  std::size_t storedBytes = 0;
+  for (auto _ : state) {
+    const double t0 = bench::threadSeconds();
+    exact.start(wl.w1, v1);
+    hypergrad::train(exact, wl.train);
+    const double t1 = bench::threadSeconds();
+    const hypergrad::Hypergradients hg = hypergrad::reverse(exact, wl.train, wl.validation);  // checks exactness
+    const double t2 = bench::threadSeconds();
+    plain.start(wl.w1);
+    for (Index t = 0; t < T; ++t) plain.step(wl.train, t);
+    benchmark::DoNotOptimize(plain.weights().data());
+    const double t3 = bench::threadSeconds();
+    forwardS += t1 - t0;
+    reverseS += t2 - t1;
+    doubleS += t3 - t2;
+    if (withStored) {
+      const bench::StoredTrajectoryResult st = bench::storedTrajectoryHypergradients(
+          wl.train, wl.validation, wl.layout, wl.alphas(T).values(), exact.quantizedMomenta(), wl.w1);
+      storedS += bench::threadSeconds() - t3;
+      storedBytes = st.trajectoryBytes;
+      diff = bench::maxRelativeDifference(hg.learningRates, st.learningRates, 1e-8);
+    }
+  }
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["exact_forward_s"] = forwardS / iters;
+  state.counters["exact_reverse_s"] = reverseS / iters;
+  state.counters["exact_total_s"] = (forwardS + reverseS) / iters;
+  state.counters["double_train_s"] = doubleS / iters;
+  state.counters["ratio_vs_double_train"] = (forwardS + reverseS) / doubleS;
+  state.counters["target_ratio_max"] = 4.0;
+  state.counters["reverse_ms_per_step"] = 1e3 * reverseS / (iters * static_cast<double>(T));
+  state.counters["forward_ms_per_step"] = 1e3 * forwardS / (iters * static_cast<double>(T));
+  if (withStored) {
+    state.counters["stored_total_s"] = storedS / iters;
+    state.counters["ratio_vs_stored"] = (forwardS + reverseS) / storedS;
+    state.counters["stored_trajectory_bytes"] = static_cast<double>(storedBytes);
+    // Exact (fixed-point trajectory) vs double trajectory: rounding-noise level (DESIGN.md §8).
+    state.counters["dalpha_max_rel_diff_vs_stored"] = diff;
+  }
+}
+
+void hypergradientsExact(benchmark::State& state, const WorkloadSpec& spec, Index T) {
+  const Workload& wl = bench::workload(spec);
+  ExactSgd opt = exactOptimizer(wl, T, spec.gamma);
+  const VectorXd v1 = VectorXd::Zero(wl.size());
+  for (auto _ : state) {
+    const hypergrad::Hypergradients hg = hypergrad::computeHypergradients(opt, wl.train, wl.validation, wl.w1, v1);
+    benchmark::DoNotOptimize(hg.learningRates.data());
+  }
+}
+
+void trainExact(benchmark::State& state, const WorkloadSpec& spec, Index T) {
+  const Workload& wl = bench::workload(spec);
+  ExactSgd opt = exactOptimizer(wl, T, spec.gamma);
+  for (auto _ : state) {
+    opt.start(wl.w1);
+    hypergrad::train(opt, wl.train);
+  }
+}
+
+void trainDouble(benchmark::State& state, const WorkloadSpec& spec, Index T) {
+  const Workload& wl = bench::workload(spec);
+  const ExactSgd twin = exactOptimizer(wl, T, spec.gamma);
+  bench::DoubleMomentum opt = doubleOptimizer(wl, T, twin);
+  for (auto _ : state) {
+    opt.start(wl.w1);
+    for (Index t = 0; t < T; ++t) opt.step(wl.train, t);
+    benchmark::DoNotOptimize(opt.weights().data());
+  }
+}
+
+void hypergradientsStored(benchmark::State& state, const WorkloadSpec& spec, Index T) {
+  const Workload& wl = bench::workload(spec);
+  const ExactSgd twin = exactOptimizer(wl, T, spec.gamma);
+  std::size_t bytes = 0;
+  for (auto _ : state) {
+    const bench::StoredTrajectoryResult st = bench::storedTrajectoryHypergradients(
+        wl.train, wl.validation, wl.layout, wl.alphas(T).values(), twin.quantizedMomenta(), wl.w1);
+    bytes = st.trajectoryBytes;
+    benchmark::DoNotOptimize(st.learningRates.data());
+  }
+  state.counters["stored_trajectory_bytes"] = static_cast<double>(bytes);
+}
+
+/// The pieces of one reverse step, at the state after `warm` training steps.
+enum class Part { Gradient, Hvp, MixedProduct, ReverseStep, ExactUnstep, ExactStep, DoubleUpdate, MetaGradient };
+
+const char* partName(Part p) {
+  switch (p) {
+    case Part::Gradient: return "gradient";
+    case Part::Hvp: return "hessian_vector_product";
+    case Part::MixedProduct: return "mixed_product";
+    case Part::ReverseStep: return "reverse_step_fused";
+    case Part::ExactUnstep: return "exact_unstep";
+    case Part::ExactStep: return "exact_step_update";
+    case Part::DoubleUpdate: return "double_update";
+    case Part::MetaGradient: return "meta_gradient";
+  }
+  return "?";
+}
+
+void reversePart(benchmark::State& state, const WorkloadSpec& spec, Part part) {
+  const Workload& wl = bench::workload(spec);
+  const Index T = spec.steps, warm = std::min<Index>(10, T - 1);
+  ExactSgd opt = exactOptimizer(wl, T, spec.gamma);
+  opt.start(wl.w1);
+  for (Index t = 0; t < warm; ++t) opt.step(wl.train);
+  const VectorXd w = opt.weights();
+  const Index t = opt.iteration();
+  VectorXd g, hu, mixed, u(wl.size());
+  hypergrad::CounterRng rng(11, 0x4);
+  for (Index i = 0; i < u.size(); ++i) u(i) = 1e-2 * rng.normal();
+  wl.train.gradient(w, t, g);
+  bench::DoubleMomentum plain = doubleOptimizer(wl, T, opt);
+  plain.start(w);
+  for (auto _ : state) {
+    switch (part) {
+      case Part::Gradient: wl.train.gradient(w, t, g); break;
+      case Part::Hvp: wl.train.hessianVectorProduct(w, t, u, hu); break;
+      case Part::MixedProduct: wl.train.mixedProduct(w, t, u, mixed); break;
+      case Part::ReverseStep: wl.train.reverseStep(w, t, u, g, hu, mixed); break;
+      case Part::ExactUnstep:
+        state.PauseTiming();
+        opt.stepWithGradient(g);
+        state.ResumeTiming();
+        opt.unstepWeights();
+        opt.unstepVelocity(g);
+        break;
+      case Part::ExactStep:
+        opt.stepWithGradient(g);
+        state.PauseTiming();
+        opt.unstepWeights();
+        opt.unstepVelocity(g);
+        state.ResumeTiming();
+        break;
+      case Part::DoubleUpdate: plain.update(t, g); break;
+      case Part::MetaGradient: benchmark::DoNotOptimize(wl.validation.valueAndGradient(w, g)); break;
+    }
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * wl.size());
+  if (part == Part::MixedProduct) state.counters["mixed_size"] = static_cast<double>(mixed.size());
+}
+
+// ---- 3) Information-buffer bits in real training ----------------------------------------------------
+
+template <class Rounding>
+void bufferBits(benchmark::State& state, const WorkloadSpec& spec, double gamma) {
+  const Workload& wl = bench::workload(spec);
+  const Index T = spec.steps;
+  Sgd<Rounding> opt(wl.layout, wl.alphas(T), wl.gammas(T, gamma));
+  double firstStepBits = 0.0;
+  for (auto _ : state) {
+    opt.start(wl.w1);
+    opt.step(wl.train);
+    firstStepBits = opt.buffer().informationBits();
+    hypergrad::train(opt, wl.train);
+  }
+  const double n = static_cast<double>(wl.size());
+  const double bits = opt.buffer().informationBits() / (n * static_cast<double>(T));
+  const double bound = -std::log2(opt.quantizedMomenta()(0, 0));
+  state.counters["bits_per_weight_step"] = bits;
+  state.counters["bound_bits"] = bound;
+  state.counters["ratio_to_bound"] = bits / bound;
+  // Steps 2..T only: the first step starts from v = 0 and an empty coder state, a one-off cost
+  // per weight that the per-step average only amortises over T.
+  const double steady = (opt.buffer().informationBits() - firstStepBits) / (n * static_cast<double>(T - 1));
+  state.counters["first_step_bits_per_weight"] = firstStepBits / n;
+  state.counters["steady_bits_per_weight_step"] = steady;
+  state.counters["steady_ratio_to_bound"] = steady / bound;
+  state.counters["gamma_quantized"] = opt.quantizedMomenta()(0, 0);
+}
+
+// ---- 4) Trajectory memory vs T -------------------------------------------------------------------
+
+void memoryVsT(benchmark::State& state, const WorkloadSpec& spec, Index T, Index batchSize) {
+  const Workload& wl = bench::workload(spec);
+  const hypergrad::MlpObjective f = wl.objectiveWithBatch(batchSize);
+  ExactSgd opt = exactOptimizer(wl, T, spec.gamma);
+  for (auto _ : state) {
+    opt.start(wl.w1);
+    hypergrad::train(opt, f);
+  }
+  const auto& buf = opt.buffer();
+  const double n = static_cast<double>(wl.size());
+  const double trajectory = 2.0 * 8.0 * n * static_cast<double>(T);  // w_t and v_t as doubles
+  const double alloc = static_cast<double>(buf.memoryBytes());
+  const double content = buf.storageBits() / 8.0;
+  const double info = buf.informationBits() / 8.0;
+  state.counters["buffer_alloc_bytes"] = alloc;
+  state.counters["buffer_content_bytes"] = content;
+  state.counters["information_bytes"] = info;
+  state.counters["stored_trajectory_bytes"] = trajectory;
+  state.counters["ratio_alloc"] = trajectory / alloc;
+  state.counters["ratio_content"] = trajectory / content;
+  state.counters["ratio_information"] = trajectory / info;
+  state.counters["bits_per_weight_step"] = buf.informationBits() / (n * static_cast<double>(T));
+  state.counters["batch_size"] = static_cast<double>(batchSize);
+}
+
+// ---- Registration ---------------------------------------------------------------------------------
+
+void registerAll(bool longCases) {
+  for (const WorkloadSpec& spec : {bench::mnistSpec(), bench::smokeSpec()}) {
+    const bool smoke = spec.name == "smoke";
+    const std::string wl = "/" + spec.name;
+    const auto ms = benchmark::kMillisecond;
+
+    benchmark::RegisterBenchmark(("train_step/exact" + wl).c_str(),
+                                 [spec](benchmark::State& st) { trainStepExact(st, spec); })->Unit(ms);
+    benchmark::RegisterBenchmark(("train_step/double" + wl).c_str(),
+                                 [spec](benchmark::State& st) { trainStepDouble(st, spec); })->Unit(ms);
+    benchmark::RegisterBenchmark(("train_step/interleaved" + wl).c_str(),
+                                 [spec](benchmark::State& st) { trainStepInterleaved(st, spec); })
+        ->Unit(ms)->MinTime(smoke ? 0.01 : 2.0);
+
+    const Index T = spec.steps;
+    const std::string tT = wl + "/T:" + std::to_string(T);
+    benchmark::RegisterBenchmark(("hypergradients/interleaved" + tT).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradientsInterleaved(st, spec, T, true); })
+        ->Unit(ms)->Iterations(smoke ? 1 : 3);
+    benchmark::RegisterBenchmark(("hypergradients/exact" + tT).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradientsExact(st, spec, T); })->Unit(ms);
+    benchmark::RegisterBenchmark(("train/exact" + tT).c_str(),
+                                 [spec, T](benchmark::State& st) { trainExact(st, spec, T); })->Unit(ms);
+    benchmark::RegisterBenchmark(("train/double" + tT).c_str(),
+                                 [spec, T](benchmark::State& st) { trainDouble(st, spec, T); })->Unit(ms);
+    benchmark::RegisterBenchmark(("hypergradients/stored_trajectory" + tT).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradientsStored(st, spec, T); })->Unit(ms);
+    if (longCases && !smoke) {
+      const Index TL = 1000;
+      const std::string tL = wl + "/T:" + std::to_string(TL);
+      benchmark::RegisterBenchmark(("hypergradients/interleaved" + tL).c_str(),
+                                   [spec, TL](benchmark::State& st) { hypergradientsInterleaved(st, spec, TL, true); })
+          ->Unit(ms)->Iterations(1);
+    }
+
+    for (Part p : {Part::Gradient, Part::Hvp, Part::MixedProduct, Part::ReverseStep, Part::ExactUnstep,
+                   Part::ExactStep, Part::DoubleUpdate, Part::MetaGradient}) {
+      benchmark::RegisterBenchmark((std::string("reverse_parts/") + partName(p) + wl).c_str(),
+                                   [spec, p](benchmark::State& st) { reversePart(st, spec, p); })
+          ->Unit(benchmark::kMicrosecond);
+    }
+
+    for (const double g : {0.5, 0.9, 0.98, 0.999}) {
+      if (smoke && g != 0.9) continue;
+      const std::string tail = wl + "/gamma:" + gammaName(g);
+      benchmark::RegisterBenchmark(("buffer_bits/bits-back" + tail).c_str(),
+                                   [spec, g](benchmark::State& st) { bufferBits<hypergrad::BitsBackRounding>(st, spec, g); })
+          ->Unit(ms)->Iterations(1);
+      benchmark::RegisterBenchmark(("buffer_bits/floor" + tail).c_str(),
+                                   [spec, g](benchmark::State& st) { bufferBits<hypergrad::FloorRounding>(st, spec, g); })
+          ->Unit(ms)->Iterations(1);
+    }
+
+    struct MemCase {
+      Index T, batch;
+    };
+    std::vector<MemCase> mem;
+    if (smoke) {
+      mem.push_back({spec.steps, spec.batchSize});
+    } else {
+      mem.push_back({100, spec.batchSize});
+      mem.push_back({1000, spec.batchSize});
+      // T = 10000 with minibatch 10: the buffer's bits per step do not depend on the batch
+      // (bits-back stores log2(d/n) per multiply whatever the values), only the run time does.
+      if (longCases) mem.push_back({10000, 10});
+    }
+    for (const MemCase c : mem) {
+      std::string name = "memory" + wl + "/gamma:" + gammaName(spec.gamma) + "/T:" + std::to_string(c.T);
+      if (c.batch != spec.batchSize) name += "/batch:" + std::to_string(c.batch);
+      benchmark::RegisterBenchmark(name.c_str(),
+                                   [spec, c](benchmark::State& st) { memoryVsT(st, spec, c.T, c.batch); })
+          ->Unit(ms)->Iterations(1);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool longCases = bench::takeLongFlag(argc, argv);
+  registerAll(longCases);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
