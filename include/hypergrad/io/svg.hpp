@@ -295,7 +295,13 @@ class SvgPlot {
       const int digits = std::max(0, int(std::ceil(std::log10(mag / step) - 1e-9)));
       std::snprintf(buf, sizeof buf, "%.*e", std::min(digits, 6), v);
     } else {
-      const int decimals = std::max(0, int(-std::floor(std::log10(step) + 1e-9)));
+      // Enough decimals to show the step itself (a step of 0.025 needs 3, not 2).
+      int decimals = std::max(0, int(-std::floor(std::log10(step) + 1e-9)));
+      while (decimals < 10) {
+        const double scaled = step * std::pow(10.0, decimals);
+        if (std::abs(scaled - std::round(scaled)) <= 1e-6 * scaled) break;
+        ++decimals;
+      }
       std::snprintf(buf, sizeof buf, "%.*f", std::min(decimals, 10), v);
     }
     return buf;

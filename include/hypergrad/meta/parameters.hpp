@@ -70,6 +70,12 @@ inline double derivative(Transform t, double value) {
 
 /// Named blocks of hyperparameters over one flat unconstrained vector.
 ///
+/// chain() expects gradients with respect to each block's VALUE. Where the library already
+/// returns a gradient in a transformed coordinate — `L2Regularized` gives ∂f/∂η with η = log λ,
+/// `ScaledInit::logScaleGradient` gives ∂f/∂log s — store that coordinate itself with
+/// Transform::Identity (a block of η, not of λ with Transform::Log, which would multiply by λ a
+/// second time).
+///
 /// \code
 /// MetaParameters p;
 /// p.add("learning rates", Eigen::MatrixXd::Constant(T, G, 0.1), Transform::Log);
