@@ -8,12 +8,14 @@
 /// Alg. 2; DESIGN.md §1). It stores no trajectory: memory is O(N) plus the information buffer.
 
 #include <cmath>
+#include <string>
 
 #include <Eigen/Core>
 
 #include "callbacks.hpp"
 #include "config.hpp"
 #include "errors.hpp"
+#include "layout.hpp"
 #include "objective.hpp"
 
 namespace hypergrad {
@@ -29,6 +31,22 @@ struct Hypergradients {
   Eigen::VectorXd hyperparameters;  ///< ∂f/∂θ (size of the objective's θ; empty when it has none)
   Eigen::VectorXd finalWeights;     ///< w_{T+1}, the trained weights
 };
+
+namespace detail {
+// Throws NonFiniteValue naming the iteration, the entry and (for w-sized vectors) its group.
+inline void checkFiniteProduct(const Eigen::VectorXd& x, const char* what, Index t, const ParameterLayout* layout) {
+  for (Index i = 0; i < x.size(); ++i) {
+    if (std::isfinite(x(i))) continue;
+    std::string group;
+    if (layout != nullptr)
+      for (const ParameterGroup& grp : layout->groups())
+        if (i >= grp.offset && i < grp.offset + grp.size) group = detail::message(", group '", grp.name, "'");
+    throw NonFiniteValue(detail::message("reverse: the ", what, " at iteration ", t, group, ", entry ", i, " is ", x(i),
+                                         ". The optimizer has reversed step ", t,
+                                         " consistently; check the objective's second derivatives there"));
+  }
+}
+}  // namespace detail
 
 /// Runs the remaining forward steps of `opt` (from iteration() to numIterations()).
 template <class Optimizer, class Objective, class Callback = NullCallback>
@@ -106,11 +124,10 @@ Hypergradients reverse(Optimizer& opt, const Objective& f, const Meta& meta, Cal
                                             hu.size(), ", ", mixed.size(), " for the gradient, Hessian-vector product "
                                             "and mixed product; expected ", n, ", ", n, ", ", numHyper));
     }
-    if (!hu.allFinite() || !mixed.allFinite()) {
-      throw NonFiniteValue(detail::message("reverse: the ", hu.allFinite() ? "mixed product" : "Hessian-vector product",
-                                           " at iteration ", t, " is not finite"));
-    }
     opt.unstepVelocity(g);  // v_t = (v_{t+1} + (1 − γ_t) g_t) / γ_t, exact
+    // Checked after the step is complete, so the optimizer is left consistent at iteration t.
+    detail::checkFiniteProduct(hu, "Hessian-vector product", t, &opt.layout());
+    detail::checkFiniteProduct(mixed, "mixed product", t, nullptr);
     opt.velocity(v);
     groupSum.setZero();
     opt.forEachGroup(t, [&](Index k, Index i, double, double gamma) {

@@ -123,7 +123,8 @@ double relativeError(const Eigen::VectorXd& a, const Eigen::VectorXd& b) {
 
 bool bitIdentical(const Eigen::VectorXd& a, const Eigen::VectorXd& b) {
   return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(double)) == 0;
+         (a.size() == 0 ||  // memcmp on the null data of empty vectors is undefined
+          std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(double)) == 0);
 }
 
 // Central differences of a scalar function of w.

@@ -22,23 +22,57 @@
 /// unit i, output unit j) sits at offset + i + j·n_{l-1}. Column j holds the incoming weights of
 /// output unit j, and Z = A·W maps the block with Eigen::Map, without copies.
 ///
-/// **Determinism.** Every result is a pure function of (w, θ, t): fixed summation orders, no
-/// OpenMP of our own, and each output (gradient, Hessian-vector product, mixed product) is
-/// computed by the same sequence of operations whether it is requested alone or together with
-/// the others, so `reverseStep` is bit-identical to the three separate calls.
+/// **Shards and threads (DESIGN.md §3).** Every result is a pure function of (w, θ, t) and of
+/// the shard size — never of the number of threads. A batch of b examples (the rows of the
+/// batch in the order the batch schedule returns them; all rows of the data set for MlpLoss) is
+/// cut into ⌈b / S⌉ consecutive shards of S = shardSize() examples (default 50, set with
+/// setShardSize(); the last shard takes the remainder). The partition depends only on b and S.
+/// Each shard runs its own forward / R-forward / backward / R-backward sweep in its own
+/// workspace, and the shard results (loss, gradient, Hessian-vector product, mixed product) are
+/// then added in shard order 0, 1, 2, ... — a fixed summation order. When the code is compiled
+/// with OpenMP (`-fopenmp`, `_OPENMP` defined) the shards run in a `#pragma omp parallel for`;
+/// without it they run one after the other, with the same bits.
 ///
-/// **Thread safety.** MlpObjective and MlpLoss keep a mutable workspace so the hot path does not
-/// allocate; one object must therefore not be called from several threads at once (use one
-/// copy per thread).
+/// Inside a shard every matrix product is a *single-threaded* GEMM whatever the OpenMP settings.
+/// Eigen 3.4's own products are not enough: `parallelize_gemm` (Parallelizer.h) goes
+/// multi-threaded whenever `Eigen::nbThreads() > 1` and `omp_get_num_threads() == 1` — which is
+/// the case inside a parallel region of ONE thread, or in a nested region — and a
+/// multi-threaded GEMM re-blocks the depth for the thread count, which changes the last bits
+/// (7e-14 on a 200×784 by 784×50 product between 1 and 2 threads). So the shards call Eigen's
+/// sequential GEMM kernel (`general_matrix_matrix_product::run` with a one-thread blocking and
+/// no parallel info) directly: exactly what Eigen runs on its own single-threaded path. The
+/// library never calls `Eigen::setNbThreads` and leaves the user's Eigen settings untouched.
+/// (With an Eigen other than 3.4.x the shards fall back to ordinary Eigen products: still
+/// deterministic without OpenMP, and with OpenMP as long as Eigen stays single-threaded, e.g.
+/// under `EIGEN_DONT_PARALLELIZE`.)
+///
+/// The shard size changes the rounding of the sums, hence the bits: it must be the same in the
+/// forward and the reverse pass (SgdMomentum's gradient fingerprint reports a change). Results
+/// for one shard size are identical at any thread count, but differ in the last bits from those
+/// for another shard size. Small shards expose more parallelism, large ones make larger (more
+/// efficient) GEMMs; 50 suits the paper's batch of 200 on up to 4 threads.
+///
+/// Each output (gradient, Hessian-vector product, mixed product) is computed by the same
+/// sequence of operations whether it is requested alone or together with the others, so
+/// `reverseStep` is bit-identical to the three separate calls.
+///
+/// **Thread safety.** MlpObjective and MlpLoss keep mutable per-shard workspaces so the hot path
+/// does not allocate; one object must therefore not be called from several threads at once (use
+/// one copy per thread). The object parallelises internally over shards.
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <Eigen/Core>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "../batches.hpp"
 #include "../config.hpp"
@@ -252,11 +286,162 @@ class MlpArchitecture {
 
 namespace detail {
 
-/// Buffers of one forward / R-forward / backward / R-backward sweep; sized on first use and
-/// reused (Eigen's resize keeps the allocation when the size is unchanged).
+/// A column-major view of constant doubles: rows × cols, column j at data + j·stride.
+struct ConstMatrixView {
+  const double* data = nullptr;
+  Index rows = 0;
+  Index cols = 0;
+  Index stride = 0;
+};
+
+/// View of an Eigen column-major matrix (or Map / block with unit inner stride).
+template <class M>
+ConstMatrixView viewOf(const M& m) {
+  return ConstMatrixView{m.data(), m.rows(), m.cols(), m.outerStride()};
+}
+
+/// The GEMM kernel's packing buffers, kept in a shard's workspace between calls so that the hot
+/// path does not allocate (a fresh allocation per product made the C library return the memory
+/// to the system and fault it back in: +25% on a 784-50-50-50-10 gradient).
+struct GemmScratch {
+  Eigen::VectorXd blockA, blockB;
+};
+
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0) && !EIGEN_VERSION_AT_LEAST(3, 4, 90)
+#define HYPERGRAD_SERIAL_GEMM_KERNEL 1
+/// The blocking of Eigen's gemm_blocking_space(rows, cols, depth, num_threads = 1, l3 = true) —
+/// the one Eigen's own single-threaded product uses — with packing buffers from a GemmScratch.
+class ScratchBlocking : public Eigen::internal::level3_blocking<double, double> {
+ public:
+  ScratchBlocking(Index m, Index n, Index k, GemmScratch& scratch) {
+    this->m_mc = m;
+    this->m_nc = n;
+    this->m_kc = k;
+    Eigen::internal::computeProductBlockingSizes<double, double, 1>(this->m_kc, this->m_mc, this->m_nc, Index(1));
+    const Index sizeA = this->m_mc * this->m_kc, sizeB = this->m_kc * this->m_nc;
+    if (scratch.blockA.size() < sizeA) scratch.blockA.resize(sizeA);
+    if (scratch.blockB.size() < sizeB) scratch.blockB.resize(sizeB);
+    this->m_blockA = scratch.blockA.data();
+    this->m_blockB = scratch.blockB.data();
+  }
+};
+
+/// C += op(A) op(B) with Eigen's sequential GEMM kernel: a one-thread blocking and no parallel
+/// info, i.e. what Eigen's product runs on its single-threaded path, whatever the OpenMP state.
+template <int LhsOrder, int RhsOrder>
+void serialGemmKernel(Index m, Index n, Index k, const double* a, Index lda, const double* b, Index ldb, double* c,
+                      Index ldc, GemmScratch& scratch) {
+  ScratchBlocking blocking(m, n, k, scratch);
+  Eigen::internal::general_matrix_matrix_product<Index, double, LhsOrder, false, double, RhsOrder, false,
+                                                 Eigen::ColMajor, 1>::run(m, n, k, a, lda, b, ldb, c, 1, ldc, 1.0,
+                                                                          blocking, nullptr);
+}
+#endif
+
+/// \brief C = op(A)·op(B), or C += op(A)·op(B) when `accumulate`; op(X) is X or Xᵀ. C is m × n,
+/// column-major with column stride ldc. Always single-threaded (see the file comment), so the
+/// bits depend only on the operands and their shapes.
+inline void serialGemm(const ConstMatrixView& a, bool transA, const ConstMatrixView& b, bool transB, double* c,
+                       Index ldc, bool accumulate, GemmScratch& scratch) {
+  const Index m = transA ? a.cols : a.rows;
+  const Index k = transA ? a.rows : a.cols;
+  const Index n = transB ? b.rows : b.cols;
+  eigen_assert(k == (transB ? b.cols : b.rows));
+  if (!accumulate)
+    for (Index j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, 0.0);
+  if (m == 0 || n == 0 || k == 0) return;
+#if defined(HYPERGRAD_SERIAL_GEMM_KERNEL)
+  // A transposed column-major matrix is the same storage read row-major.
+  if (!transA && !transB)
+    serialGemmKernel<Eigen::ColMajor, Eigen::ColMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else if (transA && !transB)
+    serialGemmKernel<Eigen::RowMajor, Eigen::ColMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else if (!transA && transB)
+    serialGemmKernel<Eigen::ColMajor, Eigen::RowMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else
+    serialGemmKernel<Eigen::RowMajor, Eigen::RowMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+#else
+  static_cast<void>(scratch);
+  using Stride = Eigen::OuterStride<>;
+  const Eigen::Map<const Eigen::MatrixXd, 0, Stride> A(a.data, a.rows, a.cols, Stride(a.stride));
+  const Eigen::Map<const Eigen::MatrixXd, 0, Stride> B(b.data, b.rows, b.cols, Stride(b.stride));
+  Eigen::Map<Eigen::MatrixXd, 0, Stride> C(c, m, n, Stride(ldc));
+  if (!transA && !transB) C.noalias() += A * B;
+  else if (transA && !transB) C.noalias() += A.transpose() * B;
+  else if (!transA && transB) C.noalias() += A * B.transpose();
+  else C.noalias() += A.transpose() * B.transpose();
+#endif
+}
+#undef HYPERGRAD_SERIAL_GEMM_KERNEL
+
+/// The fixed partition of `total` examples into consecutive shards of `shardSize` (the last one
+/// takes the remainder): a function of (total, shardSize) only, never of the thread count.
+struct ShardPlan {
+  Index total = 0;
+  Index shardSize = 1;
+  Index count() const noexcept { return (total + shardSize - 1) / shardSize; }
+  Index begin(Index s) const noexcept { return s * shardSize; }
+  Index size(Index s) const noexcept { return std::min(shardSize, total - s * shardSize); }
+};
+
+/// Runs f(s) for s = 0 .. numShards−1, in parallel over OpenMP threads when compiled with
+/// OpenMP. Exceptions do not cross the parallel region: each shard's is kept, and the one of the
+/// lowest shard is rethrown afterwards (the same error whatever the thread count).
+template <class F>
+void forEachShard(Index numShards, F&& f) {
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(numShards));
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (numShards > 1)
+#endif
+  for (Index s = 0; s < numShards; ++s) {
+    try {
+      f(s);
+    } catch (...) {
+      errors[static_cast<std::size_t>(s)] = std::current_exception();
+    }
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+/// \brief Runs compute(s, slot) for every shard s in waves of at most maxSlots shards (slot =
+/// s − first shard of the wave, in parallel within a wave), and after each wave combine(s, slot)
+/// for its shards in increasing s. Only maxSlots shard workspaces and partial results are alive
+/// at once, and since combine() always sees the shards in order 0, 1, 2, ..., the wave size (and
+/// the thread count) does not change any bit of the result.
+template <class Compute, class Combine>
+void runShardWaves(Index numShards, Index maxSlots, Compute&& compute, Combine&& combine) {
+  for (Index first = 0; first < numShards; first += maxSlots) {
+    const Index count = std::min(maxSlots, numShards - first);
+    forEachShard(count, [&](Index slot) { compute(first + slot, slot); });
+    for (Index slot = 0; slot < count; ++slot) combine(first + slot, slot);
+  }
+}
+
+/// Shards alive at once (workspaces and partial gradients): 16, or the OpenMP thread count if
+/// larger. Memory, not results, depends on it.
+inline Index shardSlots() noexcept {
+#if defined(_OPENMP)
+  return std::max<Index>(16, omp_get_max_threads());
+#else
+  return 16;
+#endif
+}
+
+/// Throws InvalidArgument unless the shard size is at least 1.
+inline Index checkShardSize(Index shardSize, const char* fn) {
+  if (shardSize < 1) {
+    throw InvalidArgument(detail::message(fn, ": shard size ", shardSize,
+                                          " must be at least 1 (examples per shard; default 50)"));
+  }
+  return shardSize;
+}
+
+/// Buffers of one forward / R-forward / backward / R-backward sweep over one shard; sized on
+/// first use and reused (Eigen's resize keeps the allocation when the size is unchanged).
 struct MlpWorkspace {
-  Eigen::MatrixXd input;                // gathered batch rows (MlpObjective only)
-  Eigen::VectorXi labels;               // gathered batch labels (MlpObjective only)
+  Eigen::MatrixXd input;                // gathered shard rows (MlpObjective only)
+  Eigen::VectorXi labels;               // gathered shard labels (MlpObjective only)
   std::vector<Eigen::MatrixXd> z;       // z[l]: pre-activation of layer l (b × n_{l+1})
   std::vector<Eigen::MatrixXd> a;       // a[l] = σ(z[l]), hidden layers only
   std::vector<Eigen::MatrixXd> d1;      // σ'(z[l]), hidden layers only
@@ -266,10 +451,21 @@ struct MlpWorkspace {
   std::vector<Eigen::MatrixXd> da;      // ∂L/∂a[l] (hidden)
   std::vector<Eigen::MatrixXd> rda;     // R{∂L/∂a[l]} (hidden)
   Eigen::MatrixXd probs;                // softmax of z[L-1]
-  Eigen::MatrixXd rInputGrad;           // R{∂L/∂A_0}: the mixed product w.r.t. the inputs
+  Eigen::MatrixXd rInputGrad;           // R{∂L/∂A_0}: the mixed product w.r.t. the shard's inputs
+  GemmScratch gemm;                     // packing buffers of every product of the sweep
 };
 
-/// \brief The one implementation of the network's math, shared by MlpObjective and MlpLoss.
+/// One shard slot's workspace and partial results. Shard 0 writes straight into the caller's
+/// output vectors; shards s ≥ 1 into their slot's own, added to the output in shard order.
+struct MlpShard {
+  MlpWorkspace ws;
+  Eigen::VectorXd gradient;  ///< this shard's share of ∇_w L (shards ≥ 1)
+  Eigen::VectorXd hvp;       ///< this shard's share of ∇²_w L u (shards ≥ 1)
+  double lossSum = 0.0;      ///< Σ over the shard's examples of their cross-entropy
+};
+
+/// \brief The one implementation of the network's math on one shard, shared by MlpObjective and
+/// MlpLoss. All products go through serialGemm (single-threaded).
 class MlpNetwork {
  public:
   explicit MlpNetwork(MlpArchitecture arch) : m_arch(std::move(arch)) {}
@@ -284,56 +480,55 @@ class MlpNetwork {
     bool inputMixed = false;        ///< compute ws.rInputGrad = ∂_{A_0}(uᵀ ∇_w L), b × n_0
   };
 
-  /// \brief Forward pass on `input` (b × n_0) with `labels`; fills ws.z/a/d1/probs and returns
-  /// the mean softmax cross-entropy.
-  double forward(const double* w, const Eigen::MatrixXd& input, const Eigen::VectorXi& labels,
-                 MlpWorkspace& ws) const {
+  /// \brief Forward pass on `input` (b × n_0) with `labels` (b entries); fills ws.z/a/d1/probs
+  /// and returns the SUM over the b examples of their softmax cross-entropy.
+  double forward(const double* w, const ConstMatrixView& input, const int* labels, MlpWorkspace& ws) const {
     const Index L = m_arch.numLayers();
-    const Index b = input.rows();
+    const Index b = input.rows;
     ensureLayers(ws);
     for (Index l = 0; l < L; ++l) {
       const auto k = static_cast<std::size_t>(l);
-      const Eigen::MatrixXd& x = (l == 0) ? input : ws.a[k - 1];
+      const ConstMatrixView x = (l == 0) ? input : viewOf(ws.a[k - 1]);
       Eigen::MatrixXd& z = ws.z[k];
       z.resize(b, m_arch.fanOut(l));
-      z.noalias() = x * m_arch.weights(w, l);
+      serialGemm(x, false, weightsView(w, l), false, z.data(), b, false, ws.gemm);
       z.rowwise() += m_arch.biases(w, l).transpose();
       if (l + 1 < L) activate(z, ws.a[k], ws.d1[k]);
     }
-    return softmaxCrossEntropy(ws.z[static_cast<std::size_t>(L - 1)], labels, ws.probs);
+    return softmaxCrossEntropySum(ws.z[static_cast<std::size_t>(L - 1)], labels, ws.probs);
   }
 
   /// \brief R-forward pass along direction u (in w): R{z[l]} and R{a[l]}. Needs forward().
-  void rForward(const double* w, const double* u, const Eigen::MatrixXd& input, MlpWorkspace& ws) const {
+  void rForward(const double* w, const double* u, const ConstMatrixView& input, MlpWorkspace& ws) const {
     const Index L = m_arch.numLayers();
-    const Index b = input.rows();
+    const Index b = input.rows;
     for (Index l = 0; l < L; ++l) {
       const auto k = static_cast<std::size_t>(l);
-      const Eigen::MatrixXd& x = (l == 0) ? input : ws.a[k - 1];
+      const ConstMatrixView x = (l == 0) ? input : viewOf(ws.a[k - 1]);
       Eigen::MatrixXd& rz = ws.rz[k];
       rz.resize(b, m_arch.fanOut(l));
       // R{Z_l} = A_{l-1} U_l + R{A_{l-1}} W_l + 1 R{b_l}ᵀ   (R{A_0} = 0: u is a direction in w)
-      rz.noalias() = x * m_arch.weights(u, l);
-      if (l > 0) rz.noalias() += ws.ra[k - 1] * m_arch.weights(w, l);
+      serialGemm(x, false, weightsView(u, l), false, rz.data(), b, false, ws.gemm);
+      if (l > 0) serialGemm(viewOf(ws.ra[k - 1]), false, weightsView(w, l), false, rz.data(), b, true, ws.gemm);
       rz.rowwise() += m_arch.biases(u, l).transpose();
       if (l + 1 < L) ws.ra[k] = ws.d1[k].cwiseProduct(rz);
     }
   }
 
   /// \brief Backward pass (and R-backward pass when `u` is given). Needs forward() (and
-  /// rForward() when u != nullptr) on the same input.
-  void backward(const double* w, const double* u, const Eigen::MatrixXd& input, const Eigen::VectorXi& labels,
+  /// rForward() when u != nullptr) on the same input. `scale` multiplies ∂L/∂Z_L: 1/b for the
+  /// mean over a batch of b examples, of which this shard is a part.
+  void backward(const double* w, const double* u, const ConstMatrixView& input, const int* labels, double scale,
                 MlpWorkspace& ws, const Outputs& out) const {
     const Index L = m_arch.numLayers();
-    const Index b = input.rows();
+    const Index b = input.rows;
     const bool wantR = u != nullptr && (out.hvp != nullptr || out.inputMixed);
     const auto last = static_cast<std::size_t>(L - 1);
-    const double invB = 1.0 / static_cast<double>(b);
 
-    // ∂L/∂Z_L = (P − Y)/b;  R{∂L/∂Z_L} = (P ⊙ R{Z_L} − P ⊙ rowsum(P ⊙ R{Z_L}))/b
+    // ∂L/∂Z_L = (P − Y)·scale;  R{∂L/∂Z_L} = (P ⊙ R{Z_L} − P ⊙ rowsum(P ⊙ R{Z_L}))·scale
     ws.delta[last] = ws.probs;
-    for (Index i = 0; i < b; ++i) ws.delta[last](i, labels(i)) -= 1.0;
-    ws.delta[last] *= invB;
+    for (Index i = 0; i < b; ++i) ws.delta[last](i, labels[i]) -= 1.0;
+    ws.delta[last] *= scale;
     if (wantR) {
       const Eigen::MatrixXd& p = ws.probs;
       const Eigen::MatrixXd& rz = ws.rz[last];
@@ -342,36 +537,37 @@ class MlpNetwork {
       for (Index i = 0; i < b; ++i) {
         double s = 0.0;
         for (Index c = 0; c < p.cols(); ++c) s += p(i, c) * rz(i, c);
-        for (Index c = 0; c < p.cols(); ++c) rd(i, c) = p(i, c) * (rz(i, c) - s) * invB;
+        for (Index c = 0; c < p.cols(); ++c) rd(i, c) = p(i, c) * (rz(i, c) - s) * scale;
       }
     }
 
     for (Index l = L - 1; l >= 0; --l) {
       const auto k = static_cast<std::size_t>(l);
-      const Eigen::MatrixXd& x = (l == 0) ? input : ws.a[k - 1];
+      const ConstMatrixView x = (l == 0) ? input : viewOf(ws.a[k - 1]);
       const Eigen::MatrixXd& delta = ws.delta[k];
+      const Index in = m_arch.fanIn(l);
       if (out.gradient != nullptr) {
-        m_arch.weights(out.gradient, l).noalias() = x.transpose() * delta;
+        serialGemm(x, true, viewOf(delta), false, out.gradient + m_arch.weightsOffset(l), in, false, ws.gemm);
         m_arch.biases(out.gradient, l).noalias() = delta.colwise().sum().transpose();
       }
       if (out.hvp != nullptr && wantR) {
         // R{∂L/∂W_l} = A_{l-1}ᵀ R{δ_l} + R{A_{l-1}}ᵀ δ_l
-        auto hw = m_arch.weights(out.hvp, l);
-        hw.noalias() = x.transpose() * ws.rdelta[k];
-        if (l > 0) hw.noalias() += ws.ra[k - 1].transpose() * delta;
+        double* hw = out.hvp + m_arch.weightsOffset(l);
+        serialGemm(x, true, viewOf(ws.rdelta[k]), false, hw, in, false, ws.gemm);
+        if (l > 0) serialGemm(viewOf(ws.ra[k - 1]), true, viewOf(delta), false, hw, in, true, ws.gemm);
         m_arch.biases(out.hvp, l).noalias() = ws.rdelta[k].colwise().sum().transpose();
       }
       if (l > 0) {
         // Into hidden layer l-1: ∂L/∂A = δ Wᵀ, δ_{l-1} = ∂L/∂A ⊙ σ'(Z_{l-1}).
         const auto km = k - 1;
-        ws.da[km].resize(b, m_arch.fanIn(l));
-        ws.da[km].noalias() = delta * m_arch.weights(w, l).transpose();
+        ws.da[km].resize(b, in);
+        serialGemm(viewOf(delta), false, weightsView(w, l), true, ws.da[km].data(), b, false, ws.gemm);
         ws.delta[km] = ws.da[km].cwiseProduct(ws.d1[km]);
         if (wantR) {
           // R{∂L/∂A} = R{δ} Wᵀ + δ Uᵀ;  R{δ_{l-1}} = R{∂L/∂A} ⊙ σ' + ∂L/∂A ⊙ σ'' ⊙ R{Z_{l-1}}
-          ws.rda[km].resize(b, m_arch.fanIn(l));
-          ws.rda[km].noalias() = ws.rdelta[k] * m_arch.weights(w, l).transpose();
-          ws.rda[km].noalias() += delta * m_arch.weights(u, l).transpose();
+          ws.rda[km].resize(b, in);
+          serialGemm(viewOf(ws.rdelta[k]), false, weightsView(w, l), true, ws.rda[km].data(), b, false, ws.gemm);
+          serialGemm(viewOf(delta), false, weightsView(u, l), true, ws.rda[km].data(), b, true, ws.gemm);
           Eigen::MatrixXd& rd = ws.rdelta[km];
           rd = ws.rda[km].cwiseProduct(ws.d1[km]);
           addSecondOrderTerm(ws.da[km], ws.a[km], ws.d1[km], ws.rz[km], rd);
@@ -379,24 +575,28 @@ class MlpNetwork {
       } else if (out.inputMixed && wantR) {
         // ∂_{A_0}(uᵀ∇_w L) = R{∂L/∂A_0} = R{δ_1} W_1ᵀ + δ_1 U_1ᵀ  (symmetry of second derivatives)
         ws.rInputGrad.resize(b, m_arch.inputSize());
-        ws.rInputGrad.noalias() = ws.rdelta[k] * m_arch.weights(w, l).transpose();
-        ws.rInputGrad.noalias() += delta * m_arch.weights(u, l).transpose();
+        serialGemm(viewOf(ws.rdelta[k]), false, weightsView(w, l), true, ws.rInputGrad.data(), b, false, ws.gemm);
+        serialGemm(viewOf(delta), false, weightsView(u, l), true, ws.rInputGrad.data(), b, true, ws.gemm);
       }
     }
   }
 
-  /// \brief Row-wise argmax of the logits of the last forward() (ties: lowest class).
-  static void argmaxRows(const Eigen::MatrixXd& logits, Eigen::VectorXi& out) {
-    out.resize(logits.rows());
+  /// \brief Row-wise argmax of the logits of the last forward() (ties: lowest class), written to
+  /// out[0 .. rows).
+  static void argmaxRows(const Eigen::MatrixXd& logits, int* out) {
     for (Index i = 0; i < logits.rows(); ++i) {
       Index best = 0;
       for (Index c = 1; c < logits.cols(); ++c)
         if (logits(i, c) > logits(i, best)) best = c;
-      out(i) = static_cast<int>(best);
+      out[i] = static_cast<int>(best);
     }
   }
 
  private:
+  ConstMatrixView weightsView(const double* w, Index l) const {
+    return ConstMatrixView{w + m_arch.weightsOffset(l), m_arch.fanIn(l), m_arch.fanOut(l), m_arch.fanIn(l)};
+  }
+
   void ensureLayers(MlpWorkspace& ws) const {
     const auto n = static_cast<std::size_t>(m_arch.numLayers());
     if (ws.z.size() == n) return;
@@ -443,8 +643,8 @@ class MlpNetwork {
     }
   }
 
-  /// Log-sum-exp stabilised softmax of each row; returns the mean cross-entropy.
-  static double softmaxCrossEntropy(const Eigen::MatrixXd& z, const Eigen::VectorXi& labels, Eigen::MatrixXd& p) {
+  /// Log-sum-exp stabilised softmax of each row; returns the SUM of the rows' cross-entropies.
+  static double softmaxCrossEntropySum(const Eigen::MatrixXd& z, const int* labels, Eigen::MatrixXd& p) {
     const Index b = z.rows();
     const Index C = z.cols();
     p.resize(b, C);
@@ -459,9 +659,9 @@ class MlpNetwork {
       }
       const double inv = 1.0 / s;
       for (Index c = 0; c < C; ++c) p(i, c) *= inv;
-      total += (m + std::log(s)) - z(i, labels(i));
+      total += (m + std::log(s)) - z(i, labels[i]);
     }
-    return total / static_cast<double>(b);
+    return total;
   }
 
   MlpArchitecture m_arch;
@@ -490,6 +690,9 @@ inline void checkArchitectureFitsData(const MlpArchitecture& arch, const Dataset
 
 }  // namespace detail
 
+/// Default number of examples per shard (see the file comment).
+inline constexpr Index defaultMlpShardSize = 50;
+
 /// \brief Training objective: mean softmax cross-entropy of an MLP over minibatch t.
 ///
 /// Satisfies the objective concept (objective.hpp). Hyperparameters θ: none by default; with
@@ -498,8 +701,9 @@ inline void checkArchitectureFitsData(const MlpArchitecture& arch, const Dataset
 /// product then has numExamples·numFeatures entries, non-zero only in the rows of batch t —
 /// meant for small learned training sets (e.g. 10 images), since the output is dense.
 ///
-/// Not thread-safe: calls share a mutable workspace (one object per thread). Output vectors
-/// must not alias w or u.
+/// The batch is processed in shards of shardSize() examples, in parallel under OpenMP, with
+/// results that do not depend on the number of threads (file comment). Not thread-safe: calls
+/// share mutable workspaces (one object per thread). Output vectors must not alias w or u.
 class MlpObjective {
  public:
   /// \param architecture network shape; its input/output sizes must match the data
@@ -528,6 +732,11 @@ class MlpObjective {
   const Dataset& data() const noexcept { return m_data; }
   const BatchSchedule& batches() const noexcept { return m_batches; }
   bool inputsAreHyperparameters() const noexcept { return m_inputsAreHyperparameters; }
+
+  /// Examples per shard (default 50). Results depend on it (rounding), never on the thread count.
+  Index shardSize() const noexcept { return m_shardSize; }
+  /// \brief Sets the examples per shard (≥ 1). Keep it fixed between a forward and its reverse pass.
+  void setShardSize(Index shardSize) { m_shardSize = detail::checkShardSize(shardSize, "MlpObjective::setShardSize"); }
 
   /// \brief θ: the training inputs flattened example-major (size 0 unless inputs are hyperparameters).
   Eigen::VectorXd hyperparameters() const {
@@ -562,27 +771,21 @@ class MlpObjective {
   /// \brief The minibatch loss L(w, θ, t).
   double value(const Eigen::VectorXd& w, Index t) const {
     detail::checkVectorSize(w, numParameters(), "MlpObjective::value", "w");
-    gather(t, "value");
-    return m_net.forward(w.data(), m_ws.input, m_ws.labels, m_ws);
+    return run(w, t, nullptr, nullptr, nullptr, nullptr, "value");
   }
 
-  /// \brief g = ∇_w L(w, θ, t); deterministic (bit-identical for identical inputs).
+  /// \brief g = ∇_w L(w, θ, t); deterministic (bit-identical for identical inputs, at any
+  /// number of threads).
   void gradient(const Eigen::VectorXd& w, Index t, Eigen::VectorXd& g) const {
     detail::checkVectorSize(w, numParameters(), "MlpObjective::gradient", "w");
-    gather(t, "gradient");
-    m_net.forward(w.data(), m_ws.input, m_ws.labels, m_ws);
-    g.resize(numParameters());
-    detail::MlpNetwork::Outputs out;
-    out.gradient = g.data();
-    m_net.backward(w.data(), nullptr, m_ws.input, m_ws.labels, m_ws, out);
+    run(w, t, nullptr, &g, nullptr, nullptr, "gradient");
   }
 
   /// \brief hu = ∇²_w L(w, θ, t) u by Pearlmutter's R-operator.
   void hessianVectorProduct(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& hu) const {
     detail::checkVectorSize(w, numParameters(), "MlpObjective::hessianVectorProduct", "w");
     detail::checkVectorSize(u, numParameters(), "MlpObjective::hessianVectorProduct", "u");
-    hu.resize(numParameters());
-    run(w, t, u, nullptr, &hu, nullptr, "hessianVectorProduct");
+    run(w, t, &u, nullptr, &hu, nullptr, "hessianVectorProduct");
   }
 
   /// \brief dtheta = (∂_θ ∇_w L(w, θ, t))ᵀ u: with inputs as hyperparameters, the gradient of
@@ -594,46 +797,85 @@ class MlpObjective {
       dtheta.resize(0);
       return;
     }
-    run(w, t, u, nullptr, nullptr, &dtheta, "mixedProduct");
+    run(w, t, &u, nullptr, nullptr, &dtheta, "mixedProduct");
   }
 
   /// \brief Gradient, Hessian-vector product and mixed product from one forward + R-forward and
-  /// one backward + R-backward pass; bit-identical to the three separate calls.
+  /// one backward + R-backward pass per shard; bit-identical to the three separate calls.
   void reverseStep(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& g,
                    Eigen::VectorXd& hu, Eigen::VectorXd& dtheta) const {
     detail::checkVectorSize(w, numParameters(), "MlpObjective::reverseStep", "w");
     detail::checkVectorSize(u, numParameters(), "MlpObjective::reverseStep", "u");
-    g.resize(numParameters());
-    hu.resize(numParameters());
     if (!m_inputsAreHyperparameters) dtheta.resize(0);
-    run(w, t, u, &g, &hu, m_inputsAreHyperparameters ? &dtheta : nullptr, "reverseStep");
+    run(w, t, &u, &g, &hu, m_inputsAreHyperparameters ? &dtheta : nullptr, "reverseStep");
   }
 
  private:
-  void run(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd* g, Eigen::VectorXd* hu,
-           Eigen::VectorXd* dtheta, const char* fn) const {
-    gather(t, fn);
-    m_net.forward(w.data(), m_ws.input, m_ws.labels, m_ws);
-    m_net.rForward(w.data(), u.data(), m_ws.input, m_ws);
-    detail::MlpNetwork::Outputs out;
-    out.gradient = g != nullptr ? g->data() : nullptr;
-    out.hvp = hu != nullptr ? hu->data() : nullptr;
-    out.inputMixed = dtheta != nullptr;
-    m_net.backward(w.data(), u.data(), m_ws.input, m_ws.labels, m_ws, out);
+  /// Every entry point: shards of batch t, each swept (forward; R-forward when u; backward when
+  /// an output is wanted), then the shard results added in shard order. Returns the mean loss.
+  double run(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd* u, Eigen::VectorXd* g, Eigen::VectorXd* hu,
+             Eigen::VectorXd* dtheta, const char* fn) const {
+    gatherIndices(t, fn);
+    const Index N = numParameters();
+    const auto b = static_cast<Index>(m_batchIndex.size());
+    const detail::ShardPlan plan{b, m_shardSize};
+    const Index numShards = plan.count();
+    const Index slots = std::min(numShards, detail::shardSlots());
+    if (static_cast<Index>(m_shards.size()) < slots) m_shards.resize(static_cast<std::size_t>(slots));
+    if (g != nullptr) g->resize(N);
+    if (hu != nullptr) hu->resize(N);
+    const bool wantBackward = g != nullptr || hu != nullptr || dtheta != nullptr;
+    const double scale = 1.0 / static_cast<double>(b);
+    const Index F = m_data.numFeatures();
     if (dtheta != nullptr) {
-      // Scatter the batch rows back to example-major θ; += so repeated examples accumulate.
-      const Index F = m_data.numFeatures();
       dtheta->resize(numHyperparameters());
       dtheta->setZero();
-      for (std::size_t k = 0; k < m_batchIndex.size(); ++k) {
-        const Index e = m_batchIndex[k];
-        dtheta->segment(e * F, F) += m_ws.rInputGrad.row(static_cast<Index>(k)).transpose();
-      }
     }
+    double lossSum = 0.0;
+
+    detail::runShardWaves(
+        numShards, slots,
+        [&](Index s, Index slot) {
+          detail::MlpShard& shard = m_shards[static_cast<std::size_t>(slot)];
+          detail::MlpWorkspace& ws = shard.ws;
+          gatherRows(plan.begin(s), plan.size(s), ws);
+          const detail::ConstMatrixView input = detail::viewOf(ws.input);
+          shard.lossSum = m_net.forward(w.data(), input, ws.labels.data(), ws);
+          if (!wantBackward) return;
+          if (u != nullptr) m_net.rForward(w.data(), u->data(), input, ws);
+          detail::MlpNetwork::Outputs out;
+          if (g != nullptr) out.gradient = shardOutput(s, *g, shard.gradient);
+          if (hu != nullptr) out.hvp = shardOutput(s, *hu, shard.hvp);
+          out.inputMixed = dtheta != nullptr;
+          m_net.backward(w.data(), u != nullptr ? u->data() : nullptr, input, ws.labels.data(), scale, ws, out);
+        },
+        [&](Index s, Index slot) {
+          // Fixed order: output = ((shard 0 + shard 1) + shard 2) + ...
+          const detail::MlpShard& shard = m_shards[static_cast<std::size_t>(slot)];
+          lossSum += shard.lossSum;
+          if (s > 0 && g != nullptr) *g += shard.gradient;
+          if (s > 0 && hu != nullptr) *hu += shard.hvp;
+          if (dtheta != nullptr) {
+            // Scatter the shard's rows back to example-major θ, in batch order; += so repeated
+            // examples accumulate.
+            for (Index k = 0; k < plan.size(s); ++k) {
+              const Index e = m_batchIndex[static_cast<std::size_t>(plan.begin(s) + k)];
+              dtheta->segment(e * F, F) += shard.ws.rInputGrad.row(k).transpose();
+            }
+          }
+        });
+    return lossSum / static_cast<double>(b);
   }
 
-  /// Gathers the rows and labels of batch t into the workspace, validating the indices.
-  void gather(Index t, const char* fn) const {
+  /// Shard 0 writes into the caller's vector, the others into their own buffer.
+  double* shardOutput(Index s, Eigen::VectorXd& output, Eigen::VectorXd& own) const {
+    if (s == 0) return output.data();
+    own.resize(numParameters());
+    return own.data();
+  }
+
+  /// Fetches and validates the example indices of batch t.
+  void gatherIndices(Index t, const char* fn) const {
     m_batchIndex = m_batches(t);
     const Index n = m_data.numExamples();
     if (m_batchIndex.empty()) {
@@ -647,13 +889,16 @@ class MlpObjective {
                                               e, " (position ", k, "), outside [0, numExamples = ", n, ")"));
       }
     }
-    const auto b = static_cast<Index>(m_batchIndex.size());
-    m_ws.input.resize(b, m_data.numFeatures());
-    m_ws.labels.resize(b);
-    for (Index k = 0; k < b; ++k) {
-      const Index e = m_batchIndex[static_cast<std::size_t>(k)];
-      m_ws.input.row(k) = m_data.inputs.row(e);
-      m_ws.labels(k) = m_data.labels(e);
+  }
+
+  /// Copies the rows and labels of batch positions [begin, begin + count) into a shard workspace.
+  void gatherRows(Index begin, Index count, detail::MlpWorkspace& ws) const {
+    ws.input.resize(count, m_data.numFeatures());
+    ws.labels.resize(count);
+    for (Index k = 0; k < count; ++k) {
+      const Index e = m_batchIndex[static_cast<std::size_t>(begin + k)];
+      ws.input.row(k) = m_data.inputs.row(e);
+      ws.labels(k) = m_data.labels(e);
     }
   }
 
@@ -666,14 +911,17 @@ class MlpObjective {
   Dataset m_data;
   BatchSchedule m_batches;
   bool m_inputsAreHyperparameters;
-  mutable detail::MlpWorkspace m_ws;
+  Index m_shardSize = defaultMlpShardSize;
+  mutable std::vector<detail::MlpShard> m_shards;
   mutable std::vector<Index> m_batchIndex;
 };
 
 /// \brief Meta objective: full-batch mean softmax cross-entropy of an MLP on a data set
 /// (typically the validation set), plus error rate and predictions.
 ///
-/// Satisfies the meta-objective concept. Not thread-safe (mutable workspace).
+/// Satisfies the meta-objective concept. The examples are processed in shards of shardSize()
+/// rows like MlpObjective's batches (same guarantees: parallel under OpenMP, independent of the
+/// thread count). Not thread-safe (mutable workspaces).
 class MlpLoss {
  public:
   /// \param architecture network shape; input/output sizes must match the data
@@ -687,29 +935,29 @@ class MlpLoss {
   const MlpArchitecture& architecture() const noexcept { return m_net.architecture(); }
   const Dataset& data() const noexcept { return m_data; }
 
+  /// Examples per shard (default 50).
+  Index shardSize() const noexcept { return m_shardSize; }
+  /// \brief Sets the examples per shard (≥ 1).
+  void setShardSize(Index shardSize) { m_shardSize = detail::checkShardSize(shardSize, "MlpLoss::setShardSize"); }
+
   /// \brief Mean cross-entropy over all examples.
   double value(const Eigen::VectorXd& w) const {
     detail::checkVectorSize(w, numParameters(), "MlpLoss::value", "w");
-    return m_net.forward(w.data(), m_data.inputs, m_data.labels, m_ws);
+    return run(w, nullptr, nullptr);
   }
 
   /// \brief Returns the mean cross-entropy and sets g to its gradient.
   double valueAndGradient(const Eigen::VectorXd& w, Eigen::VectorXd& g) const {
     detail::checkVectorSize(w, numParameters(), "MlpLoss::valueAndGradient", "w");
-    const double f = m_net.forward(w.data(), m_data.inputs, m_data.labels, m_ws);
     g.resize(numParameters());
-    detail::MlpNetwork::Outputs out;
-    out.gradient = g.data();
-    m_net.backward(w.data(), nullptr, m_data.inputs, m_data.labels, m_ws, out);
-    return f;
+    return run(w, &g, nullptr);
   }
 
   /// \brief Predicted class of every example (argmax of the logits; ties go to the lower class).
   Eigen::VectorXi predict(const Eigen::VectorXd& w) const {
     detail::checkVectorSize(w, numParameters(), "MlpLoss::predict", "w");
-    m_net.forward(w.data(), m_data.inputs, m_data.labels, m_ws);
-    Eigen::VectorXi out;
-    detail::MlpNetwork::argmaxRows(m_ws.z.back(), out);
+    Eigen::VectorXi out(m_data.numExamples());
+    run(w, nullptr, &out);
     return out;
   }
 
@@ -722,9 +970,47 @@ class MlpLoss {
   }
 
  private:
+  double run(const Eigen::VectorXd& w, Eigen::VectorXd* g, Eigen::VectorXi* predictions) const {
+    const Index n = m_data.numExamples();
+    const detail::ShardPlan plan{n, m_shardSize};
+    const Index numShards = plan.count();
+    const Index slots = std::min(numShards, detail::shardSlots());
+    if (static_cast<Index>(m_shards.size()) < slots) m_shards.resize(static_cast<std::size_t>(slots));
+    const double scale = 1.0 / static_cast<double>(n);
+    const Index stride = m_data.inputs.rows();
+    double lossSum = 0.0;
+    detail::runShardWaves(
+        numShards, slots,
+        [&](Index s, Index slot) {
+          detail::MlpShard& shard = m_shards[static_cast<std::size_t>(slot)];
+          const Index begin = plan.begin(s);
+          const detail::ConstMatrixView input{m_data.inputs.data() + begin, plan.size(s), m_data.numFeatures(),
+                                              stride};
+          const int* labels = m_data.labels.data() + begin;
+          shard.lossSum = m_net.forward(w.data(), input, labels, shard.ws);
+          if (predictions != nullptr) detail::MlpNetwork::argmaxRows(shard.ws.z.back(), predictions->data() + begin);
+          if (g == nullptr) return;
+          detail::MlpNetwork::Outputs out;
+          if (s == 0) {
+            out.gradient = g->data();
+          } else {
+            shard.gradient.resize(numParameters());
+            out.gradient = shard.gradient.data();
+          }
+          m_net.backward(w.data(), nullptr, input, labels, scale, shard.ws, out);
+        },
+        [&](Index s, Index slot) {
+          const detail::MlpShard& shard = m_shards[static_cast<std::size_t>(slot)];
+          lossSum += shard.lossSum;
+          if (s > 0 && g != nullptr) *g += shard.gradient;
+        });
+    return lossSum / static_cast<double>(n);
+  }
+
   detail::MlpNetwork m_net;
   Dataset m_data;
-  mutable detail::MlpWorkspace m_ws;
+  Index m_shardSize = defaultMlpShardSize;
+  mutable std::vector<detail::MlpShard> m_shards;
 };
 
 }  // namespace hypergrad
