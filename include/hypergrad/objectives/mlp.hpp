@@ -718,6 +718,7 @@ class MlpObjective {
         m_inputsAreHyperparameters(inputsAreHyperparameters) {
     detail::checkArchitectureFitsData(m_net.architecture(), m_data, "MlpObjective");
     if (!m_batches) throw InvalidArgument("MlpObjective: the batch schedule is empty (no callable)");
+    m_examples = m_data.inputs.transpose();
   }
 
   /// Number of parameters N.
@@ -766,6 +767,7 @@ class MlpObjective {
     }
     for (Index k = 0; k < m_data.numExamples(); ++k)
       m_data.inputs.row(k) = theta.segment(k * F, F).transpose();
+    m_examples = m_data.inputs.transpose();
   }
 
   /// \brief The minibatch loss L(w, θ, t).
@@ -897,7 +899,7 @@ class MlpObjective {
     ws.labels.resize(count);
     for (Index k = 0; k < count; ++k) {
       const Index e = m_batchIndex[static_cast<std::size_t>(begin + k)];
-      ws.input.row(k) = m_data.inputs.row(e);
+      ws.input.row(k) = m_examples.col(e).transpose();  // contiguous read (a row of inputs is strided)
       ws.labels(k) = m_data.labels(e);
     }
   }
@@ -909,6 +911,10 @@ class MlpObjective {
 
   detail::MlpNetwork m_net;
   Dataset m_data;
+  // The inputs again, one example per contiguous column: gathering a minibatch from the
+  // column-major `inputs` cost a cache miss per value (21% of a training step at 10k examples).
+  // Twice the input memory, for a copy that is bit-identical.
+  Eigen::MatrixXd m_examples;
   BatchSchedule m_batches;
   bool m_inputsAreHyperparameters;
   Index m_shardSize = defaultMlpShardSize;
