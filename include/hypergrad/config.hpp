@@ -28,8 +28,8 @@ using Index = Eigen::Index;
 namespace detail {
 // 128-bit integers for exact products of 64-bit fixed-point values (GCC and Clang).
 // __extension__ keeps -Wpedantic quiet about the non-standard type.
-__extension__ typedef __int128 Int128;
-__extension__ typedef unsigned __int128 UInt128;
+__extension__ using Int128 = __int128;
+__extension__ using UInt128 = unsigned __int128;
 }  // namespace detail
 
 }  // namespace hypergrad

@@ -387,7 +387,7 @@ inline bool isFile(const std::string& path) {
 
 /// `<directory>/<stem>.gz` if it exists, else `<directory>/<stem>` if it exists, else "".
 inline std::string findFile(const std::string& directory, const std::string& stem) {
-  const std::string plain = (std::filesystem::path(directory) / stem).string();
+  std::string plain = (std::filesystem::path(directory) / stem).string();
   if (isFile(plain + ".gz")) return plain + ".gz";
   if (isFile(plain)) return plain;
   return std::string();

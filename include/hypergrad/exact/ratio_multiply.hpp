@@ -14,6 +14,12 @@
 /// stores the entropy bound (0.152 bits at γ = 0.9), and at R = 52, d = 2^16 its error is below
 /// 1.5e-11, far under float32 rounding. FloorRounding stores 0.200 bits at γ = 0.9.
 ///
+/// Errors: numerators outside [1, d] or runs that do not tile the vector throw InvalidArgument
+/// before anything changes. divideByRatio throws FixedPointOverflow for an element whose quotient
+/// leaves the int64 range (it cannot come from the matching multiply): that element and the
+/// buffer are left as they were, but elements already processed in the same call stay divided,
+/// so the (vector, buffer) pair must then be discarded.
+///
 /// A "run" is a contiguous range of elements sharing one numerator. multiply() walks each block's
 /// elements in increasing order; divide() walks them in exactly the reverse order, which is what
 /// makes the shared per-block stack come back word for word. Blocks are independent and are split
@@ -77,12 +83,26 @@ struct BitsBackRounding {
 
   template <int DBits, class Buffer>
   static void divideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
-    const std::int64_t q = detail::floorDiv(c, static_cast<std::int64_t>(n));
-    const std::uint32_t s = static_cast<std::uint32_t>(c - q * static_cast<std::int64_t>(n));
+    // floor(c / n) and c mod n without forming q·n, which leaves the int64 range for c near INT64_MIN.
+    std::int64_t q = c / static_cast<std::int64_t>(n);
+    std::int64_t rem = c % static_cast<std::int64_t>(n);
+    if (rem < 0) {
+      rem += static_cast<std::int64_t>(n);
+      --q;
+    }
+    const auto s = static_cast<std::uint32_t>(rem);
+    // q·d + r must be in (INT64_MIN, INT64_MAX]: q in [INT64_MIN >> DBits, INT64_MAX >> DBits], and
+    // the lowest q only with r > 0 (that q is floor(c / d) for every c in (INT64_MIN, INT64_MIN + d)).
     constexpr std::int64_t qMax = std::numeric_limits<std::int64_t>::max() >> DBits;
-    if (q > qMax || q < -qMax) detail::throwRangeError("divideByRatio", i, c);
+    constexpr std::int64_t qMin = std::numeric_limits<std::int64_t>::min() >> DBits;
+    if (q > qMax || q < qMin) detail::throwRangeError("divideByRatio", i, c);
     buf.pushUniform(i, s, n);
     const std::uint32_t r = buf.popPow2(i, DBits);
+    if (q == qMin && r == 0) {  // would be INT64_MIN (reserved): undo the pair, leaving the buffer as it was
+      buf.pushPow2(i, r, DBits);
+      static_cast<void>(buf.popUniform(i, n));
+      detail::throwRangeError("divideByRatio", i, c);
+    }
     c = q * (std::int64_t(1) << DBits) + static_cast<std::int64_t>(r);
   }
 };
@@ -107,9 +127,12 @@ struct FloorRounding {
     const detail::Int128 d = detail::Int128(1) << DBits;
     const detail::Int128 first = detail::ceilDiv128(detail::Int128(c) * d, n);
     const detail::Int128 count = detail::ceilDiv128((detail::Int128(c) + 1) * d, n) - first;
-    const detail::Int128 result = first + buf.popUniform(i, static_cast<std::uint32_t>(count));
-    if (result > std::numeric_limits<std::int64_t>::max() || result <= std::numeric_limits<std::int64_t>::min())
+    const std::uint32_t digit = buf.popUniform(i, static_cast<std::uint32_t>(count));
+    const detail::Int128 result = first + digit;
+    if (result > std::numeric_limits<std::int64_t>::max() || result <= std::numeric_limits<std::int64_t>::min()) {
+      buf.pushUniform(i, digit, static_cast<std::uint32_t>(count));  // undo the pop: the buffer is as it was
       detail::throwRangeError("divideByRatio", i, c);
+    }
     c = static_cast<std::int64_t>(result);
   }
 };

@@ -35,7 +35,7 @@ class QuadraticObjective {
   }
 
   /// Zero-mean targets: c_t = noiseScale · ε_t.
-  QuadraticObjective(Eigen::MatrixXd hessian, double noiseScale, std::uint64_t seed)
+  QuadraticObjective(const Eigen::MatrixXd& hessian, double noiseScale, std::uint64_t seed)
       : QuadraticObjective(hessian, Eigen::VectorXd::Zero(hessian.rows()), noiseScale, seed) {}
 
   /// A random symmetric positive definite n×n matrix Q diag(λ) Qᵀ, Q a random orthogonal matrix

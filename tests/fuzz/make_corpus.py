@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus in tests/fuzz/corpus/{exact,idx}/ (checked in; rerun after changing the
+input format of a fuzz target). Seeds are small on purpose: libFuzzer mutates from them."""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(kind, name, data):
+    d = os.path.join(HERE, "corpus", kind)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ---- IDX (parseIdx takes the decompressed bytes) ----------------------------------------------
+def idx(code, dims, payload):
+    return bytes([0, 0, code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + payload
+
+
+write("idx", "valid-ubyte-1d", idx(0x08, [3], bytes([0, 127, 255])))
+write("idx", "valid-ubyte-images", idx(0x08, [2, 2, 3], bytes(range(12))))
+write("idx", "valid-sbyte", idx(0x09, [4], bytes([0x80, 0xFF, 0, 0x7F])))
+write("idx", "valid-short", idx(0x0B, [2], struct.pack(">hh", -32768, 32767)))
+write("idx", "valid-int", idx(0x0C, [1, 2], struct.pack(">ii", -(2**31), 2**31 - 1)))
+write("idx", "valid-float", idx(0x0D, [3], struct.pack(">fff", 1.5, float("inf"), float("nan"))))
+write("idx", "valid-double", idx(0x0E, [2], struct.pack(">dd", -0.0, 1e308)))
+write("idx", "valid-empty-dim", idx(0x08, [0, 28, 28], b""))
+write("idx", "bad-empty", b"")
+write("idx", "bad-magic", b"\x1f\x8b\x08\x00" + bytes(8))
+write("idx", "bad-type", idx(0x0A, [1], b"\x00"))
+write("idx", "bad-no-dims", bytes([0, 0, 8, 0]))
+write("idx", "bad-truncated-header", bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0]))
+write("idx", "bad-truncated-data", idx(0x0C, [4], struct.pack(">i", 7)))
+write("idx", "bad-extra-data", idx(0x08, [1], b"\x01\x02"))
+write("idx", "bad-huge-dims", idx(0x0E, [0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF], b""))
+write("idx", "bad-huge-then-zero", idx(0x08, [0xFFFFFFFF, 0xFFFFFFFF, 0], b"\x00"))
+
+
+# ---- exact (the program format is documented in fuzz_exact.cpp) -------------------------------
+def u16(x):
+    return struct.pack("<H", x & 0xFFFF)
+
+
+def u32(x):
+    return struct.pack("<I", x & 0xFFFFFFFF)
+
+
+def u64(x):
+    return struct.pack("<Q", x & 0xFFFFFFFFFFFFFFFF)
+
+
+def ratio_program(mode, n, block, values, ops):
+    """values: (kind, small, extra bytes); ops: raw op bytes."""
+    out = bytes([mode, n - 1, block - 1])
+    for kind, small, extra in values:
+        out += bytes([kind]) + u16(small) + extra
+    return out + b"".join(ops)
+
+
+def multiply(floor, runs):  # op code: kind 0 (multiply), bit 2 = floor rounding
+    return bytes([0 | (4 if floor else 0)]) + runs
+
+
+def divide(floor, runs):
+    return bytes([1 | (4 if floor else 0)]) + runs
+
+
+def one_numerator(n):  # runs kind 0, numerator kind 5 (1 + u32 % d)
+    return bytes([0, 5]) + u32(n - 1)
+
+
+def add_small(count, mantissas, exponent):  # op kind 2, bit 3 clear: mantissa * 2^(e - R)
+    return bytes([2]) + b"".join(u32(m) + bytes([exponent]) for m in mantissas[:count])
+
+
+edge_values = [(0, 0, u64(0x123456789ABCDEF)), (1, 3, b""), (2, 5, b""), (3, 7, b""), (4, 9, b""), (5, 200, b""),
+               (6, 0, u32(0xDEADBEEF)), (0, 0, u64(-(2**63)))]
+for mode in range(4):
+    gamma = [58982, 200, 950000, 4000][mode]  # ~0.9 of each denominator (2^16, 2^8, 2^20, 2^12)
+    write("exact", f"ratio{mode}-bitsback", ratio_program(
+        mode, 8, 3, edge_values, [multiply(False, one_numerator(gamma)), add_small(8, list(range(1, 9)), 40),
+                                  multiply(False, one_numerator(gamma)), divide(False, one_numerator(gamma))]))
+    write("exact", f"ratio{mode}-floor-per-element", ratio_program(
+        mode, 4, 4, edge_values[1:5],
+        [multiply(True, bytes([1, 5]) + u32(gamma) + bytes([1]) + bytes([2, 5]) + u32(3) + bytes([0, 1])),
+         divide(True, one_numerator(1))]))
+write("exact", "ratio0-invalid-numerators", ratio_program(
+    0, 2, 1, edge_values[5:7], [multiply(False, bytes([0, 0]) + u32(0)), multiply(False, bytes([0, 4])),
+                                divide(True, bytes([0, 0]) + u32(0xFFFFFFFF)), multiply(False, bytes([3, 2, 0, 5, 1]))]))
+
+
+def buffer_program(mode, n, block, ops):
+    return bytes([mode, n - 1, block - 1]) + b"".join(ops)
+
+
+for mode in range(4, 10):
+    ops = []
+    for e in range(4):
+        ops.append(bytes([0 | (7 << 2), e, 16]) + b"".join(u32(0x9E3779B9 * (e + r)) for r in range(8)))  # pushPow2 x8
+        ops.append(bytes([3, e, 7]) + u32(123457))                                                     # popUniform
+        ops.append(bytes([2 | (3 << 2) | (1 << 5), e, 2]) + b"".join(u32(r) for r in range(4)))        # pushUniform M/2
+        ops.append(bytes([1, e, 5]))                                                                   # popPow2
+    write("exact", f"buffer{mode}", buffer_program(mode, 4, 2, ops))
+    write("exact", f"buffer{mode}-pops-first", buffer_program(mode, 2, 1, [bytes([3, 0, 6]), bytes([1, 1, 31])]))
