@@ -96,19 +96,6 @@ struct Splits {
   std::string description;
 };
 
-hypergrad::Dataset rows(const hypergrad::Dataset& d, Index begin, Index count) {
-  hypergrad::Dataset out;
-  out.inputs = d.inputs.middleRows(begin, count);
-  out.labels = d.labels.segment(begin, count);
-  out.numClasses = d.numClasses;
-  return out;
-}
-
-bool hasSplit(const std::string& dir, const std::string& split) {
-  const fs::path p = fs::path(dir) / (split + "-images-idx3-ubyte");
-  return fs::exists(p) || fs::exists(p.string() + ".gz");
-}
-
 // Ten noisy, overlapping prototypes in [0, 1]^784: a stand-in of MNIST's shape for --quick.
 hypergrad::Dataset synthetic(Index n, std::uint64_t seed) {
   hypergrad::CounterRng protoRng(12345, 0);
@@ -134,22 +121,22 @@ Splits loadSplits(const Options& o) {
   const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : o.data;
   const Index nTrain = o.quick ? 500 : 10000, nValid = o.quick ? 500 : 10000, nTest = o.quick ? 500 : 10000;
   Splits s;
-  if (hasSplit(dir, "train")) {
+  if (hypergrad::hasMnistSplit(dir, "train")) {
     const hypergrad::Dataset all = hypergrad::loadMnist(dir, "train", nTrain + nValid);
-    s.train = rows(all, 0, nTrain);
-    s.valid = rows(all, nTrain, nValid);
+    s.train = hypergrad::subset(all, 0, nTrain);
+    s.valid = hypergrad::subset(all, nTrain, nValid);
     s.test = hypergrad::loadMnist(dir, "t10k", nTest);
     s.description = dir + ": train[0, " + std::to_string(nTrain) + ") for training, train[" + std::to_string(nTrain) +
                     ", " + std::to_string(nTrain + nValid) + ") for validation, t10k[0, " + std::to_string(nTest) +
                     ") for test";
-  } else if (hasSplit(dir, "t10k")) {
+  } else if (hypergrad::hasMnistSplit(dir, "t10k")) {
     const hypergrad::Dataset all = hypergrad::loadMnist(dir, "t10k");
     const Index a = o.quick ? 500 : 6000, b = o.quick ? 500 : 2000, c = o.quick ? 500 : all.numExamples() - a - b;
     if (a + b + c > all.numExamples())
       throw hypergrad::DataError("t10k in " + dir + " holds too few examples for the train/valid/test split");
-    s.train = rows(all, 0, a);
-    s.valid = rows(all, a, b);
-    s.test = rows(all, a + b, c);
+    s.train = hypergrad::subset(all, 0, a);
+    s.valid = hypergrad::subset(all, a, b);
+    s.test = hypergrad::subset(all, a + b, c);
     s.description = dir + " (t10k only): t10k split " + std::to_string(a) + " / " + std::to_string(b) + " / " +
                     std::to_string(c) + " into train / validation / test";
   } else if (o.quick) {

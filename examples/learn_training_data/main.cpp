@@ -147,20 +147,6 @@ struct Splits {
   std::string source;
 };
 
-bool hasSplit(const std::string& dir, const std::string& split) {
-  std::error_code ec;
-  const std::filesystem::path p = std::filesystem::path(dir) / (split + "-images-idx3-ubyte");
-  return std::filesystem::is_regular_file(p.string() + ".gz", ec) || std::filesystem::is_regular_file(p, ec);
-}
-
-Dataset rows(const Dataset& d, Index begin, Index count) {
-  Dataset out;
-  out.inputs = d.inputs.middleRows(begin, count);
-  out.labels = d.labels.segment(begin, count);
-  out.numClasses = d.numClasses;
-  return out;
-}
-
 // Stand-in data of MNIST's shape for --quick without a data directory: each class is a fixed
 // pattern of three Gaussian blobs, and an example is its class pattern at a random contrast plus
 // pixel noise, clipped to [0, 1].
@@ -195,13 +181,13 @@ Dataset syntheticData(Index n, std::uint64_t stream) {
 // synthetic data; a full run lets loadMnist throw its DataError (which says how to get the data).
 Splits loadSplits(const Options& opt) {
   Splits s;
-  const bool train = hasSplit(opt.data, "train"), t10k = hasSplit(opt.data, "t10k");
+  const bool train = hypergrad::hasMnistSplit(opt.data, "train"), t10k = hypergrad::hasMnistSplit(opt.data, "t10k");
   if (train || (!t10k && !opt.quick)) {
     const Dataset all = hypergrad::loadMnist(opt.data, "train", opt.valid + kPool);
     if (all.numExamples() < 2 * kPool)
       throw hypergrad::DataError("learn_training_data: '" + opt.data + "' holds too few training examples");
-    s.valid = rows(all, 0, all.numExamples() - kPool);
-    s.pool = rows(all, all.numExamples() - kPool, kPool);
+    s.valid = hypergrad::subset(all, 0, all.numExamples() - kPool);
+    s.pool = hypergrad::subset(all, all.numExamples() - kPool, kPool);
     s.test = hypergrad::loadMnist(opt.data, "t10k", opt.test);
     s.source = opt.data + " (train split: validation + baseline pool; t10k: test)";
   } else if (t10k) {
@@ -209,9 +195,9 @@ Splits loadSplits(const Options& opt) {
     const Index rest = all.numExamples() - kPool;
     if (rest < 2) throw hypergrad::DataError("learn_training_data: '" + opt.data + "' holds too few examples");
     const Index valid = std::min(opt.valid, rest / 2), test = std::min(opt.test, rest - valid);
-    s.pool = rows(all, 0, kPool);
-    s.valid = rows(all, kPool, valid);
-    s.test = rows(all, kPool + valid, test);
+    s.pool = hypergrad::subset(all, 0, kPool);
+    s.valid = hypergrad::subset(all, kPool, valid);
+    s.test = hypergrad::subset(all, kPool + valid, test);
     s.source = opt.data + " (only t10k found: split into baseline pool, validation and test)";
   } else {
     s.valid = syntheticData(opt.valid, 2);

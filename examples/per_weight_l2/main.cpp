@@ -157,20 +157,6 @@ struct Splits {
   std::string source;
 };
 
-bool hasSplit(const std::string& dir, const std::string& split) {
-  std::error_code ec;
-  const std::filesystem::path p = std::filesystem::path(dir) / (split + "-images-idx3-ubyte");
-  return std::filesystem::is_regular_file(p.string() + ".gz", ec) || std::filesystem::is_regular_file(p, ec);
-}
-
-Dataset rows(const Dataset& d, Index begin, Index count) {
-  Dataset out;
-  out.inputs = d.inputs.middleRows(begin, count);
-  out.labels = d.labels.segment(begin, count);
-  out.numClasses = d.numClasses;
-  return out;
-}
-
 // Stand-in data of MNIST's shape for --quick without a data directory: each class is a fixed
 // pattern of three Gaussian blobs, and an example is its class pattern at a random contrast plus
 // pixel noise, clipped to [0, 1].
@@ -205,13 +191,13 @@ Dataset syntheticData(Index n, std::uint64_t stream) {
 // data; a full run lets loadMnist throw its DataError (which says how to get the data).
 Splits loadSplits(const Options& opt) {
   Splits s;
-  const bool train = hasSplit(opt.data, "train"), t10k = hasSplit(opt.data, "t10k");
+  const bool train = hypergrad::hasMnistSplit(opt.data, "train"), t10k = hypergrad::hasMnistSplit(opt.data, "t10k");
   if (train || (!t10k && !opt.quick)) {
     const Dataset all = hypergrad::loadMnist(opt.data, "train", opt.train + opt.valid);
     if (all.numExamples() < opt.train + 2)
       throw hypergrad::DataError("per_weight_l2: '" + opt.data + "' holds too few training examples");
-    s.train = rows(all, 0, opt.train);
-    s.valid = rows(all, opt.train, all.numExamples() - opt.train);
+    s.train = hypergrad::subset(all, 0, opt.train);
+    s.valid = hypergrad::subset(all, opt.train, all.numExamples() - opt.train);
     s.test = hypergrad::loadMnist(opt.data, "t10k", opt.test);
     s.source = opt.data + " (train split: training + validation; t10k: test)";
   } else if (t10k) {
@@ -219,9 +205,9 @@ Splits loadSplits(const Options& opt) {
     const Index rest = all.numExamples() - opt.train;
     if (rest < 2) throw hypergrad::DataError("per_weight_l2: '" + opt.data + "' holds too few examples to split");
     const Index valid = std::min(opt.valid, rest / 2), test = std::min(opt.test, rest - valid);
-    s.train = rows(all, 0, opt.train);
-    s.valid = rows(all, opt.train, valid);
-    s.test = rows(all, opt.train + valid, test);
+    s.train = hypergrad::subset(all, 0, opt.train);
+    s.valid = hypergrad::subset(all, opt.train, valid);
+    s.test = hypergrad::subset(all, opt.train + valid, test);
     s.source = opt.data + " (only t10k found: split into training, validation and test)";
   } else {
     s.train = syntheticData(opt.train, 1);

@@ -444,3 +444,18 @@ TEST_CASE("loadMnist reads the Fashion-MNIST training set where installed", "[.t
   REQUIRE(d.numFeatures() == 784);
   for (int c = 0; c < 10; ++c) CHECK((d.labels.array() == c).count() == 6000);
 }
+
+TEST_CASE("subset takes a contiguous range of examples and rejects ranges outside the data", "[data]") {
+  hypergrad::Dataset d;
+  d.inputs = Eigen::MatrixXd::NullaryExpr(5, 3, [](Eigen::Index i, Eigen::Index j) { return 10.0 * i + j; });
+  d.labels = (Eigen::VectorXi(5) << 0, 1, 2, 0, 1).finished();
+  d.numClasses = 3;
+  const hypergrad::Dataset s = hypergrad::subset(d, 1, 3);
+  CHECK(s.numExamples() == 3);
+  CHECK(s.inputs(0, 2) == 12.0);
+  CHECK(s.labels(2) == 0);
+  CHECK(s.numClasses == 3);
+  CHECK_THROWS_WITH(hypergrad::subset(d, 3, 3), Catch::Contains("[3, 6)") && Catch::Contains("5 examples"));
+  CHECK_THROWS_AS(hypergrad::subset(d, -1, 2), hypergrad::InvalidArgument);
+  CHECK_FALSE(hypergrad::hasMnistSplit("/nonexistent-dir", "train"));
+}

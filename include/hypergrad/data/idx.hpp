@@ -477,6 +477,27 @@ inline std::string findDataDirectory(const std::vector<std::string>& candidates)
   return std::string();
 }
 
+/// \brief True when `directory` holds `<split>-images-idx3-ubyte`, gzip-compressed or not
+/// (split "train" or "t10k").
+inline bool hasMnistSplit(const std::string& directory, const std::string& split) {
+  return !detail::idx::findFile(directory, split + "-images-idx3-ubyte").empty();
+}
+
+/// \brief Examples [begin, begin + count) of `data` (inputs, labels, numClasses), e.g. to split
+/// one loaded file into training and validation sets. Throws InvalidArgument when the range is
+/// not inside the data set.
+inline Dataset subset(const Dataset& data, Index begin, Index count) {
+  if (begin < 0 || count < 0 || begin + count > data.numExamples()) {
+    throw InvalidArgument(detail::message("subset: examples [", begin, ", ", begin + count,
+                                          ") are not inside the data set's ", data.numExamples(), " examples"));
+  }
+  Dataset out;
+  out.inputs = data.inputs.middleRows(begin, count);
+  out.labels = data.labels.segment(begin, count);
+  out.numClasses = data.numClasses;
+  return out;
+}
+
 /// \brief Loads a split of MNIST or Fashion-MNIST (same format) as a Dataset.
 ///
 /// Reads `<directory>/<split>-images-idx3-ubyte.gz` and `<split>-labels-idx1-ubyte.gz` (or the
