@@ -1,6 +1,7 @@
 // Test fixture: an L2-regularised logistic regression written directly from its formulas, with
-// explicit Hessian and mixed-derivative matrices, and a plain double SGD-with-momentum trainer.
-// Both are independent of the library's reverse pass; the tests compare against them.
+// explicit Hessian and mixed-derivative matrices, and a plain double SGD-with-momentum run that
+// records its trajectory (the library's momentum rule on the reference arithmetic). Both are
+// independent of the library's exact arithmetic and reverse pass; the tests compare against them.
 #pragma once
 
 #include <cmath>
@@ -10,7 +11,9 @@
 
 #include <hypergrad/batches.hpp>
 #include <hypergrad/layout.hpp>
+#include <hypergrad/optimizers/momentum.hpp>
 #include <hypergrad/random.hpp>
+#include <hypergrad/reference/optimizer.hpp>
 
 namespace fixture {
 
@@ -99,24 +102,25 @@ struct Validation {
   }
 };
 
-/// Plain double SGD with momentum, same recurrence, records the trajectory.
+/// Plain double SGD with momentum (the momentum rule in reference arithmetic), with its trajectory.
 struct DoubleRun {
   std::vector<VectorXd> w, v, g;  // w[t], v[t] for t = 0..T; g[t] for t = 0..T-1
 };
 
-inline DoubleRun trainDouble(const Logistic& f, const hypergrad::ParameterLayout& layout, const MatrixXd& alpha,
-                             const MatrixXd& gamma, const VectorXd& w1, const VectorXd& v1) {
+template <class Objective>
+DoubleRun trainDouble(const Objective& f, const hypergrad::ParameterLayout& layout, const MatrixXd& alpha,
+                      const MatrixXd& gamma, const VectorXd& w1, const VectorXd& v1) {
+  hypergrad::ReferenceOptimizer<hypergrad::MomentumRule> opt(layout, hypergrad::Schedule(alpha),
+                                                             hypergrad::Schedule(gamma));
+  opt.start(w1, v1);
   DoubleRun run;
   run.w.push_back(w1);
   run.v.push_back(v1);
-  for (Index t = 0; t < alpha.rows(); ++t) {
-    VectorXd g;
-    f.gradient(run.w.back(), t, g);
-    const VectorXd a = layout.expand(alpha.row(t).transpose()), c = layout.expand(gamma.row(t).transpose());
-    VectorXd v = c.cwiseProduct(run.v.back()) - (VectorXd::Ones(c.size()) - c).cwiseProduct(g);
-    run.w.push_back(run.w.back() + a.cwiseProduct(v));
-    run.v.push_back(v);
-    run.g.push_back(g);
+  while (opt.iteration() < opt.numIterations()) {
+    opt.step(f);
+    run.w.push_back(opt.weights());
+    run.v.push_back(opt.state(hypergrad::MomentumRule::Velocity));
+    run.g.push_back(opt.lastGradient());
   }
   return run;
 }

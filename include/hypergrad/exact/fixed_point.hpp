@@ -36,15 +36,24 @@ struct FixedFormat {
   /// mode). Throws FixedPointOverflow (naming `what` and `index`) when x is not finite or out of
   /// range.
   static std::int64_t fromDouble(double x, const char* what = "value", Index index = -1) {
+    std::int64_t c;
+    if (!tryFromDouble(x, c)) throw overflowError(x, what, index);
+    return c;
+  }
+
+  /// The same conversion without exceptions, for hot loops: returns false (and leaves `out`
+  /// alone) when x is not finite or out of range. fromDouble is this plus the error.
+  static bool tryFromDouble(double x, std::int64_t& out) noexcept {
     const double y = x * scale;  // exact: scaling by a power of two
     // 2^63 is exactly representable; the int64 range is [−2^63, 2^63). Reject ±2^63 too so the
     // negation of any stored value is representable.
-    if (!(std::fabs(y) < 9223372036854775808.0)) throw overflowError(x, what, index);
+    if (!(std::fabs(y) < 9223372036854775808.0)) return false;
     const auto t = static_cast<std::int64_t>(y);     // truncation toward zero
     const double frac = y - static_cast<double>(t);  // exact
     // Branch-free (the rounding direction is data-dependent and mispredicts half the time). No
     // overflow: |frac| >= 0.5 means y is not an integer, so |y| < 2^52 and t ± 1 fits.
-    return t + static_cast<std::int64_t>(frac >= 0.5) - static_cast<std::int64_t>(frac <= -0.5);
+    out = t + static_cast<std::int64_t>(frac >= 0.5) - static_cast<std::int64_t>(frac <= -0.5);
+    return true;
   }
 
   /// The real value of a stored integer (exact when |c| < 2^53, else correctly rounded).

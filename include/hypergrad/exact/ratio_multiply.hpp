@@ -83,6 +83,14 @@ struct BitsBackRounding {
 
   template <int DBits, class Buffer>
   static void divideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
+    const std::int64_t before = c;
+    if (!tryDivideOne<DBits>(c, n, i, buf)) detail::throwRangeError("divideByRatio", i, before);
+  }
+
+  /// divideOne without exceptions: false (element and buffer unchanged) when the quotient
+  /// leaves the int64 range, which the matching multiply never produces.
+  template <int DBits, class Buffer>
+  static bool tryDivideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) noexcept {
     // floor(c / n) and c mod n without forming q·n, which leaves the int64 range for c near INT64_MIN.
     std::int64_t q = c / static_cast<std::int64_t>(n);
     std::int64_t rem = c % static_cast<std::int64_t>(n);
@@ -95,15 +103,16 @@ struct BitsBackRounding {
     // the lowest q only with r > 0 (that q is floor(c / d) for every c in (INT64_MIN, INT64_MIN + d)).
     constexpr std::int64_t qMax = std::numeric_limits<std::int64_t>::max() >> DBits;
     constexpr std::int64_t qMin = std::numeric_limits<std::int64_t>::min() >> DBits;
-    if (q > qMax || q < qMin) detail::throwRangeError("divideByRatio", i, c);
+    if (q > qMax || q < qMin) return false;
     buf.pushUniform(i, s, n);
     const std::uint32_t r = buf.popPow2(i, DBits);
     if (q == qMin && r == 0) {  // would be INT64_MIN (reserved): undo the pair, leaving the buffer as it was
       buf.pushPow2(i, r, DBits);
       static_cast<void>(buf.popUniform(i, n));
-      detail::throwRangeError("divideByRatio", i, c);
+      return false;
     }
     c = q * (std::int64_t(1) << DBits) + static_cast<std::int64_t>(r);
+    return true;
   }
 };
 
@@ -124,6 +133,13 @@ struct FloorRounding {
 
   template <int DBits, class Buffer>
   static void divideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
+    const std::int64_t before = c;
+    if (!tryDivideOne<DBits>(c, n, i, buf)) detail::throwRangeError("divideByRatio", i, before);
+  }
+
+  /// divideOne without exceptions: false (element and buffer unchanged) out of range.
+  template <int DBits, class Buffer>
+  static bool tryDivideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) noexcept {
     const detail::Int128 d = detail::Int128(1) << DBits;
     const detail::Int128 first = detail::ceilDiv128(detail::Int128(c) * d, n);
     const detail::Int128 count = detail::ceilDiv128((detail::Int128(c) + 1) * d, n) - first;
@@ -131,9 +147,10 @@ struct FloorRounding {
     const detail::Int128 result = first + digit;
     if (result > std::numeric_limits<std::int64_t>::max() || result <= std::numeric_limits<std::int64_t>::min()) {
       buf.pushUniform(i, digit, static_cast<std::uint32_t>(count));  // undo the pop: the buffer is as it was
-      detail::throwRangeError("divideByRatio", i, c);
+      return false;
     }
     c = static_cast<std::int64_t>(result);
+    return true;
   }
 };
 

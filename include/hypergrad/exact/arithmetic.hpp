@@ -1,0 +1,466 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file arithmetic.hpp
+/// \brief The exact operations layer: an update rule's element code (optimizers/concept.hpp)
+/// run in fixed point with the information buffer — forward, and backwards by recording the same
+/// code and undoing its operations in reverse order — as one fused pass over each buffer block.
+///
+/// Per element the kernel loads the element's state integers, runs the rule's element code on
+/// them (×n/d through the buffer, checked fixed-point additions, the finiteness check of g_t),
+/// and stores them back: one pass over memory, no staging vectors. Failure atomicity comes from
+/// reversibility instead of copies: every operation is logged as it is applied, so an element
+/// whose k-th operation fails undoes its first k−1 (in reverse order) before the error leaves it;
+/// the elements already done in the block are then undone by the inverse pass (in reverse
+/// order, so each block's word stack comes back word for word), and blocks that finished in
+/// parallel are undone after the loop. A kernel call therefore either completes or leaves the
+/// state and the buffer bit-identical to what they were.
+///
+/// Bits: the forward visits each block's elements in increasing order and the inverse in
+/// decreasing order, exactly as multiplyByRatio / divideByRatio do, and the conversions are those
+/// of FixedFormat; for the momentum rule the result is bit-identical to the multi-pass update this
+/// layer replaced (tests/optimizers/test_exact_kernel.cpp pins a recorded run).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <limits>
+#include <vector>
+
+#include "../config.hpp"
+#include "../errors.hpp"
+#include "../layout.hpp"
+#include "fixed_point.hpp"
+#include "information_buffer.hpp"
+#include "ratio.hpp"
+#include "ratio_multiply.hpp"
+
+namespace hypergrad {
+namespace detail {
+
+/// What went wrong at one element, thrown inside the kernel and turned into a typed exception
+/// with the iteration, group and state names by the optimizer (which knows them).
+struct ElementFailure {
+  enum class Kind {
+    NonFiniteGradient,  ///< g_i is NaN or infinite
+    AddendOutOfRange,   ///< an addend is not finite or does not fit the fixed-point range
+    SumOutOfRange,      ///< state + addend leaves the range
+    DivisionOutOfRange  ///< a division by a ratio leaves int64: the state is not from this run
+  };
+  Kind kind = Kind::AddendOutOfRange;
+  int state = 0;            ///< the state vector concerned
+  Index element = 0;        ///< the element
+  const char* what = "";    ///< the rule's name for the addend
+  double operand = 0.0;     ///< the addend (or g_i)
+  double current = 0.0;     ///< the state's value before the failing operation
+};
+
+/// One logged operation of an element: an addition of `addend` to state `state`, or (numerator
+/// non-zero) a multiplication of it by numerator/d through the buffer.
+struct ElementOp {
+  int state;
+  std::uint32_t numerator;
+  std::int64_t addend;
+};
+
+/// Most operations one element's step may perform (the rule's forwardState + forwardWeights).
+constexpr int kMaxElementOps = 16;
+
+/// How an ExactElement treats the rule's operations.
+enum class ElementMode {
+  Apply,  ///< apply them (the forward), counting them
+  Record  ///< log them without applying them, to undo them last first (the inverse)
+};
+
+/// The exact arithmetic bound to element i. It works on a copy of the element's S state
+/// integers; the kernel loads and stores them.
+///
+/// Apply mode keeps no log: if operation k fails, the kernel re-runs the element code in Record
+/// mode limited to the k operations applied and undoes them. That re-recording is exact because
+/// of the rule's contract (no state written after it was read): every applied operation's
+/// addend is a function of states that no later operation changed, so the current values give
+/// the same addend. The same argument makes Record mode at the post-step state recompute the
+/// forward's addends, and undoing the operations last first never changes a value an earlier
+/// operation read.
+template <class Format, class Rounding, int DBits, class Buffer, int S, ElementMode Mode>
+class ExactElement {
+ public:
+  static constexpr std::uint32_t denominator = std::uint32_t(1) << DBits;
+
+  /// `limit`: Record mode logs only the first `limit` operations (the rest are ignored).
+  ExactElement(Index i, Buffer& buf, int limit = kMaxElementOps) noexcept : m_i(i), m_buf(&buf), m_limit(limit) {}
+
+  void load(std::int64_t* const* state) noexcept {
+    for (int s = 0; s < S; ++s) m_x[s] = state[s][m_i];
+  }
+  void store(std::int64_t* const* state) const noexcept {
+    for (int s = 0; s < S; ++s) state[s][m_i] = m_x[s];
+  }
+  /// Copies the other element's working state (same element).
+  template <class Other>
+  void loadFrom(const Other& other) noexcept {
+    for (int s = 0; s < S; ++s) m_x[s] = other.raw(s);
+  }
+  std::int64_t raw(int s) const noexcept { return m_x[s]; }
+  /// Operations applied (Apply) or logged (Record) so far.
+  int count() const noexcept { return m_count; }
+
+  // ---- The arithmetic the rule's element code calls ---------------------------------------------
+
+  /// x_s ← x_s · n/d through the buffer (n = d: an exact identity that stores nothing; it is
+  /// still counted, so that the number of operations does not depend on the data and the
+  /// compiler can unroll the log).
+  template <class Entry>
+  void multiply(int s, const Entry& c) {
+    const std::uint32_t n = c.ratio.numerator;
+    if constexpr (Mode == ElementMode::Apply) {
+      if (n != denominator) Rounding::template multiplyOne<DBits>(m_x[s], n, m_i, *m_buf);
+      ++m_count;
+    } else {
+      if (m_count < m_limit) log(ElementOp{s, n, 0});
+    }
+  }
+
+  /// x_s ← x_s + round(x · 2^R), checked.
+  void add(int s, double x, const char* what = "addend") { addRounded(s, x, 1, what); }
+
+  /// x_s ← x_s − round(x · 2^R), checked: add(s, −x) (rounding is symmetric), with the message
+  /// naming x itself.
+  void subtract(int s, double x, const char* what = "subtrahend") { addRounded(s, x, -1, what); }
+
+  double value(int s) const noexcept { return Format::toDouble(m_x[s]); }
+
+  /// Record mode: undoes the logged operations, last first. If an undo fails (a division
+  /// leaving the int64 range, or a subtraction leaving the fixed-point range: the state is not
+  /// one the forward produced), the operations undone so far are redone, so the element is
+  /// exactly as before, and the failure is thrown.
+  void undo() {
+    static_assert(Mode == ElementMode::Record, "undo() needs the log of Record mode");
+    int k = m_count;
+    // No exceptions inside the loop: it stays a short straight-line sequence once inlined.
+    for (; k > 0; --k) {
+      const ElementOp& op = m_log[k - 1];
+      std::int64_t& x = m_x[op.state];
+      if (op.numerator != 0) {
+        if (op.numerator != denominator && !Rounding::template tryDivideOne<DBits>(x, op.numerator, m_i, *m_buf))
+          break;
+      } else {
+        std::int64_t r;
+        if (__builtin_sub_overflow(x, op.addend, &r) || r == std::numeric_limits<std::int64_t>::min()) break;
+        x = r;
+      }
+    }
+    if (k > 0) undoFailed(k);
+    m_count = 0;
+  }
+
+ private:
+  // x_s ← x_s + sign · round(x · 2^R). round(−x) = −round(x), so the sign is applied to the
+  // integer; failures name x as the rule wrote it.
+  void addRounded(int s, double x, int sign, const char* what) {
+    if constexpr (Mode == ElementMode::Record) {
+      if (m_count >= m_limit) return;
+    }
+    std::int64_t d;
+    if (!Format::tryFromDouble(x, d)) fail(ElementFailure::Kind::AddendOutOfRange, s, what, x);
+    if (sign < 0) d = -d;  // |d| < 2^63: no overflow
+    if constexpr (Mode == ElementMode::Apply) {
+      std::int64_t r;
+      if (__builtin_add_overflow(m_x[s], d, &r) || r == std::numeric_limits<std::int64_t>::min())
+        fail(ElementFailure::Kind::SumOutOfRange, s, what, sign * x);
+      m_x[s] = r;
+      ++m_count;
+    } else {
+      log(ElementOp{s, 0, d});
+    }
+  }
+
+  void log(const ElementOp& op) noexcept {
+    HYPERGRAD_ASSERT(m_count < kMaxElementOps);
+    m_log[m_count++] = op;
+  }
+
+  // The undo of op k−1 failed: redo ops k … m_count−1 (undone before it) and report.
+  [[noreturn]] void undoFailed(int k) {
+    const ElementOp& op = m_log[k - 1];
+    for (int j = k; j < m_count; ++j) {
+      const ElementOp& redo = m_log[j];
+      if (redo.numerator == denominator) continue;
+      if (redo.numerator != 0) Rounding::template multiplyOne<DBits>(m_x[redo.state], redo.numerator, m_i, *m_buf);
+      else m_x[redo.state] += redo.addend;  // restores a value that was stored before: cannot overflow
+    }
+    ElementFailure f;
+    f.kind = op.numerator != 0 ? ElementFailure::Kind::DivisionOutOfRange : ElementFailure::Kind::SumOutOfRange;
+    f.state = op.state;
+    f.element = m_i;
+    f.what = op.numerator != 0 ? "division by the ratio" : "recorded addend";
+    f.operand = Format::toDouble(op.addend);
+    f.current = Format::toDouble(m_x[op.state]);
+    throw f;
+  }
+
+  [[noreturn]] void fail(ElementFailure::Kind kind, int s, const char* what, double operand) const {
+    ElementFailure f;
+    f.kind = kind;
+    f.state = s;
+    f.element = m_i;
+    f.what = what;
+    f.operand = operand;
+    f.current = Format::toDouble(m_x[s]);
+    throw f;
+  }
+
+  std::int64_t m_x[S];
+  ElementOp m_log[Mode == ElementMode::Record ? kMaxElementOps : 1];
+  int m_count = 0;
+  Index m_i;
+  Buffer* m_buf;
+  int m_limit;
+};
+
+/// Checks the rule's reversibility contract on one element (see optimizers/concept.hpp): no
+/// state written after it was read, forwardWeights writes only state 0, forwardState never
+/// reads or writes state 0. Runs the element code on made-up values; nothing is stored.
+struct ContractArithmetic {
+  unsigned read = 0, written = 0;
+  bool violated = false;
+  const char* problem = "";
+  template <class Entry>
+  void multiply(int s, const Entry&) {
+    write(s);
+  }
+  void add(int s, double, const char* = "") { write(s); }
+  void subtract(int s, double, const char* = "") { write(s); }
+  double value(int s) {
+    read |= 1u << s;
+    return 0.5;
+  }
+  void write(int s) {
+    if ((read >> s) & 1u) {
+      violated = true;
+      problem = "a state is written after it was read in the same step";
+    }
+    written |= 1u << s;
+  }
+};
+
+template <class Rule, class Coefficients>
+const char* ruleContractViolation(const Coefficients& c) {
+  ContractArithmetic state;
+  Rule::forwardState(state, c, 0.25);
+  if (state.violated) return state.problem;
+  if ((state.read | state.written) & 1u) return "forwardState reads or writes the weights (state 0)";
+  ContractArithmetic weights;
+  weights.read = state.read;  // reads in forwardState followed by writes in forwardWeights count too
+  Rule::forwardWeights(weights, c);
+  if (weights.violated) return weights.problem;
+  if ((weights.written & ~1u) != 0) return "forwardWeights writes a state other than the weights";
+  if ((weights.written & 1u) == 0) return "forwardWeights does not update the weights";
+  return nullptr;
+}
+
+/// Which halves of the step a kernel call applies or inverts.
+enum class StepPart { State, Weights, Both };
+
+/// The fused per-block kernel of an update rule in exact arithmetic.
+template <class Rule, class Format, class Rounding, int DBits, class Buffer>
+class ExactKernel {
+ public:
+  static constexpr int S = Rule::numStates;
+  using Applier = ExactElement<Format, Rounding, DBits, Buffer, S, ElementMode::Apply>;
+  using Recorder = ExactElement<Format, Rounding, DBits, Buffer, S, ElementMode::Record>;
+
+  /// Arguments of one kernel call. `coefficients[k]` are group k's step coefficients; `gradient`
+  /// is g_t (needed by the state half, forward and inverse).
+  template <class Coefficients>
+  struct Call {
+    std::int64_t* const* state;   // S arrays of layout.size() integers
+    Buffer* buffer;
+    const ParameterLayout* layout;
+    const Coefficients* coefficients;
+    const double* gradient;
+  };
+
+  /// Applies `part` of the step forward to every element; on failure nothing has changed and
+  /// the ElementFailure of the lowest failing block is rethrown.
+  template <class Coefficients>
+  static void forward(const Call<Coefficients>& call, StepPart part) {
+    dispatch<true>(call, part);
+  }
+
+  /// Inverts `part` of the step for every element (State and Both need g_t); on failure nothing
+  /// has changed.
+  template <class Coefficients>
+  static void inverse(const Call<Coefficients>& call, StepPart part) {
+    dispatch<false>(call, part);
+  }
+
+ private:
+  // The part is a template argument below, so that each instantiation sees a fixed sequence of
+  // element operations and the compiler can unroll the element's log and its undo.
+  template <bool Forward, class Coefficients>
+  static void dispatch(const Call<Coefficients>& call, StepPart part) {
+    switch (part) {
+      case StepPart::State: run<Forward, StepPart::State>(call); break;
+      case StepPart::Weights: run<Forward, StepPart::Weights>(call); break;
+      case StepPart::Both: run<Forward, StepPart::Both>(call); break;
+    }
+  }
+
+  template <bool Forward, StepPart Part, class Coefficients>
+  static void run(const Call<Coefficients>& call) {
+    Buffer& buf = *call.buffer;
+    const Index numBlocks = buf.numBlocks();
+    // Per block: 1 when it finished (and must be undone if another block fails).
+    std::vector<unsigned char> done(static_cast<std::size_t>(numBlocks), 0);
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(numBlocks));
+    bool failed = false;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (numBlocks > 1 && buf.size() >= 32768) reduction(|| : failed)
+#endif
+    for (Index b = 0; b < numBlocks; ++b) {
+      try {
+        if constexpr (Forward) forwardBlock<Part>(call, b);
+        else inverseBlock<Part>(call, b);
+        done[static_cast<std::size_t>(b)] = 1;
+      } catch (...) {
+        errors[static_cast<std::size_t>(b)] = std::current_exception();
+        failed = true;
+      }
+    }
+    if (!failed) return;
+    // Undo the blocks that finished. The opposite pass cannot fail on a state it just produced;
+    // if it did anyway, the state is lost and InvalidState says so.
+    bool undoFailed = false;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (numBlocks > 1 && buf.size() >= 32768) reduction(|| : undoFailed)
+#endif
+    for (Index b = 0; b < numBlocks; ++b) {
+      if (!done[static_cast<std::size_t>(b)]) continue;
+      try {
+        if constexpr (Forward) inverseBlock<Part>(call, b);
+        else forwardBlock<Part>(call, b);
+      } catch (...) {
+        undoFailed = true;
+      }
+    }
+    if (undoFailed) {
+      throw InvalidState("exact kernel: undoing a failed step failed; the optimizer state is lost (call start() "
+                         "again). This is a bug: please report it");
+    }
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);  // the lowest failing block's error: the same at any thread count
+  }
+
+  // Calls fn(k, begin, end) for each group k's part of [lo, hi), in increasing order of k, or in
+  // decreasing order when `reversed` (groups tile the vector in order).
+  template <class Fn>
+  static void forEachSegment(const ParameterLayout& layout, Index lo, Index hi, bool reversed, Fn&& fn) {
+    if (lo >= hi) return;
+    Index first = 0, last = layout.numGroups() - 1;
+    for (Index a = 0, b = layout.numGroups(); b - a > 1;) {  // the group of lo
+      const Index mid = (a + b) / 2;
+      if (layout.group(mid).offset <= lo) a = mid;
+      else b = mid;
+      first = a;
+    }
+    if (layout.numGroups() == 1) first = 0;
+    for (last = first; last + 1 < layout.numGroups() && layout.group(last + 1).offset < hi;) ++last;
+    for (Index j = 0; j <= last - first; ++j) {
+      const Index k = reversed ? last - j : first + j;
+      const ParameterGroup& grp = layout.group(k);
+      fn(k, std::max(lo, grp.offset), std::min(hi, grp.offset + grp.size));
+    }
+  }
+
+  // The element code of `Part` in arithmetic `a`.
+  template <StepPart Part, class A, class Coefficients>
+  static void elementCode(A& a, const Coefficients& c, double g) {
+    if constexpr (Part != StepPart::Weights) Rule::forwardState(a, c, g);
+    if constexpr (Part != StepPart::State) Rule::forwardWeights(a, c);
+  }
+
+  template <StepPart Part, class Coefficients>
+  static void applyElement(const Call<Coefficients>& call, const Coefficients& c, Index i) {
+    Applier e(i, *call.buffer);
+    e.load(call.state);
+    const double g = Part != StepPart::Weights ? call.gradient[i] : 0.0;
+    try {
+      if (Part != StepPart::Weights && !std::isfinite(g)) {
+        ElementFailure f;
+        f.kind = ElementFailure::Kind::NonFiniteGradient;
+        f.element = i;
+        f.operand = g;
+        throw f;
+      }
+      elementCode<Part>(e, c, g);
+    } catch (...) {
+      // Take back the operations applied before the failing one (see ExactElement): only the
+      // buffer has changed, the state in memory is untouched until store().
+      if (e.count() > 0) {
+        Recorder r(i, *call.buffer, e.count());
+        r.loadFrom(e);
+        elementCode<Part>(r, c, g);
+        r.undo();
+      }
+      throw;
+    }
+    e.store(call.state);
+  }
+
+  template <StepPart Part, class Coefficients>
+  static void invertElement(const Call<Coefficients>& call, const Coefficients& c, Index i) {
+    Recorder e(i, *call.buffer);
+    e.load(call.state);
+    // Record the step's operations at the post-step state (the contract makes every recomputed
+    // addend equal to the forward's), then undo them last first.
+    elementCode<Part>(e, c, Part != StepPart::Weights ? call.gradient[i] : 0.0);
+    e.undo();
+    e.store(call.state);
+  }
+
+  template <StepPart Part, class Coefficients>
+  static void forwardBlock(const Call<Coefficients>& call, Index b) {
+    const ParameterLayout& layout = *call.layout;
+    const Index lo = call.buffer->blockBegin(b), hi = call.buffer->blockEnd(b);
+    Index done = lo;  // elements [lo, done) are stepped
+    try {
+      forEachSegment(layout, lo, hi, false, [&](Index k, Index begin, Index end) {
+        const Coefficients& c = call.coefficients[k];
+        for (Index i = begin; i < end; ++i, ++done) applyElement<Part>(call, c, i);
+      });
+    } catch (...) {
+      // Undo [lo, done) last first, so the block's word stack comes back word for word (the
+      // failing element undid itself).
+      forEachSegment(layout, lo, done, true, [&](Index k, Index begin, Index end) {
+        const Coefficients& c = call.coefficients[k];
+        for (Index i = end; i-- > begin;) invertElement<Part>(call, c, i);
+      });
+      throw;
+    }
+  }
+
+  template <StepPart Part, class Coefficients>
+  static void inverseBlock(const Call<Coefficients>& call, Index b) {
+    const ParameterLayout& layout = *call.layout;
+    const Index lo = call.buffer->blockBegin(b), hi = call.buffer->blockEnd(b);
+    Index undone = hi;  // elements [undone, hi) are inverted
+    try {
+      forEachSegment(layout, lo, hi, true, [&](Index k, Index begin, Index end) {
+        const Coefficients& c = call.coefficients[k];
+        for (Index i = end; i-- > begin; --undone) invertElement<Part>(call, c, i);
+      });
+    } catch (...) {
+      // Redo [undone, hi) in increasing order (the failing element is as it was).
+      forEachSegment(layout, undone, hi, false, [&](Index k, Index begin, Index end) {
+        const Coefficients& c = call.coefficients[k];
+        for (Index i = begin; i < end; ++i) applyElement<Part>(call, c, i);
+      });
+      throw;
+    }
+  }
+};
+
+}  // namespace detail
+}  // namespace hypergrad

@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file result.hpp
+/// \brief The result of a reverse pass, for any update rule: the meta objective, ∂f/∂ every
+/// schedule (T × G), ∂f/∂ every initial state vector and ∂f/∂θ — reachable by the rule's own
+/// member names (`hg.learningRates`, `hg.initialVelocity` for momentum) and generically by index
+/// or key (`hg.schedule("momenta")`, `hg.initialState(1)`).
+
+#include <cstddef>
+#include <string>
+
+#include <Eigen/Core>
+
+#include "../config.hpp"
+#include "../errors.hpp"
+#include "../optimizers/concept.hpp"
+
+namespace hypergrad {
+
+/// Hypergradients of a reverse pass through update rule `Rule`. The rule's HypergradientFields
+/// (e.g. `learningRates`, `momenta`, `initialVelocity`) are members of this struct; the members
+/// below are common to every rule. Gradients with respect to a ratio schedule refer to the
+/// quantised values the optimizer actually used (its scheduleValues()).
+template <class Rule>
+struct HypergradientResult : Rule::HypergradientFields {
+  using RuleType = Rule;
+
+  double metaObjective = 0.0;       ///< f(w_{T+1})
+  Eigen::VectorXd initialWeights;   ///< ∂f/∂w₁
+  Eigen::VectorXd hyperparameters;  ///< ∂f/∂θ (size of the objective's θ; empty when it has none)
+  Eigen::VectorXd finalWeights;     ///< w_{T+1}, the trained weights
+
+  static constexpr Index numSchedules = Rule::numSchedules;
+  static constexpr Index numStates = Rule::numStates;
+
+  /// ∂f/∂ schedule j (T × G), by index in Rule::schedules or by key ("learningRates").
+  Eigen::MatrixXd& schedule(Index j) { return this->*Rule::scheduleFields.at(static_cast<std::size_t>(j)); }
+  const Eigen::MatrixXd& schedule(Index j) const { return this->*Rule::scheduleFields.at(static_cast<std::size_t>(j)); }
+  const Eigen::MatrixXd& schedule(const std::string& key) const { return schedule(hypergrad::scheduleIndex<Rule>(key)); }
+  Eigen::MatrixXd& schedule(const std::string& key) { return schedule(hypergrad::scheduleIndex<Rule>(key)); }
+
+  /// ∂f/∂ (state s at t = 1), s = 0 the weights, by index or by the rule's state name ("velocity").
+  Eigen::VectorXd& initialState(Index s) {
+    return s == 0 ? initialWeights : this->*Rule::stateFields.at(static_cast<std::size_t>(s - 1));
+  }
+  const Eigen::VectorXd& initialState(Index s) const {
+    return s == 0 ? initialWeights : this->*Rule::stateFields.at(static_cast<std::size_t>(s - 1));
+  }
+  const Eigen::VectorXd& initialState(const std::string& name) const { return initialState(hypergrad::stateIndex<Rule>(name)); }
+};
+
+}  // namespace hypergrad

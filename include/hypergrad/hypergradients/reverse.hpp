@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file reverse.hpp
+/// \brief The reverse pass, for any update rule: exact hypergradients of a meta objective
+/// f(w_{T+1}) with respect to the rule's schedules, the initial state and the training
+/// objective's hyperparameters θ, by running the optimizer backwards (Maclaurin et al. 2015,
+/// Alg. 2; DESIGN.md §1). It stores no trajectory: memory is O(N) plus the information buffer.
+///
+/// Per step t, from the adjoints of the state after the step: the rule's adjointWeights at the
+/// post-step state (and its Hessian direction u when that does not need g_t), the exact
+/// unstepWeights(), one fused objective call for g_t, H_t u and (∂_θ g_t)ᵀ u at w_t, the exact
+/// unstepOptimizerState(g_t), the rule's adjointState at the pre-step state, then
+/// dw += H_t u and dθ += (∂_θ g_t)ᵀ u. Nothing here knows the rule: its element code does the
+/// rule-specific part (optimizers/concept.hpp).
+///
+/// **What reverse() needs of an optimizer** (ReversibleOptimizer; ReferenceOptimizer with a
+/// stored trajectory, the naive baseline): `RuleType`, `Coefficients`, `iteration()`,
+/// `numIterations()`, `size()`, `layout()`, `halfStep()`, `weights()`, `weights(out)`,
+/// `coefficients(t, out)`, `stateReader()` (`.value(s, i)`), `unstepWeights()`,
+/// `restepWeights()`, `unstepOptimizerState(g)`, `step(f)` and `checkRecoveredStart()`.
+
+#include <array>
+#include <cmath>
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../callbacks.hpp"
+#include "../config.hpp"
+#include "../errors.hpp"
+#include "../layout.hpp"
+#include "../objective.hpp"
+#include "../optimizers/detail/arguments.hpp"
+#include "result.hpp"
+#include "train.hpp"
+
+namespace hypergrad {
+namespace detail {
+
+// Throws NonFiniteValue naming the iteration, the entry and (for w-sized vectors) its group.
+inline void checkFiniteProduct(const Eigen::VectorXd& x, const char* what, Index t, const ParameterLayout* layout) {
+  for (Index i = 0; i < x.size(); ++i) {
+    if (std::isfinite(x(i))) continue;
+    std::string group;
+    if (layout != nullptr)
+      for (const ParameterGroup& grp : layout->groups())
+        if (i >= grp.offset && i < grp.offset + grp.size) group = detail::message(", group '", grp.name, "'");
+    throw NonFiniteValue(detail::message("reverse: the ", what, " at iteration ", t, group, ", entry ", i, " is ", x(i),
+                                         ". The optimizer is back where reverse() started (iteration unchanged); "
+                                         "check the objective's second derivatives there"));
+  }
+}
+
+/// The adjoint context the rule's adjoint code sees for element i (optimizers/concept.hpp).
+template <class Reader, int S>
+class AdjointElement {
+ public:
+  AdjointElement(const Reader& reader, Eigen::VectorXd* adjoints, Index i, double* u, const double* g,
+                 double* scheduleSums) noexcept
+      : m_reader(reader), m_adjoints(adjoints), m_i(i), m_u(u), m_g(g), m_sums(scheduleSums) {}
+
+  double value(int s) const noexcept { return m_reader.value(s, m_i); }
+  double& adjoint(int s) noexcept { return m_adjoints[s].data()[m_i]; }
+  double gradient() const noexcept { return m_g[m_i]; }
+  double& direction() noexcept { return m_u[m_i]; }
+  double& scheduleGradient(int j) noexcept { return m_sums[j]; }
+
+ private:
+  const Reader& m_reader;
+  Eigen::VectorXd* m_adjoints;
+  Index m_i;
+  double* m_u;
+  const double* m_g;
+  double* m_sums;
+};
+
+enum class AdjointPhase { Weights, Direction, State };
+
+/// One adjoint phase of step t over every element, group by group: the per-group schedule sums
+/// accumulate in element order into column k of `sums` (J × G), a fixed summation order.
+template <class Rule, class Reader, class Coefficients>
+void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, const ParameterLayout& layout,
+                 const std::vector<Coefficients>& coefficients, Eigen::VectorXd* adjoints, double* u, const double* g,
+                 Eigen::MatrixXd& sums) {
+  for (Index k = 0; k < layout.numGroups(); ++k) {
+    const ParameterGroup& grp = layout.group(k);
+    const Coefficients& c = coefficients[static_cast<std::size_t>(k)];
+    double* sum = sums.col(k).data();
+    for (Index i = grp.offset; i < grp.offset + grp.size; ++i) {
+      AdjointElement<Reader, Rule::numStates> b(reader, adjoints, i, u, g, sum);
+      if (phase == AdjointPhase::Weights) {
+        Rule::adjointWeights(b, c);
+        if (withDirection) Rule::direction(b, c);
+      } else if (phase == AdjointPhase::Direction) {
+        Rule::direction(b, c);
+      } else {
+        Rule::adjointState(b, c);
+      }
+    }
+  }
+}
+
+/// After a failed reverse step: back to iteration T, exactly (the steps already reversed are
+/// taken again; the objective recomputes their gradients, which the run record checks).
+template <class Optimizer, class Objective>
+void restoreAfterFailedReverse(Optimizer& opt, const Objective& f, Index T) noexcept {
+  try {
+    if (opt.halfStep()) opt.restepWeights();
+    while (opt.iteration() < T) opt.step(f);
+  } catch (...) {  // consistent at opt.iteration(); the caller rethrows the first error
+  }
+}
+
+}  // namespace detail
+
+/// Reverses every step `opt` has taken, accumulating hypergradients of `meta` at the current
+/// weights, and verifies that the initial state was recovered bit for bit with an empty buffer
+/// (throws ExactnessViolation otherwise). Per step: one gradient, one Hessian-vector product and
+/// one mixed product at the recomputed w_t, from the objective's fused reverseStep when it has
+/// one (and the rule's direction does not need g_t).
+///
+/// Failure: if a step fails — the objective throws or returns wrongly sized or non-finite
+/// products, its gradient does not match the forward run's (ExactnessViolation), a callback
+/// throws — the steps already reversed are taken forward again, so the optimizer is exactly as
+/// before the call (at the same iteration, with the run intact to be reversed again), and the
+/// exception is rethrown. Should the objective fail again while steps are re-taken, the optimizer
+/// is left consistent at opt.iteration().
+template <class Optimizer, class Objective, class Meta, class... Callbacks>
+HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const Objective& f, const Meta& meta,
+                                                          Callbacks&&... callbacks) {
+  using Rule = typename Optimizer::RuleType;
+  using Coefficients = typename Optimizer::Coefficients;
+  constexpr int S = Rule::numStates;
+  checkObjective<Objective>();
+  checkMetaObjective<Meta>();
+  const Index T = opt.iteration();
+  if (T == 0) {
+    throw InvalidState("reverse: the optimizer is at iteration 0: there is nothing to reverse (run the forward pass "
+                       "first; a run can be reversed once)");
+  }
+  if (opt.halfStep()) {
+    throw InvalidState("reverse: a reverse step is half done (after unstepWeights()); finish it or call "
+                       "restepWeights() first");
+  }
+  const Index n = opt.size();
+  const Index numGroups = opt.layout().numGroups();
+  if (f.numParameters() != n) {
+    throw InvalidArgument(detail::message("reverse: the objective has ", f.numParameters(),
+                                          " parameters but the optimizer has ", n));
+  }
+
+  HypergradientResult<Rule> out;
+  out.finalWeights = opt.weights();
+  std::array<Eigen::VectorXd, static_cast<std::size_t>(S)> adjoints;
+  Eigen::VectorXd& dw = adjoints[0];
+  dw.resize(n);
+  out.metaObjective = meta.valueAndGradient(out.finalWeights, dw);
+  if (dw.size() != n) {
+    throw InvalidArgument(detail::message("reverse: the meta objective's gradient has ", dw.size(), " entries, expected ", n));
+  }
+  if (!dw.allFinite() || !std::isfinite(out.metaObjective))
+    throw NonFiniteValue("reverse: the meta objective or its gradient at the final weights is not finite");
+  for (int s = 1; s < S; ++s) adjoints[static_cast<std::size_t>(s)] = Eigen::VectorXd::Zero(n);
+
+  const Index numHyper = f.numHyperparameters();
+  Eigen::VectorXd dtheta = Eigen::VectorXd::Zero(numHyper);
+  if constexpr (detail::HasHyperGradient<Meta>::value) {
+    meta.hyperGradient(out.finalWeights, dtheta);
+    if (dtheta.size() != numHyper) {
+      throw InvalidArgument(detail::message("reverse: the meta objective's hyperGradient has ", dtheta.size(),
+                                            " entries but the objective has ", numHyper, " hyperparameters"));
+    }
+  }
+  for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j) = Eigen::MatrixXd::Zero(opt.numIterations(), numGroups);
+
+  Eigen::VectorXd u(n), w(n), g(n), hu(n), mixed(numHyper);
+  Eigen::MatrixXd sums(Rule::numSchedules, numGroups);  // per-group schedule sums of one step
+  std::vector<Coefficients> coefficients;
+  const ParameterLayout& layout = opt.layout();
+  try {
+    (detail::callReverseBegin(callbacks, opt, out.metaObjective), ...);
+    for (Index t = T; t-- > 0;) {
+      opt.coefficients(t, coefficients);
+      sums.setZero();
+      // Adjoint of the weights half at the post-step state (and u, unless it needs g_t).
+      detail::adjointPass<Rule>(detail::AdjointPhase::Weights, !Rule::directionNeedsGradient, opt.stateReader(),
+                                layout, coefficients, adjoints.data(), u.data(), nullptr, sums);
+      opt.unstepWeights();  // w_t, exact
+      opt.weights(w);
+      if constexpr (!Rule::directionNeedsGradient) {
+        reverseStep(f, w, t, u, g, hu, mixed);  // g_t, H_t u, (∂_θ g_t)ᵀ u from one pass
+      } else {
+        f.gradient(w, t, g);
+        if (g.size() != n) {
+          throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective's gradient has ", g.size(),
+                                                " entries, expected ", n));
+        }
+        detail::adjointPass<Rule>(detail::AdjointPhase::Direction, true, opt.stateReader(), layout, coefficients,
+                                  adjoints.data(), u.data(), g.data(), sums);
+        f.hessianVectorProduct(w, t, u, hu);
+        f.mixedProduct(w, t, u, mixed);
+      }
+      if (g.size() != n || hu.size() != n || mixed.size() != numHyper) {
+        throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective returned sizes ", g.size(),
+                                              ", ", hu.size(), ", ", mixed.size(),
+                                              " for the gradient, Hessian-vector product and mixed product; expected ",
+                                              n, ", ", n, ", ", numHyper));
+      }
+      detail::checkFiniteProduct(hu, "Hessian-vector product", t, &layout);
+      detail::checkFiniteProduct(mixed, "mixed product", t, nullptr);
+      opt.unstepOptimizerState(g);  // the other states at t, exact (checks g_t against the record)
+      // Adjoint of the state half at the pre-step state.
+      detail::adjointPass<Rule>(detail::AdjointPhase::State, false, opt.stateReader(), layout, coefficients,
+                                adjoints.data(), u.data(), g.data(), sums);
+      dw += hu;
+      dtheta += mixed;
+      for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j).row(t) = sums.row(j);
+      [[maybe_unused]] const ReverseState state{g, dw, u, adjoints.data(), S};
+      (detail::callReverseStep(callbacks, opt, t, state), ...);
+    }
+    opt.checkRecoveredStart();
+  } catch (...) {
+    const std::exception_ptr error = std::current_exception();
+    detail::restoreAfterFailedReverse(opt, f, T);
+    std::rethrow_exception(error);
+  }
+  for (int s = 0; s < S; ++s) out.initialState(s) = std::move(adjoints[static_cast<std::size_t>(s)]);
+  out.hyperparameters = std::move(dtheta);
+  (detail::callReverseEnd(callbacks, opt, out), ...);
+  return out;
+}
+
+namespace detail {
+template <std::size_t NumInitial, class Optimizer, class Objective, class Meta, class Tuple, std::size_t... I,
+          std::size_t... C>
+HypergradientResult<typename Optimizer::RuleType> computeHypergradientsSplit(Optimizer& opt, const Objective& f,
+                                                                             const Meta& meta, Tuple& args,
+                                                                             std::index_sequence<I...>,
+                                                                             std::index_sequence<C...>) {
+  opt.start(std::get<I>(args)...);
+  train(opt, f, std::get<NumInitial + C>(args)...);
+  return reverse(opt, f, meta, std::get<NumInitial + C>(args)...);
+}
+}  // namespace detail
+
+/// Starts `opt` at the given initial states (weights first; the others default to zero), trains
+/// for all its iterations and reverses: the whole computation in one call. The arguments after
+/// the meta objective are the initial states (Eigen vectors or the optimizer's Fixed vectors),
+/// then any callbacks. If training fails, the optimizer holds the new run at iteration 0; if the
+/// reverse pass fails, the trained run (see reverse()), so it can be reversed again.
+template <class Optimizer, class Objective, class Meta, class... Args>
+HypergradientResult<typename Optimizer::RuleType> computeHypergradients(Optimizer& opt, const Objective& f,
+                                                                        const Meta& meta, Args&&... args) {
+  constexpr std::size_t numInitial = detail::leadingStateArguments<Args...>();
+  static_assert(numInitial >= 1, "hypergrad::computeHypergradients: give at least the initial weights");
+  auto all = std::forward_as_tuple(std::forward<Args>(args)...);
+  return detail::computeHypergradientsSplit<numInitial>(opt, f, meta, all,
+                                                        std::make_index_sequence<numInitial>(),
+                                                        std::make_index_sequence<sizeof...(Args) - numInitial>());
+}
+
+}  // namespace hypergrad

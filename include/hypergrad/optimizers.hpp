@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file optimizers.hpp
+/// \brief Exactly reversible optimizers: the update-rule concept, the shared driver
+/// (ReversibleOptimizer), the rules (SGD with momentum), and the plain-double reference
+/// optimizer that runs the same rules without exact arithmetic.
+
+#include "optimizers/concept.hpp"
+#include "optimizers/momentum.hpp"
+#include "optimizers/reversible_optimizer.hpp"
+#include "optimizers/schedule_set.hpp"
+#include "reference/optimizer.hpp"

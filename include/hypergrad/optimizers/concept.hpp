@@ -1,0 +1,300 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file concept.hpp
+/// \brief The reversible update-rule concept: what an optimizer's update must say so that one
+/// shared driver (ReversibleOptimizer) can run it forward in exact arithmetic, invert it bit for
+/// bit, run it in plain double as a reference, and one generic reverse pass can differentiate it.
+/// Written down three ways, like the objective concept: the table below, detection traits, and
+/// checkRule<R>(), whose static_assert messages name the missing member.
+///
+/// **Why the update splits in two halves.** A step is exactly invertible when it is a
+/// composition of pieces that each update one state vector from the *others*: an addition of an
+/// addend that can be recomputed bit for bit (undone by subtracting the same bits), or a
+/// multiplication by a ratio n/d through the information buffer (undone by the division). The
+/// weights w may be updated only from the other state vectors (v; m, s), and those only from
+/// themselves and g_t = ∇L(w_t): then the reverse pass restores w_t first (forwardWeights
+/// inverted), recomputes g_t at w_t, and restores the rest (forwardState inverted). Nesterov
+/// momentum and plain RMSprop update w from g(w) itself and do not fit (they need checkpointing).
+///
+/// **The rule is written once**, as element code templated on an *arithmetic* `a` bound to one
+/// element i: the exact arithmetic (fixed point + information buffer) runs it forward, records it
+/// to run it backwards, and the reference arithmetic runs it in plain double. Each operation
+/// names a state by its index s (0 is the weights):
+///
+/// | arithmetic expression   | exact (fixed point)                                  | reference (double) |
+/// |-------------------------|------------------------------------------------------|--------------------|
+/// | `a.multiply(s, c[j])`   | x_s ← x_s · n/d through the buffer (c[j] a ratio schedule's entry) | x_s ← x_s · value |
+/// | `a.add(s, x, "what")`   | x_s ← x_s + round(x · 2^R), overflow checked ("what" names x in errors) | x_s ← x_s + x |
+/// | `a.subtract(s, x, "what")` | x_s ← x_s − round(x · 2^R), overflow checked      | x_s ← x_s − x      |
+/// | `a.value(s)`            | the current value of x_s as a double                  | x_s                |
+///
+/// One contract makes the recorded inverse exact: **no state is written after it has been read**
+/// within a step (read your inputs in their final form). The inverse evaluates the same element
+/// code at the post-step state and undoes the recorded operations in reverse order; under this
+/// contract every addend it recomputes sees the values the forward saw. The driver checks the
+/// contract (and that forwardWeights writes only w, forwardState never w) when it is constructed.
+///
+/// **Rule concept** — `R` a rule type, `a` an element arithmetic, `c` the step's coefficients
+/// (`const std::array<ScheduleEntry<RatioT>, R::numSchedules>&`: entry j of schedule j at
+/// (iteration t, the element's group)), `g` the element's g_t (a double):
+///
+/// | expression                         | meaning                                                                 |
+/// |------------------------------------|-------------------------------------------------------------------------|
+/// | `R::name`                          | `const char*`, e.g. "SGD with momentum" (messages, saved runs)          |
+/// | `R::numStates`                     | S ≥ 1, the number of state vectors; state 0 is the weights w            |
+/// | `R::stateNames`                    | `std::array<const char*, S>`, e.g. {"weights", "velocity"}              |
+/// | `R::numSchedules`                  | J ≥ 1, the number of T × G schedules                                    |
+/// | `R::schedules`                     | `std::array<ScheduleSpec, J>`: key, description and domain of each      |
+/// | `R::forwardState(a, c, g)`         | the g-dependent half: updates states 1 … S−1 from g and themselves      |
+/// | `R::forwardWeights(a, c)`          | w ← w + addend computed from states 1 … S−1                             |
+/// | `R::directionNeedsGradient`        | `bool`: whether the Hessian direction u needs g_t (Adam: yes)           |
+/// | `R::adjointWeights(b, c)`          | adjoint of forwardWeights at the post-step state (see below)           |
+/// | `R::direction(b, c)`               | u = (∂ state_{t+1} / ∂ g_t)ᵀ d state_{t+1}: sets `b.direction()`          |
+/// | `R::adjointState(b, c)`            | adjoint of forwardState at the pre-step state, given g_t                |
+/// | `R::HypergradientFields`           | a struct of named result members (e.g. `learningRates`, `initialVelocity`) |
+/// | `R::scheduleFields`                | `std::array<Eigen::MatrixXd Fields::*, J>`: schedule j's T × G result   |
+/// | `R::stateFields`                   | `std::array<Eigen::VectorXd Fields::*, S−1>`: ∂f/∂(state s at t = 1), s ≥ 1 |
+/// | `R::Interface<Opt>`                | optional: a CRTP base giving the rule's own names to the optimizer's generic members (e.g. `velocity()`) |
+/// | `R::tangent(…)`                    | reserved for forward mode (not used yet)                                |
+///
+/// The adjoint functions receive an adjoint context `b` bound to one element: `b.value(s)` (state s
+/// at the post-step state in adjointWeights and direction, at the pre-step state in
+/// adjointState), `b.adjoint(s)` (`double&`, ∂f/∂ state s), `b.gradient()` (g_t; in adjointState,
+/// and in direction when directionNeedsGradient), `b.direction()` (`double&`, u) and
+/// `b.scheduleGradient(j)` (`double&`, the running sum of ∂f/∂ schedule j over the element's group at
+/// this iteration). With u so defined, the generic reverse pass does dw ← dw + H_t u and
+/// dθ ← dθ + (∂_θ g_t)ᵀ u (one Hessian-vector product and one mixed product per step).
+
+#include <array>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "../config.hpp"
+#include "../errors.hpp"
+
+namespace hypergrad {
+
+/// Domain of a schedule's entries.
+enum class ScheduleDomain {
+  Real,  ///< any finite value (learning rates)
+  Ratio  ///< (0, 1], quantised to a ratio n/d and applied exactly through the information buffer
+};
+
+/// One named schedule of an update rule.
+struct ScheduleSpec {
+  const char* key;          ///< its name in results and lookups, e.g. "learningRates"
+  const char* description;  ///< its name in messages, e.g. "learning-rate schedule"
+  ScheduleDomain domain;
+};
+
+/// The value of one schedule at one (iteration, group), as the element code sees it.
+template <class RatioT>
+struct ScheduleEntry {
+  double value = 0.0;  ///< the value used: as given (real schedules) or the ratio n/d (ratio schedules)
+  RatioT ratio{};      ///< the ratio itself (ratio schedules only)
+};
+
+namespace detail {
+
+template <class, class = void>
+struct HasRuleName : std::false_type {};
+template <class R>
+struct HasRuleName<R, std::void_t<decltype(static_cast<const char*>(R::name))>> : std::true_type {};
+
+template <class, class = void>
+struct HasRuleStates : std::false_type {};
+template <class R>
+struct HasRuleStates<R, std::void_t<decltype(std::integral_constant<int, R::numStates>{}),
+                                    decltype(static_cast<const char*>(R::stateNames[0]))>>
+    : std::bool_constant<(R::numStates >= 1 && std::tuple_size<std::decay_t<decltype(R::stateNames)>>::value ==
+                                                   static_cast<std::size_t>(R::numStates))> {};
+
+template <class, class = void>
+struct HasRuleSchedules : std::false_type {};
+template <class R>
+struct HasRuleSchedules<R, std::void_t<decltype(std::integral_constant<int, R::numSchedules>{}),
+                                       decltype(static_cast<ScheduleSpec>(R::schedules[0]))>>
+    : std::bool_constant<(R::numSchedules >= 1 && std::tuple_size<std::decay_t<decltype(R::schedules)>>::value ==
+                                                      static_cast<std::size_t>(R::numSchedules))> {};
+
+template <class, class = void>
+struct HasDirectionFlag : std::false_type {};
+template <class R>
+struct HasDirectionFlag<R, std::void_t<decltype(std::bool_constant<R::directionNeedsGradient>{})>> : std::true_type {};
+
+/// A stand-in element arithmetic and adjoint context: the traits below ask whether the rule's
+/// element code compiles against the documented expressions and nothing else.
+struct ConceptArithmetic {
+  template <class Entry>
+  void multiply(int, const Entry&) {}
+  void add(int, double, const char* = "") {}
+  void subtract(int, double, const char* = "") {}
+  double value(int) const { return 0.0; }
+};
+struct ConceptAdjoint {
+  double value(int) const { return 0.0; }
+  double& adjoint(int) { return m_x; }
+  double gradient() const { return 0.0; }
+  double& direction() { return m_x; }
+  double& scheduleGradient(int) { return m_x; }
+  double m_x = 0.0;
+};
+struct ConceptRatio {
+  std::uint32_t numerator = 1;
+  double value() const { return 1.0; }
+};
+
+template <class R, class = void>
+struct ConceptCoefficients {
+  using type = std::array<ScheduleEntry<ConceptRatio>, 1>;
+};
+template <class R>
+struct ConceptCoefficients<R, std::enable_if_t<HasRuleSchedules<R>::value>> {
+  using type = std::array<ScheduleEntry<ConceptRatio>, static_cast<std::size_t>(R::numSchedules)>;
+};
+template <class R>
+using ConceptCoefficientsT = typename ConceptCoefficients<R>::type;
+
+template <class, class = void>
+struct HasForwardState : std::false_type {};
+template <class R>
+struct HasForwardState<R, std::void_t<decltype(R::forwardState(std::declval<ConceptArithmetic&>(),
+                                                                std::declval<const ConceptCoefficientsT<R>&>(), 0.0))>>
+    : std::true_type {};
+
+template <class, class = void>
+struct HasForwardWeights : std::false_type {};
+template <class R>
+struct HasForwardWeights<R, std::void_t<decltype(R::forwardWeights(std::declval<ConceptArithmetic&>(),
+                                                                    std::declval<const ConceptCoefficientsT<R>&>()))>>
+    : std::true_type {};
+
+template <class, class = void>
+struct HasAdjointWeights : std::false_type {};
+template <class R>
+struct HasAdjointWeights<R, std::void_t<decltype(R::adjointWeights(std::declval<ConceptAdjoint&>(),
+                                                                    std::declval<const ConceptCoefficientsT<R>&>()))>>
+    : std::true_type {};
+
+template <class, class = void>
+struct HasDirection : std::false_type {};
+template <class R>
+struct HasDirection<R, std::void_t<decltype(R::direction(std::declval<ConceptAdjoint&>(),
+                                                          std::declval<const ConceptCoefficientsT<R>&>()))>>
+    : std::true_type {};
+
+template <class, class = void>
+struct HasAdjointState : std::false_type {};
+template <class R>
+struct HasAdjointState<R, std::void_t<decltype(R::adjointState(std::declval<ConceptAdjoint&>(),
+                                                                std::declval<const ConceptCoefficientsT<R>&>()))>>
+    : std::true_type {};
+
+template <class, class = void>
+struct HasHypergradientFields : std::false_type {};
+template <class R>
+struct HasHypergradientFields<
+    R, std::void_t<typename R::HypergradientFields,
+                   decltype(static_cast<Eigen::MatrixXd R::HypergradientFields::*>(R::scheduleFields[0]))>>
+    : std::true_type {};
+
+template <class, class = void>
+struct HasStateFields : std::false_type {};
+template <class R>
+struct HasStateFields<R, std::void_t<typename R::HypergradientFields, decltype(R::stateFields)>>
+    : std::bool_constant<std::tuple_size<std::decay_t<decltype(R::stateFields)>>::value + 1 ==
+                         static_cast<std::size_t>(R::numStates)> {};
+
+template <class, class, class = void>
+struct HasRuleInterface : std::false_type {};
+template <class R, class Opt>
+struct HasRuleInterface<R, Opt, std::void_t<typename R::template Interface<Opt>>> : std::true_type {};
+
+/// The optimizer's base: the rule's named accessors when it has them, else nothing.
+struct NoRuleInterface {};
+template <class R, class Opt, class = void>
+struct RuleInterfaceOf {
+  using type = NoRuleInterface;
+};
+template <class R, class Opt>
+struct RuleInterfaceOf<R, Opt, std::enable_if_t<HasRuleInterface<R, Opt>::value>> {
+  using type = typename R::template Interface<Opt>;
+};
+
+}  // namespace detail
+
+/// True when R satisfies the update-rule concept (see the table in this file).
+template <class R>
+inline constexpr bool isUpdateRule =
+    detail::HasRuleName<R>::value && detail::HasRuleStates<R>::value && detail::HasRuleSchedules<R>::value &&
+    detail::HasDirectionFlag<R>::value && detail::HasForwardState<R>::value && detail::HasForwardWeights<R>::value &&
+    detail::HasAdjointWeights<R>::value && detail::HasDirection<R>::value && detail::HasAdjointState<R>::value &&
+    detail::HasHypergradientFields<R>::value && detail::HasStateFields<R>::value;
+
+/// Compile-time check of the update-rule concept, one message per missing member. Call as
+/// `checkRule<R>();`.
+template <class R>
+constexpr void checkRule() {
+  static_assert(detail::HasRuleName<R>::value,
+                "hypergrad: the update rule lacks `static constexpr const char* name` (see optimizers/concept.hpp)");
+  static_assert(detail::HasRuleStates<R>::value,
+                "hypergrad: the update rule lacks `static constexpr int numStates` (>= 1, state 0 = weights) with "
+                "`static constexpr std::array<const char*, numStates> stateNames` (see optimizers/concept.hpp)");
+  static_assert(detail::HasRuleSchedules<R>::value,
+                "hypergrad: the update rule lacks `static constexpr int numSchedules` (>= 1) with "
+                "`static constexpr std::array<ScheduleSpec, numSchedules> schedules` (see optimizers/concept.hpp)");
+  static_assert(detail::HasDirectionFlag<R>::value,
+                "hypergrad: the update rule lacks `static constexpr bool directionNeedsGradient` (see "
+                "optimizers/concept.hpp)");
+  static_assert(detail::HasForwardState<R>::value,
+                "hypergrad: the update rule lacks `template <class A, class C> static void forwardState(A& a, const C& "
+                "c, double g)`, the g-dependent half of the step (see optimizers/concept.hpp)");
+  static_assert(detail::HasForwardWeights<R>::value,
+                "hypergrad: the update rule lacks `template <class A, class C> static void forwardWeights(A& a, const "
+                "C& c)`, the weights half of the step (see optimizers/concept.hpp)");
+  static_assert(detail::HasAdjointWeights<R>::value,
+                "hypergrad: the update rule lacks `template <class B, class C> static void adjointWeights(B& b, const "
+                "C& c)` (see optimizers/concept.hpp)");
+  static_assert(detail::HasDirection<R>::value,
+                "hypergrad: the update rule lacks `template <class B, class C> static void direction(B& b, const C& "
+                "c)`, the Hessian-vector product's direction u (see optimizers/concept.hpp)");
+  static_assert(detail::HasAdjointState<R>::value,
+                "hypergrad: the update rule lacks `template <class B, class C> static void adjointState(B& b, const C& "
+                "c)` (see optimizers/concept.hpp)");
+  static_assert(detail::HasHypergradientFields<R>::value,
+                "hypergrad: the update rule lacks `struct HypergradientFields` with `static constexpr std::array<"
+                "Eigen::MatrixXd HypergradientFields::*, numSchedules> scheduleFields` (see optimizers/concept.hpp)");
+  static_assert(detail::HasStateFields<R>::value,
+                "hypergrad: the update rule lacks `static constexpr std::array<Eigen::VectorXd HypergradientFields::*, "
+                "numStates - 1> stateFields`, the result members of the initial states after the weights (see "
+                "optimizers/concept.hpp)");
+}
+
+/// Index of rule R's schedule whose key is `key` ("learningRates"); InvalidArgument naming the
+/// rule's keys otherwise.
+template <class R>
+Index scheduleIndex(const std::string& key) {
+  std::string keys;
+  for (std::size_t j = 0; j < R::schedules.size(); ++j) {
+    if (key == R::schedules[j].key) return static_cast<Index>(j);
+    keys += detail::message(j ? ", " : "", "'", R::schedules[j].key, "'");
+  }
+  throw InvalidArgument(detail::message(R::name, " has no schedule '", key, "' (its schedules: ", keys, ")"));
+}
+
+/// Index of rule R's state named `name` ("velocity"); InvalidArgument naming the states otherwise.
+template <class R>
+Index stateIndex(const std::string& name) {
+  std::string names;
+  for (std::size_t s = 0; s < R::stateNames.size(); ++s) {
+    if (name == R::stateNames[s]) return static_cast<Index>(s);
+    names += detail::message(s ? ", " : "", "'", R::stateNames[s], "'");
+  }
+  throw InvalidArgument(detail::message(R::name, " has no state '", name, "' (its states: ", names, ")"));
+}
+
+}  // namespace hypergrad

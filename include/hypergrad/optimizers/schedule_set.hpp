@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file schedule_set.hpp
+/// \brief An update rule's schedules, validated against the layout and the rule's domains, with
+/// the ratio schedules quantised: what the exact optimizer and the reference optimizer share.
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../config.hpp"
+#include "../errors.hpp"
+#include "../exact/fingerprint.hpp"
+#include "../layout.hpp"
+#include "../schedule.hpp"
+#include "concept.hpp"
+
+namespace hypergrad {
+
+/// The J schedules of rule R (T × G each), checked once: same T, G columns, finite, ratio
+/// schedules in (0, 1] and quantised to RatioT (when `quantizeRatios`; the reference optimizer
+/// uses them as given). coefficients(t) hands the element code its per-group entries.
+template <class Rule, class RatioT>
+class ScheduleSet {
+ public:
+  static constexpr int numSchedules = Rule::numSchedules;
+  /// The entries of every schedule at one (iteration, group).
+  using Coefficients = std::array<ScheduleEntry<RatioT>, static_cast<std::size_t>(numSchedules)>;
+  using Numerators = Eigen::Matrix<std::uint32_t, Eigen::Dynamic, Eigen::Dynamic>;
+
+  ScheduleSet() = default;
+
+  /// \param owner names the caller in messages (e.g. "SGD with momentum")
+  ScheduleSet(const ParameterLayout& layout, std::array<Schedule, static_cast<std::size_t>(numSchedules)> schedules,
+              bool quantizeRatios, const char* owner)
+      : m_requested(std::move(schedules)) {
+    if (layout.size() == 0) throw InvalidArgument(detail::message(owner, ": the parameter layout is empty"));
+    const Index T = m_requested[0].numIterations();
+    if (T <= 0)
+      throw InvalidArgument(detail::message(owner, ": the ", Rule::schedules[0].description, " has no iterations"));
+    for (std::size_t j = 0; j < m_requested.size(); ++j) {
+      const ScheduleSpec& spec = Rule::schedules[j];
+      const Schedule& s = m_requested[j];
+      s.validate(T, layout, detail::message(owner, ": ", spec.description).c_str());
+      m_used[j] = s.values();
+      if (spec.domain != ScheduleDomain::Ratio || !quantizeRatios) continue;
+      m_numerators[j].resize(T, layout.numGroups());
+      for (Index t = 0; t < T; ++t)
+        for (Index k = 0; k < layout.numGroups(); ++k) {
+          RatioT r;
+          try {
+            r = RatioT::quantize(s(t, k), "value");
+          } catch (const InvalidArgument& e) {  // the message gets its context only when needed
+            throw InvalidArgument(detail::message(owner, ": ", spec.description, " at iteration ", t, ", group '",
+                                                  layout.group(k).name, "': ", e.what()));
+          }
+          m_numerators[j](t, k) = r.numerator;
+          m_used[j](t, k) = r.value();
+        }
+    }
+    m_numGroups = layout.numGroups();
+  }
+
+  Index numIterations() const noexcept { return m_used[0].rows(); }
+  Index numGroups() const noexcept { return m_numGroups; }
+
+  /// Schedule j as given.
+  const Schedule& requested(Index j) const { return m_requested.at(static_cast<std::size_t>(j)); }
+  /// The values schedule j's element code uses: as given, or the quantised ratios n/d.
+  const Eigen::MatrixXd& used(Index j) const { return m_used.at(static_cast<std::size_t>(j)); }
+  /// Numerators of a quantised ratio schedule (empty for the others).
+  const Numerators& numerators(Index j) const { return m_numerators.at(static_cast<std::size_t>(j)); }
+
+  /// The entries of every schedule at (t, k).
+  Coefficients at(Index t, Index k) const {
+    Coefficients c;
+    for (std::size_t j = 0; j < c.size(); ++j) {
+      c[j].value = m_used[j](t, k);
+      if (m_numerators[j].size() != 0) c[j].ratio = RatioT::fromNumerator(m_numerators[j](t, k));
+    }
+    return c;
+  }
+
+  /// The entries of every group at iteration t, into `out` (resized to G).
+  void fill(Index t, std::vector<Coefficients>& out) const {
+    out.resize(static_cast<std::size_t>(m_numGroups));
+    for (Index k = 0; k < m_numGroups; ++k) out[static_cast<std::size_t>(k)] = at(t, k);
+  }
+
+  /// 64-bit fingerprint of the values used (all schedules, in order): identifies the run's
+  /// schedules in a saved run.
+  std::uint64_t fingerprint() const noexcept {
+    std::uint64_t h = 0x5CED0001ull;
+    for (const Eigen::MatrixXd& m : m_used) h = h * 0x9E3779B97F4A7C15ull ^ hypergrad::fingerprint(m.data(), m.size());
+    return h;
+  }
+
+ private:
+  std::array<Schedule, static_cast<std::size_t>(numSchedules)> m_requested;
+  std::array<Eigen::MatrixXd, static_cast<std::size_t>(numSchedules)> m_used;
+  std::array<Numerators, static_cast<std::size_t>(numSchedules)> m_numerators;
+  Index m_numGroups = 0;
+};
+
+}  // namespace hypergrad
