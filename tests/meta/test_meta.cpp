@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <hypergrad/meta.hpp>
@@ -29,6 +31,70 @@ TEST_CASE("meta parameters store values through their transforms and round-trip 
   CHECK_THROWS_WITH(p.add("bad", Eigen::MatrixXd::Constant(1, 1, 1.5), Transform::Logit), Catch::Contains("(0, 1)"));
   CHECK_THROWS_WITH(p.add("neg", Eigen::MatrixXd::Constant(1, 1, -1.0), Transform::Log), Catch::Contains("> 0"));
   CHECK_THROWS_AS(p.value("missing"), InvalidArgument);
+}
+
+TEST_CASE("saturated log and logit blocks round-trip through setValue and keep their exact derivative", "[meta]") {
+  // σ(40) rounds to 1.0 and e^{-800} to 0.0: the value no longer determines the coordinate.
+  const Eigen::Vector4d x(40.0, -40.0, 800.0, -800.0);
+  MetaParameters p;
+  p.add("gamma", Eigen::MatrixXd::Constant(2, 2, 0.5), Transform::Logit);
+  p.add("alpha", Eigen::MatrixXd::Constant(2, 2, 0.5), Transform::Log);
+  p.add("fixed", Eigen::MatrixXd::Constant(1, 1, 0.5), Transform::Logit, /*trainable=*/false);
+  Eigen::VectorXd raw(9);
+  raw << x, x, 800.0;
+  p.setRaw(raw);
+
+  const Eigen::MatrixXd gamma = p.value("gamma"), alpha = p.value("alpha");
+  CHECK(gamma(0) == 1.0);
+  CHECK(gamma(1) == Approx(std::exp(-40.0)).epsilon(1e-15));
+  CHECK(gamma(2) == 1.0);
+  CHECK(gamma(3) == 0.0);
+  CHECK(alpha(0) == std::exp(40.0));
+  CHECK(alpha(2) == std::numeric_limits<double>::infinity());
+  CHECK(alpha(3) == 0.0);
+
+  // The round trip changes nothing, bit for bit (it threw on the value 1.0 before).
+  for (Index k = 0; k < p.numBlocks(); ++k) REQUIRE_NOTHROW(p.setValue(k, p.value(k)));
+  CHECK(std::memcmp(p.raw().data(), raw.data(), sizeof(double) * 9) == 0);
+
+  // d value/dx from x: logit e^{-|x|}/(1 + e^{-|x|})² (= e^{-40} to double precision at |x| = 40,
+  // below the smallest subnormal at |x| = 800), log e^x; times the value-space gradient 2.5.
+  const Eigen::MatrixXd g = Eigen::MatrixXd::Constant(2, 2, 2.5);
+  const Eigen::VectorXd dx = p.chain({g, g, Eigen::MatrixXd::Constant(1, 1, 1.0)});
+  CHECK(dx(0) == Approx(2.5 * std::exp(-40.0)).epsilon(1e-15));  // was 0: 1.0 · (1 − 1.0)
+  CHECK(dx(1) == Approx(2.5 * std::exp(-40.0)).epsilon(1e-15));
+  CHECK(dx(0) > 0.0);
+  CHECK(dx(2) == 0.0);
+  CHECK(dx(3) == 0.0);
+  CHECK(dx(4) == 2.5 * std::exp(40.0));
+  CHECK(dx(5) == 2.5 * std::exp(-40.0));
+  CHECK(dx(6) == std::numeric_limits<double>::infinity());  // e^800 overflows: the true value does too
+  CHECK(dx(7) == 0.0);
+  CHECK(dx(8) == 0.0);  // not trainable
+  // A zero gradient is zero even where e^x overflowed (0 · inf is NaN).
+  CHECK(p.chain({g, Eigen::MatrixXd::Zero(2, 2), Eigen::MatrixXd::Zero(1, 1)}).allFinite());
+
+  // Only the entries whose value changed get a new coordinate.
+  Eigen::MatrixXd changed = p.value("gamma");
+  changed(1) = 0.25;
+  p.setValue(0, changed);
+  CHECK(p.raw()(1) == Approx(std::log(0.25 / 0.75)));
+  CHECK(p.raw()(0) == 40.0);
+  CHECK(p.raw()(2) == 800.0);
+  CHECK(p.raw()(3) == -800.0);
+
+  // Values outside the domain still throw, and the block is left unchanged.
+  const Eigen::VectorXd before = p.raw();
+  Eigen::MatrixXd bad = p.value("gamma");
+  bad(0) = 0.5;  // a valid change, not applied because of the next entry
+  bad(1) = 1.0;  // the current coordinate maps to 0.25, so 1.0 is a request outside (0, 1)
+  CHECK_THROWS_WITH(p.setValue(0, bad), Catch::Contains("entry 1 = 1") && Catch::Contains("(0, 1)"));
+  bad = p.value("alpha");
+  bad(1) = -1.0;
+  CHECK_THROWS_WITH(p.setValue(1, bad), Catch::Contains("> 0"));
+  bad(1) = std::nan("");
+  CHECK_THROWS_AS(p.setValue(1, bad), InvalidArgument);
+  CHECK(std::memcmp(p.raw().data(), before.data(), sizeof(double) * 9) == 0);
 }
 
 TEST_CASE("the chain rule to the unconstrained vector matches finite differences", "[meta]") {
