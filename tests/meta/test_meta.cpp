@@ -228,6 +228,58 @@ TEST_CASE("early stopping ends the loop on an exploding hypergradient or a stall
 }
 
 namespace {
+MetaIterationInfo withNorm(Index it, double norm) {
+  MetaIterationInfo info;
+  info.iteration = it;
+  info.numIterations = 10;
+  info.objective = 1.0;
+  info.gradientNorm = norm;
+  return info;
+}
+}  // namespace
+
+TEST_CASE("early stopping ignores a zero first norm as its reference and stops on a NaN or infinite one", "[meta]") {
+  // Relative to 0 every later norm would be an explosion: 0 is no reference.
+  EarlyStopping zeroFirst(100.0);
+  CHECK_FALSE(zeroFirst.onMetaIteration(withNorm(0, 0.0)));
+  CHECK_FALSE(zeroFirst.onMetaIteration(withNorm(1, 0.0)));
+  CHECK_FALSE(zeroFirst.onMetaIteration(withNorm(2, 1.0)));
+  CHECK_FALSE(zeroFirst.onMetaIteration(withNorm(3, 50.0)));
+  CHECK(zeroFirst.onMetaIteration(withNorm(4, 150.0)));
+  CHECK_THAT(zeroFirst.stopReason(), Catch::Contains("meta-iteration 4") && Catch::Contains("smallest value 1"));
+
+  // A NaN compared false with everything and never stopped; an infinite first norm exceeded no
+  // multiple of the infinite initial reference.
+  for (const double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    EarlyStopping first(100.0);
+    CHECK(first.onMetaIteration(withNorm(0, bad)));
+    CHECK_THAT(first.stopReason(), Catch::Contains("meta-iteration 0") && Catch::Contains("not finite"));
+    EarlyStopping later(100.0, 3);
+    CHECK_FALSE(later.onMetaIteration(withNorm(0, 2.0)));
+    CHECK(later.onMetaIteration(withNorm(1, bad)));
+    CHECK_THAT(later.stopReason(), Catch::Contains("meta-iteration 1") && Catch::Contains("not finite"));
+  }
+
+  // Through metaOptimize: a zero hypergradient first, then norms 1, 10, 100, 1000.
+  MetaParameters p;
+  p.add("x", Eigen::MatrixXd::Constant(1, 1, 1.0), Transform::Identity);
+  MetaSgd sgd;
+  sgd.stepSize = 1e-3;
+  auto zeroThenExploding = [](const MetaParameters&, Index it) {
+    MetaEvaluation e;
+    e.objective = 1.0;
+    e.gradients = {Eigen::MatrixXd::Constant(1, 1, it == 0 ? 0.0 : std::pow(10.0, static_cast<double>(it - 1)))};
+    return e;
+  };
+  EarlyStopping stop(100.0);
+  const MetaResult r = metaOptimize(p, zeroThenExploding, sgd, 20, stop);
+  CHECK(r.stoppedEarly);
+  CHECK_FALSE(r.diverged);
+  CHECK(r.iterations == 5);  // 1000 > 100 x 1 at meta-iteration 4
+  CHECK_THAT(r.stopReason, Catch::Contains("chaotic"));
+}
+
+namespace {
 /// A meta run on one identity coordinate whose objectives come from a table; at meta-iteration
 /// `failAt` it fails the way `mode` says. It records x at every evaluation.
 struct Scripted {

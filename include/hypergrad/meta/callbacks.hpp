@@ -131,9 +131,15 @@ class CsvLogger {
 /// Stops the meta loop when the hypergradient norm explodes — the chaotic regime of large
 /// learning rates where hypergradients stop being informative (Maclaurin et al. 2015, §5) — or
 /// when a monitored value has not improved for `patience` iterations.
+///
+/// The reference for an explosion is the smallest positive norm seen so far: a norm of 0 (a flat
+/// objective, every block frozen) is no reference, since relative to 0 every later norm would be
+/// an explosion; until a positive norm is seen nothing counts as one. A NaN or infinite norm
+/// (possible when EarlyStopping is driven by another loop; metaOptimize reports those as
+/// failures) stops at once.
 class EarlyStopping {
  public:
-  /// \param explosionFactor stop when ‖∂f/∂x‖ exceeds this multiple of its smallest value so far
+  /// \param explosionFactor stop when ‖∂f/∂x‖ exceeds this multiple of its smallest positive value so far
   /// \param patience        stop after this many iterations without a new best (0: never)
   /// \param metric          the metric to monitor ("" monitors the objective)
   explicit EarlyStopping(double explosionFactor = 100.0, Index patience = 0, std::string metric = "")
@@ -144,6 +150,12 @@ class EarlyStopping {
   }
 
   bool onMetaIteration(const MetaIterationInfo& info) {
+    // Checked first: a NaN compares false with everything below and would never stop the loop.
+    if (!std::isfinite(info.gradientNorm)) {
+      m_reason = detail::message("hypergradient norm ", info.gradientNorm, " at meta-iteration ", info.iteration,
+                                 " is not finite: the training run diverged; lower the learning rates");
+      return true;
+    }
     if (info.gradientNorm > 0) m_smallestNorm = std::min(m_smallestNorm, info.gradientNorm);
     if (info.gradientNorm > m_factor * m_smallestNorm) {
       m_reason = detail::message("hypergradient norm ", info.gradientNorm, " at meta-iteration ", info.iteration,
