@@ -214,6 +214,12 @@ int main(int argc, char** argv) try {
   ScaleHistory history;
   const hypergrad::MetaResult result =
       hypergrad::metaOptimize(params, evaluate, adam, o.metaIterations, history, progress, csv, stop);
+  // A diverged run returns (params at its best iterate); when even the first evaluation failed
+  // there is nothing to show.
+  if (result.iterations == 0) {
+    std::fprintf(stderr, "error: %s\n", result.stopReason.c_str());
+    return 1;
+  }
 
   // ---- pictures: each scale per meta-iteration against its 1/√fan-in reference ----
   const std::vector<Index> fanIn = arch.groupFanIn();

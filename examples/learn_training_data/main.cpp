@@ -364,6 +364,12 @@ int run(const Options& opt) {
   hypergrad::CsvLogger log((out / "log.csv").string());
   const hypergrad::MetaResult result =
       hypergrad::metaOptimize(params, Evaluate{experiment}, adam, opt.metaIterations, progress, log);
+  // A diverged run returns (params at its best iterate); when even the first evaluation failed
+  // there is nothing to show.
+  if (result.iterations == 0) {
+    std::fprintf(stderr, "learn_training_data: %s\n", result.stopReason.c_str());
+    return 1;
+  }
   params.setRaw(result.bestRaw);  // the best iterate on validation
   const MatrixXd learned = params.value("pixels");
 

@@ -247,6 +247,12 @@ int main(int argc, char** argv) try {
   hypergrad::CsvLogger csv((fs::path(o.out) / "log.csv").string());
   hypergrad::EarlyStopping stop(100.0);  // the chaotic regime: stop when |hypergradient| explodes
   const hypergrad::MetaResult result = hypergrad::metaOptimize(params, evaluate, adam, o.metaIterations, progress, csv, stop);
+  // A diverged run returns (params at its best iterate); when even the first evaluation failed
+  // there is nothing to show.
+  if (result.iterations == 0) {
+    std::fprintf(stderr, "error: %s\n", result.stopReason.c_str());
+    return 1;
+  }
 
   const auto [curveAfter, wAfter] = learningCurve(params);
 

@@ -388,6 +388,12 @@ int run(const Options& opt) {
   hypergrad::CsvLogger log((std::filesystem::path(opt.out) / "log.csv").string());
   const hypergrad::MetaResult result =
       hypergrad::metaOptimize(params, Evaluate{experiment}, adam, opt.metaIterations, progress, log);
+  // A diverged run returns (params at its best iterate); when even the first evaluation failed
+  // there is nothing to show.
+  if (result.iterations == 0) {
+    std::fprintf(stderr, "per_weight_l2: %s\n", result.stopReason.c_str());
+    return 1;
+  }
 
   // The best iterate on validation (its weights are recomputed: one more forward run).
   params.setRaw(result.bestRaw);

@@ -36,10 +36,20 @@ class ParameterLayout {
   }
 
   /// Appends a group of `size` parameters after the existing ones; returns its index.
+  /// Throws InvalidArgument, leaving the layout unchanged, when `size` is not positive or a group
+  /// named `name` exists: names must be unique because groupIndex() and every message that names
+  /// "group 'a'" refer to a group by its name.
   Index addGroup(std::string name, Index size) {
     if (size <= 0) {
       throw InvalidArgument(detail::message("ParameterLayout::addGroup: group '", name,
                                             "' has size ", size, "; a group needs at least one parameter"));
+    }
+    for (std::size_t k = 0; k < m_groups.size(); ++k) {
+      if (m_groups[k].name == name) {
+        throw InvalidArgument(detail::message("ParameterLayout::addGroup: a group named '", name,
+                                              "' already exists (group ", k,
+                                              "); group names must be unique, give this group another name"));
+      }
     }
     m_groups.push_back(ParameterGroup{std::move(name), m_size, size});
     m_size += size;

@@ -108,6 +108,24 @@ SgdMomentum<> trainedOptimizer(const Logistic& f, Index T) {
 
 }  // namespace
 
+// ---- Parameter layouts ---------------------------------------------------------------------
+
+TEST_CASE("a second parameter group with an existing name is rejected and leaves the layout unchanged",
+          "[errors][layout]") {
+  ParameterLayout layout = twoGroups();
+  const ParameterLayout before = layout;
+  // Accepted, it made groupIndex("a") return the first group and "group 'a'" ambiguous in messages.
+  CHECK_THAT(messageOf<InvalidArgument>([&] { layout.addGroup("a", 4); }),
+             Contains("addGroup") && Contains("'a' already exists (group 0)") && Contains("another name"));
+  CHECK(layout == before);
+  CHECK(layout.numGroups() == 2);
+  CHECK(layout.size() == 8);
+  CHECK(layout.groupIndex("a") == 0);
+  // A distinct name still appends after the existing groups.
+  CHECK(layout.addGroup("c", 4) == 2);
+  CHECK(layout.group(2).offset == 8);
+}
+
 // ---- Schedules, momenta, learning rates -----------------------------------------------------
 
 TEST_CASE("schedules whose shape does not match T or the layout are rejected", "[errors][schedule]") {

@@ -5,6 +5,7 @@
 /// \brief Ready-made meta-optimisation callbacks: a progress line, a CSV log, early stopping.
 /// Pass any number of them to metaOptimize; each implements only the hooks it needs.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -22,9 +23,10 @@
 namespace hypergrad {
 
 /// One line per meta-iteration: iteration, a bar, objective, hypergradient norm, the metrics,
-/// elapsed and estimated remaining time.
+/// elapsed and estimated remaining time; a line for a failure and a summary at the end.
 ///
 ///     meta  12/50 [#####.............]  objective 0.3456  |grad| 1.2e-02  valid loss 0.41  3.1s, ~9.8s left
+///     meta  13/50 FAILED (non-finite value): SgdMomentum::step: ...
 class ProgressBar {
  public:
   explicit ProgressBar(std::ostream& os = std::cout, int width = 20) : m_os(&os), m_width(width) {}
@@ -45,10 +47,26 @@ class ProgressBar {
     return false;
   }
 
+  void onMetaFailure(const MetaFailureInfo& info) {
+    *m_os << "meta " << std::setw(4) << info.iteration + 1 << "/" << info.numIterations << " FAILED ("
+          << metaFailureName(info.kind) << "): " << info.message << std::endl;
+  }
+
   void onMetaEnd(const MetaResult& r) {
-    *m_os << "meta-optimisation " << (r.stoppedEarly ? "stopped early (" + r.stopReason + ")" : "finished") << " after "
-          << r.iterations << " iterations in " << std::fixed << std::setprecision(1) << r.seconds
-          << "s; best objective " << std::defaultfloat << std::setprecision(6) << r.bestObjective << std::endl;
+    // A failure's message is on the FAILED line already; the summary only names it.
+    const std::string how = r.diverged ? detail::message("diverged at meta-iteration ", r.failedIteration, " (",
+                                                         metaFailureName(r.failure), ")")
+                            : r.stoppedEarly ? "stopped early (" + r.stopReason + ")"
+                                             : std::string("finished");
+    std::ostringstream line;  // formatted apart, so the flags of the caller's stream stay as they were
+    line << "meta-optimisation " << how << " after " << r.iterations << " iterations in " << std::fixed
+         << std::setprecision(1) << r.seconds << "s; " << std::defaultfloat << std::setprecision(6);
+    if (r.bestIteration < 0)
+      line << "no evaluation succeeded" << (r.diverged ? ", the parameters are the initial values" : "");
+    else
+      line << "best objective " << r.bestObjective << " at meta-iteration " << r.bestIteration
+           << (r.diverged ? ", where the parameters are now" : "");
+    *m_os << line.str() << std::endl;
   }
 
  private:
@@ -58,6 +76,9 @@ class ProgressBar {
 
 /// Writes one CSV row per meta-iteration: iteration, objective, gradient_norm, elapsed_s, then
 /// the metrics (columns fixed by the first iteration's metric names). Flushed every row.
+/// A failed meta-iteration gets a last row with what is known of it: `nan` for an objective or
+/// a norm that was never computed (evaluate threw), `inf`/`nan` as returned, empty metrics when
+/// evaluate threw; the error itself is in MetaResult::stopReason (and on the ProgressBar line).
 class CsvLogger {
  public:
   explicit CsvLogger(const std::string& path) : m_path(path), m_file(path) {
@@ -68,31 +89,39 @@ class CsvLogger {
   }
 
   bool onMetaIteration(const MetaIterationInfo& info) {
+    writeRow(info.iteration, info.objective, info.gradientNorm, info.elapsedSeconds, info.metrics);
+    return false;
+  }
+
+  void onMetaFailure(const MetaFailureInfo& info) {
+    writeRow(info.iteration, info.objective, info.gradientNorm, info.elapsedSeconds, info.metrics);
+  }
+
+ private:
+  void writeRow(Index iteration, double objective, double gradientNorm, double elapsedSeconds,
+                const std::map<std::string, double>* metrics) {
     if (!m_headerWritten) {
       m_file << "iteration,objective,gradient_norm,elapsed_s";
-      if (info.metrics)
-        for (const auto& kv : *info.metrics) {
+      if (metrics)
+        for (const auto& kv : *metrics) {
           m_columns.push_back(kv.first);
           m_file << "," << kv.first;
         }
       m_file << "\n";
       m_headerWritten = true;
     }
-    m_file << std::setprecision(17) << info.iteration << "," << info.objective << "," << info.gradientNorm << ","
-           << info.elapsedSeconds;
+    m_file << std::setprecision(17) << iteration << "," << objective << "," << gradientNorm << "," << elapsedSeconds;
     for (const std::string& c : m_columns) {
       m_file << ",";
-      if (info.metrics) {
-        const auto it = info.metrics->find(c);
-        if (it != info.metrics->end()) m_file << it->second;
+      if (metrics) {
+        const auto it = metrics->find(c);
+        if (it != metrics->end()) m_file << it->second;
       }
     }
     m_file << "\n" << std::flush;
     if (!m_file) throw InvalidArgument(detail::message("CsvLogger: writing to '", m_path, "' failed"));
-    return false;
   }
 
- private:
   std::string m_path;
   std::ofstream m_file;
   std::vector<std::string> m_columns;
@@ -102,9 +131,15 @@ class CsvLogger {
 /// Stops the meta loop when the hypergradient norm explodes — the chaotic regime of large
 /// learning rates where hypergradients stop being informative (Maclaurin et al. 2015, §5) — or
 /// when a monitored value has not improved for `patience` iterations.
+///
+/// The reference for an explosion is the smallest positive norm seen so far: a norm of 0 (a flat
+/// objective, every block frozen) is no reference, since relative to 0 every later norm would be
+/// an explosion; until a positive norm is seen nothing counts as one. A NaN or infinite norm
+/// (possible when EarlyStopping is driven by another loop; metaOptimize reports those as
+/// failures) stops at once.
 class EarlyStopping {
  public:
-  /// \param explosionFactor stop when ‖∂f/∂x‖ exceeds this multiple of its smallest value so far
+  /// \param explosionFactor stop when ‖∂f/∂x‖ exceeds this multiple of its smallest positive value so far
   /// \param patience        stop after this many iterations without a new best (0: never)
   /// \param metric          the metric to monitor ("" monitors the objective)
   explicit EarlyStopping(double explosionFactor = 100.0, Index patience = 0, std::string metric = "")
@@ -115,6 +150,12 @@ class EarlyStopping {
   }
 
   bool onMetaIteration(const MetaIterationInfo& info) {
+    // Checked first: a NaN compares false with everything below and would never stop the loop.
+    if (!std::isfinite(info.gradientNorm)) {
+      m_reason = detail::message("hypergradient norm ", info.gradientNorm, " at meta-iteration ", info.iteration,
+                                 " is not finite: the training run diverged; lower the learning rates");
+      return true;
+    }
     if (info.gradientNorm > 0) m_smallestNorm = std::min(m_smallestNorm, info.gradientNorm);
     if (info.gradientNorm > m_factor * m_smallestNorm) {
       m_reason = detail::message("hypergradient norm ", info.gradientNorm, " at meta-iteration ", info.iteration,

@@ -36,10 +36,16 @@ inline const char* transformName(Transform t) noexcept {
 }
 
 namespace detail {
+// value(x). The logistic function in the form that cannot overflow: for x < 0, 1/(1 + e^{-x})
+// would compute e^{-x} = inf and return 0 where e^x/(1 + e^x) still gives the (subnormal) value.
 inline double toValue(Transform t, double x) {
   switch (t) {
     case Transform::Log: return std::exp(x);
-    case Transform::Logit: return 1.0 / (1.0 + std::exp(-x));
+    case Transform::Logit: {
+      if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
+      const double e = std::exp(x);
+      return e / (1.0 + e);
+    }
     default: return x;
   }
 }
@@ -58,17 +64,28 @@ inline double toRaw(Transform t, double value, const std::string& block, Index i
     default: return value;
   }
 }
-// d value / d x, expressed through the value.
-inline double derivative(Transform t, double value) {
+// d value / d x, computed from x itself: from the value it would be 0 wherever the value has
+// rounded to 0 or 1 (|x| > 37 for logit), although the derivative is representable down to
+// |x| ≈ 745. Logit: σ(x)(1 − σ(x)) = e^{−|x|} / (1 + e^{−|x|})², symmetric, with no cancellation.
+inline double derivative(Transform t, double x) {
   switch (t) {
-    case Transform::Log: return value;
-    case Transform::Logit: return value * (1.0 - value);
+    case Transform::Log: return std::exp(x);
+    case Transform::Logit: {
+      const double e = std::exp(-std::abs(x));
+      return e / ((1.0 + e) * (1.0 + e));
+    }
     default: return 1.0;
   }
 }
 }  // namespace detail
 
 /// Named blocks of hyperparameters over one flat unconstrained vector.
+///
+/// The unconstrained vector x (raw()) is the stored truth; values are computed from it and are
+/// never clamped. A value can round to the edge of its domain in double precision — σ(x) = 1 for
+/// x > 37, e^x = 0 for x < −745 — where it no longer determines x; setValue() therefore keeps
+/// the coordinate of every entry whose requested value equals what that coordinate already maps
+/// to, so `p.setValue(k, p.value(k))` changes nothing, and chain() differentiates at x itself.
 ///
 /// chain() expects gradients with respect to each block's VALUE. Where the library already
 /// returns a gradient in a transformed coordinate — `L2Regularized` gives ∂f/∂η with η = log λ,
@@ -126,7 +143,8 @@ class MetaParameters {
     m_raw = x;
   }
 
-  /// Values of block k (rows × cols, value space).
+  /// Values of block k (rows × cols, value space), computed from raw(). Never clamped: a value
+  /// may have rounded to the edge of its domain (0 or 1 for logit, 0 or inf for log).
   Eigen::MatrixXd value(Index k) const {
     const Block& b = block(k);
     Eigen::MatrixXd out(b.rows, b.cols);
@@ -136,17 +154,29 @@ class MetaParameters {
   Eigen::MatrixXd value(const std::string& name) const { return value(blockIndex(name)); }
 
   /// Sets block k from values (value space).
+  ///
+  /// An entry equal (==) to the value its current coordinate maps to keeps that coordinate, bit
+  /// for bit: `setValue(k, value(k))` is a round trip that changes nothing, also for entries that
+  /// have saturated (a logit coordinate of 40 has the value 1.0 in double precision, from which
+  /// no coordinate can be recovered). Every other entry must lie in the transform's domain (log:
+  /// > 0, logit: (0, 1), identity: finite) and is stored as its inverse transform. Throws
+  /// InvalidArgument on a wrong shape or an entry outside the domain, leaving the block unchanged.
   void setValue(Index k, const Eigen::MatrixXd& v) {
     const Block& b = block(k);
     if (v.rows() != b.rows || v.cols() != b.cols) {
       throw InvalidArgument(detail::message("MetaParameters::setValue: block '", b.name, "' is ", b.rows, " x ", b.cols,
                                             ", got ", v.rows(), " x ", v.cols()));
     }
-    for (Index i = 0; i < v.size(); ++i) m_raw(b.offset + i) = detail::toRaw(b.transform, v(i), b.name, i);
+    Eigen::VectorXd x = m_raw.segment(b.offset, v.size());  // committed only when every entry is valid
+    for (Index i = 0; i < v.size(); ++i)
+      if (!(v(i) == detail::toValue(b.transform, x(i)))) x(i) = detail::toRaw(b.transform, v(i), b.name, i);
+    m_raw.segment(b.offset, v.size()) = x;
   }
 
   /// Chain rule: from ∂f/∂value of every block (in block order, each rows × cols) to ∂f/∂x.
-  /// Blocks marked not trainable get zero.
+  /// Blocks marked not trainable get zero. The derivative d value/dx is computed from x, not
+  /// from the (possibly saturated) value: e^x for log, e^{−|x|}/(1 + e^{−|x|})² for logit. An
+  /// entry with a zero value-space gradient gets zero even where e^x has overflowed.
   Eigen::VectorXd chain(const std::vector<Eigen::MatrixXd>& valueGradients) const {
     if (valueGradients.size() != m_blocks.size()) {
       throw InvalidArgument(detail::message("MetaParameters::chain: got ", valueGradients.size(),
@@ -161,8 +191,9 @@ class MetaParameters {
                                               " x ", gk.cols(), ", expected ", b.rows, " x ", b.cols));
       }
       for (Index i = 0; i < gk.size(); ++i) {
-        const double value = detail::toValue(b.transform, m_raw(b.offset + i));
-        dx(b.offset + i) = b.trainable ? gk(i) * detail::derivative(b.transform, value) : 0.0;
+        // A zero gradient contributes zero; 0 · inf would make it NaN.
+        const bool zero = !b.trainable || gk(i) == 0.0;
+        dx(b.offset + i) = zero ? 0.0 : gk(i) * detail::derivative(b.transform, m_raw(b.offset + i));
       }
     }
     return dx;
