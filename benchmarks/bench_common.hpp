@@ -2,7 +2,8 @@
 #pragma once
 
 // Shared pieces of the benchmark binaries: the MNIST-shaped synthetic workload (no download),
-// plain double baselines (momentum SGD, and a reverse pass that stores the trajectory), a
+// plain double baselines (the momentum rule on the reference arithmetic, and the library's
+// reverse pass over a stored trajectory), a
 // thread-CPU-time stopwatch for interleaved ratio measurements, and the "--hypergrad_long" flag.
 
 #include <benchmark/benchmark.h>
@@ -22,7 +23,9 @@
 #include <hypergrad/init.hpp>
 #include <hypergrad/layout.hpp>
 #include <hypergrad/objectives/mlp.hpp>
+#include <hypergrad/optimizers/momentum.hpp>
 #include <hypergrad/random.hpp>
+#include <hypergrad/reference/optimizer.hpp>
 #include <hypergrad/reverse.hpp>
 #include <hypergrad/schedule.hpp>
 
@@ -170,49 +173,19 @@ inline const Workload& workload(const WorkloadSpec& spec) {
 
 // ---- Plain double baselines ----------------------------------------------------------------------
 
-/// SGD with momentum in plain double arithmetic, per-group α and γ (the baseline the exact
-/// optimizer is compared with): v ← γ v − (1 − γ) g;  w ← w + α v.
-class DoubleMomentum {
- public:
-  DoubleMomentum(const hypergrad::ParameterLayout& layout, const MatrixXd& alpha, const MatrixXd& gamma)
-      : m_layout(layout), m_alpha(alpha), m_gamma(gamma) {}
+/// SGD with momentum in plain double arithmetic, per-group α and γ: the library's momentum rule
+/// on the reference arithmetic (the same element code as the exact optimizer, on doubles).
+using DoubleMomentum = hypergrad::ReferenceOptimizer<hypergrad::MomentumRule>;
 
-  void start(const VectorXd& w1) {
-    m_w = w1;
-    m_v = VectorXd::Zero(w1.size());
-    m_g.resize(w1.size());
-  }
-
-  /// The update alone, with a given gradient.
-  void update(Index t, const VectorXd& g) {
-    for (Index k = 0; k < m_layout.numGroups(); ++k) {
-      const auto& grp = m_layout.group(k);
-      const double a = m_alpha(t, k), c = m_gamma(t, k);
-      auto v = m_v.segment(grp.offset, grp.size);
-      v = c * v - (1.0 - c) * g.segment(grp.offset, grp.size);
-      m_w.segment(grp.offset, grp.size) += a * v;
-    }
-  }
-
-  /// Gradient + update (one training step).
-  template <class Objective>
-  void step(const Objective& f, Index t) {
-    f.gradient(m_w, t, m_g);
-    update(t, m_g);
-  }
-
-  const VectorXd& weights() const { return m_w; }
-  const VectorXd& velocity() const { return m_v; }
-
- private:
-  const hypergrad::ParameterLayout& m_layout;
-  MatrixXd m_alpha, m_gamma;
-  VectorXd m_w, m_v, m_g;
-};
+inline DoubleMomentum doubleMomentum(const hypergrad::ParameterLayout& layout, const MatrixXd& alpha,
+                                     const MatrixXd& gamma,
+                                     hypergrad::TrajectoryStorage storage = hypergrad::TrajectoryStorage::Discard) {
+  return DoubleMomentum(layout, hypergrad::Schedule(alpha), hypergrad::Schedule(gamma), storage);
+}
 
 /// The store-the-trajectory baseline: a plain double forward pass that keeps w_t and v_t for
-/// every t, then a reverse pass over the stored states (same recurrence as reverse.hpp, no
-/// exact arithmetic, no information buffer). Its trajectory memory is 2·8·N·(T+1) bytes.
+/// every t, then the library's reverse() over the stored states (the same adjoint code, no exact
+/// arithmetic, no information buffer). Its trajectory memory is 2·8·N·T bytes.
 struct StoredTrajectoryResult {
   MatrixXd learningRates, momenta;
   VectorXd initialWeights;
@@ -224,51 +197,16 @@ template <class Objective, class Meta>
 StoredTrajectoryResult storedTrajectoryHypergradients(const Objective& f, const Meta& meta,
                                                       const hypergrad::ParameterLayout& layout, const MatrixXd& alpha,
                                                       const MatrixXd& gamma, const VectorXd& w1) {
-  const Index T = alpha.rows(), n = w1.size(), G = layout.numGroups();
-  std::vector<VectorXd> w(static_cast<std::size_t>(T + 1)), v(static_cast<std::size_t>(T + 1));
-  w[0] = w1;
-  v[0] = VectorXd::Zero(n);
-  VectorXd g(n), hu(n), mixed;
-  for (Index t = 0; t < T; ++t) {
-    const auto k0 = static_cast<std::size_t>(t);
-    f.gradient(w[k0], t, g);
-    w[k0 + 1].resize(n);
-    v[k0 + 1].resize(n);
-    for (Index k = 0; k < G; ++k) {
-      const auto& grp = layout.group(k);
-      const double a = alpha(t, k), c = gamma(t, k);
-      v[k0 + 1].segment(grp.offset, grp.size) =
-          c * v[k0].segment(grp.offset, grp.size) - (1.0 - c) * g.segment(grp.offset, grp.size);
-      w[k0 + 1].segment(grp.offset, grp.size) =
-          w[k0].segment(grp.offset, grp.size) + a * v[k0 + 1].segment(grp.offset, grp.size);
-    }
-  }
+  DoubleMomentum opt = doubleMomentum(layout, alpha, gamma, hypergrad::TrajectoryStorage::Store);
+  opt.start(w1);
+  hypergrad::train(opt, f);
   StoredTrajectoryResult out;
-  for (std::size_t k = 0; k < w.size(); ++k)
-    out.trajectoryBytes += sizeof(double) * static_cast<std::size_t>(w[k].size() + v[k].size());
-  out.learningRates = MatrixXd::Zero(T, G);
-  out.momenta = MatrixXd::Zero(T, G);
-  VectorXd dw(n), dv = VectorXd::Zero(n), u(n);
-  out.metaObjective = meta.valueAndGradient(w[static_cast<std::size_t>(T)], dw);
-  for (Index t = T; t-- > 0;) {
-    const auto k0 = static_cast<std::size_t>(t);
-    for (Index k = 0; k < G; ++k) {
-      const auto& grp = layout.group(k);
-      const double a = alpha(t, k), c = gamma(t, k);
-      out.learningRates(t, k) = dw.segment(grp.offset, grp.size).dot(v[k0 + 1].segment(grp.offset, grp.size));
-      dv.segment(grp.offset, grp.size) += a * dw.segment(grp.offset, grp.size);
-      u.segment(grp.offset, grp.size) = (1.0 - c) * dv.segment(grp.offset, grp.size);
-    }
-    f.reverseStep(w[k0], t, u, g, hu, mixed);
-    for (Index k = 0; k < G; ++k) {
-      const auto& grp = layout.group(k);
-      out.momenta(t, k) = dv.segment(grp.offset, grp.size)
-                              .dot(v[k0].segment(grp.offset, grp.size) + g.segment(grp.offset, grp.size));
-      dv.segment(grp.offset, grp.size) *= gamma(t, k);
-    }
-    dw -= hu;
-  }
-  out.initialWeights = dw;
+  out.trajectoryBytes = opt.trajectoryBytes();
+  const hypergrad::Hypergradients hg = hypergrad::reverse(opt, f, meta);
+  out.learningRates = hg.learningRates;
+  out.momenta = hg.momenta;
+  out.initialWeights = hg.initialWeights;
+  out.metaObjective = hg.metaObjective;
   return out;
 }
 

@@ -5,11 +5,9 @@
 //   exact_multiply/<policy>/<N>/gamma:<γ>   forward  c ← c·n/d with the information buffer
 //   exact_divide/<policy>/<N>/gamma:<γ>     reverse  c ← c·d/n with the information buffer
 //   momentum_update/<variant>/<N>           v ← γv − (1−γ)g; w ← w + αv, with a precomputed g:
-//        exact   SgdMomentum::stepWithGradient (fixed point + buffer)
+//        exact   SgdMomentum::stepWithGradient (the fused exact kernel: fixed point + buffer)
 //        unstep  SgdMomentum::unstepWeights + unstepVelocity (its inverse)
-//        fused   a one-pass version of the same exact update written here, bit-identical to the
-//                library's (checked), to show what the library's multi-pass update costs
-//        double  the same update in plain double on Eigen vectors
+//        double  the same rule on the reference arithmetic (ReferenceOptimizer, plain double)
 //
 // Forward and reverse are paired so the buffer stays bounded: a multiply benchmark rewinds
 // (untimed) every K = 16 multiplies, a divide benchmark prepares K multiplies (untimed) before
@@ -23,8 +21,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <exception>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -33,6 +29,7 @@
 #include <hypergrad/exact.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/random.hpp>
+#include <hypergrad/reference/optimizer.hpp>
 
 #include "bench_common.hpp"
 
@@ -218,128 +215,26 @@ void unstepExact(benchmark::State& state, Index n) {
   setNsPerElement(state, timed, n);
 }
 
-/// A one-pass exact update: per element, v ← v·n/d (buffer), v ← v − fix((1−γ)g),
-/// w ← w + fix(α v), with the same conversions as SgdMomentum::stepWithGradient and therefore
-/// the same bits. An error at element i is undone exactly by reversing elements i … 0 (the
-/// arithmetic is reversible), so it needs neither staging vectors nor a copy-back pass.
-/// Single group, single block order (the library's per-block loop would wrap this).
-struct FusedUpdate {
-  std::vector<std::int64_t> w, v;
-  Buffer buf;
-
-  void start(const Eigen::VectorXd& w1) {
-    w.resize(static_cast<std::size_t>(w1.size()));
-    for (Index i = 0; i < w1.size(); ++i) w[static_cast<std::size_t>(i)] = Format::fromDouble(w1(i));
-    v.assign(w.size(), 0);
-    buf = Buffer(w1.size());
-  }
-
-  void step(const Eigen::VectorXd& g, double alpha, double gamma, std::uint32_t numerator) {
-    const Index n = g.size();
-    Index i = 0;
-    try {
-      for (; i < n; ++i) {
-        const auto k = static_cast<std::size_t>(i);
-        // Throws (non-finite or out of range) before element i is touched.
-        const std::int64_t dv = Format::fromDouble((1.0 - gamma) * g(i));
-        std::int64_t c = v[k];
-        BitsBackRounding::multiplyOne<kRatioBits>(c, numerator, i, buf);
-        std::int64_t nv = 0, nw = 0;
-        bool bad = __builtin_sub_overflow(c, dv, &nv) || nv == std::numeric_limits<std::int64_t>::min();
-        if (!bad) {
-          const double step = alpha * Format::toDouble(nv);
-          bad = !(std::fabs(step) < Format::maxMagnitude);  // fromDouble's own range test: it cannot throw below
-          if (!bad) {
-            const std::int64_t dw = Format::fromDouble(step);
-            bad = __builtin_add_overflow(w[k], dw, &nw) || nw == std::numeric_limits<std::int64_t>::min();
-          }
-        }
-        if (bad) {
-          BitsBackRounding::divideOne<kRatioBits>(c, numerator, i, buf);  // element i itself
-          throw hypergrad::FixedPointOverflow("fused update: overflow");
-        }
-        v[k] = nv;
-        w[k] = nw;
-      }
-    } catch (...) {
-      while (i-- > 0) {  // undo elements i-1 … 0 in reverse order: the buffer comes back word for word
-        const auto k = static_cast<std::size_t>(i);
-        w[k] -= Format::fromDouble(alpha * Format::toDouble(v[k]));
-        v[k] += Format::fromDouble((1.0 - gamma) * g(i));
-        BitsBackRounding::divideOne<kRatioBits>(v[k], numerator, i, buf);
-      }
-      throw;
-    }
-  }
-};
-
-void updateFused(benchmark::State& state, Index n) {
-  const UpdateSetup s(n);
-  const std::uint32_t numerator = hypergrad::Ratio<kRatioBits>::quantize(kGamma).numerator;
-  const double gammaQ = hypergrad::Ratio<kRatioBits>::quantize(kGamma).value();
-  // Bit-identity with the library over K steps (untimed).
-  {
-    Optimizer opt = s.optimizer();
-    opt.start(s.w1);
-    FusedUpdate ref;
-    ref.start(s.w1);
-    for (int k = 0; k < kPairSteps; ++k) {
-      opt.stepWithGradient(s.g);
-      ref.step(s.g, kAlpha, gammaQ, numerator);
-    }
-    for (Index i = 0; i < n; ++i)
-      if (opt.fixedWeights()[i] != ref.w[static_cast<std::size_t>(i)] ||
-          opt.fixedVelocity()[i] != ref.v[static_cast<std::size_t>(i)]) {
-        state.SkipWithError("fused update differs from SgdMomentum::stepWithGradient");
-        return;
-      }
-    if (!(opt.buffer() == ref.buf)) {
-      state.SkipWithError("fused update's buffer differs from SgdMomentum's");
-      return;
-    }
-  }
-  FusedUpdate fused;
-  fused.start(s.w1);
-  int pending = 0;
-  double timed = 0.0;
-  for (auto _ : state) {
-    if (pending == kPairSteps) {
-      state.PauseTiming();
-      fused.start(s.w1);
-      pending = 0;
-      state.ResumeTiming();
-    }
-    const double t0 = bench::threadSeconds();
-    fused.step(s.g, kAlpha, gammaQ, numerator);
-    timed += bench::threadSeconds() - t0;
-    ++pending;
-  }
-  state.SetItemsProcessed(state.iterations() * n);
-  setNsPerElement(state, timed, n);
-}
-
 void updateDouble(benchmark::State& state, Index n) {
   const UpdateSetup s(n);
   const double gammaQ = hypergrad::Ratio<kRatioBits>::quantize(kGamma).value();
-  Eigen::VectorXd w = s.w1, v = Eigen::VectorXd::Zero(n);
-  int pending = 0;
+  // The same rule on the reference arithmetic, with the quantised γ of the exact run.
+  hypergrad::ReferenceOptimizer<hypergrad::MomentumRule> opt(
+      s.layout, hypergrad::Schedule::constant(kPairSteps, 1, kAlpha), hypergrad::Schedule::constant(kPairSteps, 1, gammaQ));
+  opt.start(s.w1);
   double timed = 0.0;
   for (auto _ : state) {
-    if (pending == kPairSteps) {  // same cadence as the exact benchmark (restart, untimed)
+    if (opt.iteration() == kPairSteps) {  // same cadence as the exact benchmark (restart, untimed)
       state.PauseTiming();
-      w = s.w1;
-      v.setZero();
-      pending = 0;
+      opt.start(s.w1);
       state.ResumeTiming();
     }
     const double t0 = bench::threadSeconds();
-    v = gammaQ * v - (1.0 - gammaQ) * s.g;
-    w += kAlpha * v;
+    opt.stepWithGradient(s.g);
     benchmark::ClobberMemory();
     timed += bench::threadSeconds() - t0;
-    ++pending;
   }
-  benchmark::DoNotOptimize(w.data());
+  benchmark::DoNotOptimize(opt.weights().data());
   state.SetItemsProcessed(state.iterations() * n);
   setNsPerElement(state, timed, n);
 }
@@ -370,8 +265,6 @@ void registerAll() {
                                  [n](benchmark::State& st) { updateExact(st, n); });
     benchmark::RegisterBenchmark(("momentum_update/unstep" + tail).c_str(),
                                  [n](benchmark::State& st) { unstepExact(st, n); });
-    benchmark::RegisterBenchmark(("momentum_update/fused" + tail).c_str(),
-                                 [n](benchmark::State& st) { updateFused(st, n); });
     benchmark::RegisterBenchmark(("momentum_update/double" + tail).c_str(),
                                  [n](benchmark::State& st) { updateDouble(st, n); });
   }

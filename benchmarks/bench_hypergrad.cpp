@@ -56,7 +56,7 @@ ExactSgd exactOptimizer(const Workload& wl, Index T, double gamma) {
 }
 
 bench::DoubleMomentum doubleOptimizer(const Workload& wl, Index T, const ExactSgd& twin) {
-  return bench::DoubleMomentum(wl.layout, wl.alphas(T).values(), twin.quantizedMomenta());
+  return bench::doubleMomentum(wl.layout, wl.alphas(T).values(), twin.quantizedMomenta());
 }
 
 // ---- 1) One training step -----------------------------------------------------------------------
@@ -83,15 +83,13 @@ void trainStepDouble(benchmark::State& state, const WorkloadSpec& spec) {
   const ExactSgd twin = exactOptimizer(wl, T, spec.gamma);
   bench::DoubleMomentum opt = doubleOptimizer(wl, T, twin);
   opt.start(wl.w1);
-  Index t = 0;
   for (auto _ : state) {
-    if (t == T) {
+    if (opt.iteration() == T) {
       state.PauseTiming();
       opt.start(wl.w1);
-      t = 0;
       state.ResumeTiming();
     }
-    opt.step(wl.train, t++);
+    opt.step(wl.train);
   }
   benchmark::DoNotOptimize(opt.weights().data());
   state.SetItemsProcessed(state.iterations() * wl.size());
@@ -111,11 +109,10 @@ void trainStepInterleaved(benchmark::State& state, const WorkloadSpec& spec) {
       exact.start(wl.w1);
       plain.start(wl.w1);
     }
-    const Index t = exact.iteration();
     const double t0 = bench::threadSeconds();
     exact.step(wl.train);
     const double t1 = bench::threadSeconds();
-    plain.step(wl.train, t);
+    plain.step(wl.train);
     const double t2 = bench::threadSeconds();
     exactSeconds += t1 - t0;
     doubleSeconds += t2 - t1;
@@ -146,7 +143,7 @@ void hypergradientsInterleaved(benchmark::State& state, const WorkloadSpec& spec
     const hypergrad::Hypergradients hg = hypergrad::reverse(exact, wl.train, wl.validation);  // checks exactness
     const double t2 = bench::threadSeconds();
     plain.start(wl.w1);
-    for (Index t = 0; t < T; ++t) plain.step(wl.train, t);
+    hypergrad::train(plain, wl.train);
     benchmark::DoNotOptimize(plain.weights().data());
     const double t3 = bench::threadSeconds();
     forwardS += t1 - t0;
@@ -203,7 +200,7 @@ void trainDouble(benchmark::State& state, const WorkloadSpec& spec, Index T) {
   bench::DoubleMomentum opt = doubleOptimizer(wl, T, twin);
   for (auto _ : state) {
     opt.start(wl.w1);
-    for (Index t = 0; t < T; ++t) opt.step(wl.train, t);
+    hypergrad::train(opt, wl.train);
     benchmark::DoNotOptimize(opt.weights().data());
   }
 }
@@ -272,7 +269,14 @@ void reversePart(benchmark::State& state, const WorkloadSpec& spec, Part part) {
         opt.unstepVelocity(g);
         state.ResumeTiming();
         break;
-      case Part::DoubleUpdate: plain.update(t, g); break;
+      case Part::DoubleUpdate:
+        if (plain.iteration() == T) {
+          state.PauseTiming();
+          plain.start(w);
+          state.ResumeTiming();
+        }
+        plain.stepWithGradient(g);
+        break;
       case Part::MetaGradient: benchmark::DoNotOptimize(wl.validation.valueAndGradient(w, g)); break;
     }
     benchmark::ClobberMemory();
