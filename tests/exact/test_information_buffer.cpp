@@ -126,6 +126,23 @@ double slackBytes(const Buffer& buf) {
 
 }  // namespace
 
+TEST_CASE("elements map to blocks of any size, powers of two or not", "[exact][buffer]") {
+  for (const Index blockSize : {1, 2, 3, 4, 5, 7, 8, 100, 4096, 6000}) {
+    const Buffer buf(10000, blockSize);
+    bool same = true;
+    for (Index i = 0; i < 10000; ++i) same = same && buf.blockOf(i) == i / blockSize;
+    CHECK(same);
+  }
+  // Spills land in the element's block for a block size that is not a power of two.
+  Buffer buf(10, 3);
+  DigitHistory h(buf, 7, 9);
+  h.pushTo(100);
+  CHECK(buf.blockWords(2).size() == 100);
+  CHECK(buf.blockWords(1).empty());
+  CHECK(h.popAll());
+  CHECK(buf.empty());
+}
+
 TEST_CASE("the chunk schedule doubles from 256 bytes to 4 KiB and prefix sums match", "[exact][buffer]") {
   CHECK(Stack::capacity(0) == 64);
   CHECK(Stack::capacity(3) == 512);

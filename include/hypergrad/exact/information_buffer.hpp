@@ -222,7 +222,7 @@ class InformationBuffer {
 
   /// An empty buffer for `numElements` elements, grouped in blocks of `blockSize`.
   explicit InformationBuffer(Index numElements, Index blockSize = defaultBlockSize)
-      : m_blockSize(blockSize) {
+      : m_blockSize(blockSize), m_blockShift(shiftOf(blockSize)) {
     if (numElements < 0 || blockSize <= 0) {
       throw InvalidArgument(detail::message("InformationBuffer: need numElements >= 0 and blockSize > 0, got ",
                                             numElements, " and ", blockSize));
@@ -237,7 +237,7 @@ class InformationBuffer {
   /// Block b covers elements [blockBegin(b), blockEnd(b)).
   Index blockBegin(Index b) const noexcept { return b * m_blockSize; }
   Index blockEnd(Index b) const noexcept { return std::min(size(), (b + 1) * m_blockSize); }
-  Index blockOf(Index i) const noexcept { return i / m_blockSize; }
+  Index blockOf(Index i) const noexcept { return m_blockShift >= 0 ? i >> m_blockShift : i / m_blockSize; }
 
   /// True when every state is L and every stack is empty: the state of a new buffer.
   bool empty() const noexcept {
@@ -390,6 +390,7 @@ class InformationBuffer {
     }
     InformationBuffer buf;
     buf.m_blockSize = blockSize;
+    buf.m_blockShift = shiftOf(blockSize);
     buf.m_states = std::move(states);
     buf.m_stacks.resize(blocks);
     for (std::size_t b = 0; b < blocks; ++b) buf.m_stacks[b].assign(blockWords[b]);
@@ -402,25 +403,35 @@ class InformationBuffer {
   /// cum(s) = ceil(s·M/n), in integers (s·M < 2^(2·MBits) fits 64 bits).
   static std::uint64_t cumulative(std::uint64_t s, std::uint32_t n) noexcept { return ((s << MBits) + n - 1) / n; }
 
+  /// log2(blockSize) for a power of two, else −1. In training about half the element-steps spill
+  /// and refill a word; a 64-bit division for the block index there made ×n/d ≈1.6× slower.
+  static int shiftOf(Index blockSize) noexcept {
+    if (blockSize <= 0 || (blockSize & (blockSize - 1)) != 0) return -1;
+    int k = 0;
+    while ((Index(1) << k) < blockSize) ++k;
+    return k;
+  }
+
   // The stack of a block is the top of an infinite stack of zero words: a refill from an empty
   // stack reads a zero, and a zero spilled onto an empty stack is dropped. The pair is still an
   // exact inverse, and it lets a run start with divisions (x d/n) from the empty state, as the
   // paper's arbitrary-precision buffer does, while "empty" keeps one representation.
   void spill(Index i, std::uint64_t& x) {
-    Stack& stack = m_stacks[static_cast<std::size_t>(i / m_blockSize)];
+    Stack& stack = m_stacks[static_cast<std::size_t>(blockOf(i))];
     const auto word = static_cast<std::uint32_t>(x);
     if (word != 0 || !stack.empty()) stack.push(word);  // may throw bad_alloc: x is still intact
     x >>= 32;
   }
 
   void refill(Index i, std::uint64_t& x) {
-    Stack& stack = m_stacks[static_cast<std::size_t>(i / m_blockSize)];
+    Stack& stack = m_stacks[static_cast<std::size_t>(blockOf(i))];
     x = (x << 32) | stack.popOrZero();
   }
 
   std::vector<std::uint64_t> m_states;
   std::vector<Stack> m_stacks;
   Index m_blockSize = defaultBlockSize;
+  int m_blockShift = shiftOf(defaultBlockSize);  // blockOf(i) = i >> m_blockShift when >= 0
 };
 
 }  // namespace hypergrad
