@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 //
 // Issue "Reliability" item 3: on a long run the process's resident memory must grow with the
-// information buffer's content, and the content with the entropy bound N·log2(1/γ) bits per step.
+// information buffer's content, and the content with the entropy bound N·log2(1/γ) bits per step;
+// and the buffer's spill/refill path, which its word stacks serve, must stay fast.
 //
 //   rss_growth/<wl>/gamma:<γ>/T:<T>/batch:<b>   T exact training steps (SgdMomentum<>, γ = 0.9):
 //        mnist T = 10^4 (≈10 s), T = 10^5 with --hypergrad_long (≈2 min, 85 MB of buffer);
@@ -25,6 +26,13 @@
 //   bench_memory --benchmark_filter=rss_growth/mnist
 // The "smoke" case (300 steps of the tiny MLP) only proves that the benchmark runs: its window
 // holds a few pages, too few for the ratios to mean anything.
+//
+//   spill_regime/{multiply,divide}/<N>/gamma:0.9   ×n/d and ×d/n (bits-back) on states preloaded
+//        by 370 multiplies to ≈2^56: every element then spills a word on its radix-2^16 push and
+//        refills it on the pop, each step, as about half the elements do in training.
+//        bench_exact's multiply/divide start from empty states and never reach this path.
+//        Paired like bench_exact (16 timed steps, 16 untimed inverse steps); ns_per_element is
+//        thread CPU time of the timed calls; the data must come back bit for bit at the end.
 
 #include <benchmark/benchmark.h>
 
@@ -40,7 +48,9 @@
 #include <malloc.h>
 #endif
 
+#include <hypergrad/exact.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/random.hpp>
 
 #include "bench_common.hpp"
 
@@ -108,7 +118,52 @@ void rssGrowth(benchmark::State& state, const WorkloadSpec& spec, Index T, Index
   state.counters["buffer_content_bytes"] = s1.content;
 }
 
+// ---- The spill/refill path -------------------------------------------------------------------------
+
+constexpr int kPreload = 370;   // multiplies before timing: ≈ 32 + 370 · 0.152 bits per element
+constexpr int kPairSteps = 16;  // timed steps between untimed inverse steps
+
+void spillRegime(benchmark::State& state, Index n, bool multiply) {
+  using Buffer = hypergrad::InformationBuffer<24>;
+  using Policy = hypergrad::BitsBackRounding;
+  const auto runs = hypergrad::ratioRuns(n, hypergrad::Ratio<16>::quantize(0.9).numerator);
+  hypergrad::CounterRng rng(1, 0x5e1);
+  std::vector<std::int64_t> c(static_cast<std::size_t>(n));
+  for (auto& x : c) x = hypergrad::FixedFormat<52>::fromDouble(0.01 * rng.normal());
+  const std::vector<std::int64_t> original = c;
+  Buffer buf(n);
+  const auto forward = [&] { hypergrad::multiplyByRatio<Policy, 16>(c.data(), n, runs, buf); };
+  const auto backward = [&] { hypergrad::divideByRatio<Policy, 16>(c.data(), n, runs, buf); };
+  for (int k = 0; k < kPreload; ++k) forward();
+  // multiply: timed multiplies not yet undone; divide: untimed multiplies not yet divided back.
+  int pending = 0;
+  double timed = 0.0;
+  for (auto _ : state) {
+    if (multiply && pending == kPairSteps) {
+      state.PauseTiming();
+      for (; pending > 0; --pending) backward();
+      state.ResumeTiming();
+    } else if (!multiply && pending == 0) {
+      state.PauseTiming();
+      for (; pending < kPairSteps; ++pending) forward();
+      state.ResumeTiming();
+    }
+    const double t0 = bench::threadSeconds();
+    if (multiply) forward();
+    else backward();
+    timed += bench::threadSeconds() - t0;
+    pending += multiply ? 1 : -1;
+  }
+  for (; pending > 0; --pending) backward();
+  for (int k = 0; k < kPreload; ++k) backward();
+  if (c != original || !buf.empty()) state.SkipWithError("multiply/divide did not come back bit for bit");
+  state.SetItemsProcessed(state.iterations() * n);
+  state.counters["ns_per_element"] =
+      1e9 * timed / (static_cast<double>(state.iterations()) * static_cast<double>(n));
+}
+
 void registerAll(bool longCases) {
+  // The RSS cases first: the first case of a process is the cleanest measurement.
   struct Case {
     WorkloadSpec spec;
     Index T, batch;
@@ -121,6 +176,13 @@ void registerAll(bool longCases) {
     benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& st) { rssGrowth(st, c.spec, c.T, c.batch); })
         ->Unit(benchmark::kSecond)
         ->Iterations(1);
+  }
+  for (const Index n : {Index(100000), Index(4096)}) {
+    const std::string tail = (n == 4096 ? std::string("smoke") : "N:" + std::to_string(n)) + "/gamma:0.9";
+    benchmark::RegisterBenchmark(("spill_regime/multiply/" + tail).c_str(),
+                                 [n](benchmark::State& st) { spillRegime(st, n, true); });
+    benchmark::RegisterBenchmark(("spill_regime/divide/" + tail).c_str(),
+                                 [n](benchmark::State& st) { spillRegime(st, n, false); });
   }
 }
 
