@@ -15,7 +15,7 @@
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
 
-#include "../reverse/logistic_fixture.hpp"
+#include "../support/logistic_fixture.hpp"
 
 using namespace hypergrad;
 

@@ -33,6 +33,29 @@
 
 namespace hypergrad {
 
+/// The names of a two-state rule {weights, velocity} with schedules {learningRates, momenta}
+/// for the optimizer's generic members: `velocity()`, `fixedVelocity()`, `learningRates()`,
+/// `quantizedMomenta()`, `unstepVelocity(g)`. A CRTP base of the optimizer (see the concept's
+/// `Interface`).
+template <class Optimizer>
+class VelocityInterface {
+ public:
+  /// v, the velocity (v_{t+1} after t + 1 steps).
+  Eigen::VectorXd velocity() const { return self().state(1); }
+  void velocity(Eigen::VectorXd& out) const { self().state(1, out); }
+  decltype(auto) fixedVelocity() const { return self().fixedState(1); }
+  /// α as given.
+  const Schedule& learningRates() const { return self().schedule(0); }
+  /// The quantised momentum values n/d actually used, T × G.
+  const Eigen::MatrixXd& quantizedMomenta() const { return self().scheduleValues(1); }
+  /// unstepOptimizerState(g): the velocity at iteration t, exactly.
+  void unstepVelocity(const Eigen::VectorXd& g) { self().unstepOptimizerState(g); }
+
+ private:
+  const Optimizer& self() const { return static_cast<const Optimizer&>(*this); }
+  Optimizer& self() { return static_cast<Optimizer&>(*this); }
+};
+
 /// The momentum update rule (see the file comment). States: weights, velocity. Schedules:
 /// "learningRates" (real), "momenta" (ratios in (0, 1]).
 struct MomentumRule {
@@ -97,23 +120,7 @@ struct MomentumRule {
 
   /// Momentum's names for the optimizer's generic members (SgdMomentum::velocity(), …).
   template <class Optimizer>
-  class Interface {
-   public:
-    /// v, the velocity (v_{t+1} after t + 1 steps).
-    Eigen::VectorXd velocity() const { return self().state(Velocity); }
-    void velocity(Eigen::VectorXd& out) const { self().state(Velocity, out); }
-    decltype(auto) fixedVelocity() const { return self().fixedState(Velocity); }
-    /// α as given.
-    const Schedule& learningRates() const { return self().schedule(LearningRate); }
-    /// The quantised momentum values n/d actually used, T × G.
-    const Eigen::MatrixXd& quantizedMomenta() const { return self().scheduleValues(Momentum); }
-    /// unstepOptimizerState(g): v_t = (v_{t+1} + (1 − γ_t) g_t) / γ_t, exactly.
-    void unstepVelocity(const Eigen::VectorXd& g) { self().unstepOptimizerState(g); }
-
-   private:
-    const Optimizer& self() const { return static_cast<const Optimizer&>(*this); }
-    Optimizer& self() { return static_cast<Optimizer&>(*this); }
-  };
+  using Interface = VelocityInterface<Optimizer>;
 };
 
 /// Reversible SGD with momentum: MomentumRule on the shared driver (the name of the first release,

@@ -11,7 +11,7 @@
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
 
-#include "logistic_fixture.hpp"
+#include "../support/logistic_fixture.hpp"
 
 using namespace hypergrad;
 using fixture::Logistic;

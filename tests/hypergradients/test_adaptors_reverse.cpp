@@ -8,7 +8,7 @@
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
 
-#include "double_trainer.hpp"
+#include "../support/double_trainer.hpp"
 
 using namespace hypergrad;
 template <class S>
