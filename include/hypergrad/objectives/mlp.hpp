@@ -76,6 +76,7 @@
 
 #include "../batches.hpp"
 #include "../config.hpp"
+#include "../data/dataset.hpp"
 #include "../errors.hpp"
 #include "../layout.hpp"
 
@@ -100,46 +101,6 @@ inline const char* activationName(Activation a) noexcept {
   }
   return "unknown";
 }
-
-/// \brief A classification data set: one example per row of `inputs`, integer labels.
-struct Dataset {
-  Eigen::MatrixXd inputs;  ///< numExamples × numFeatures, one example per ROW
-  Eigen::VectorXi labels;  ///< numExamples labels in [0, numClasses)
-  Index numClasses = 0;    ///< number of classes
-
-  Index numExamples() const noexcept { return inputs.rows(); }
-  Index numFeatures() const noexcept { return inputs.cols(); }
-
-  /// \brief Throws InvalidArgument when the sizes disagree, a label is out of [0, numClasses),
-  /// or an input is NaN or infinite; the message names the offending entry.
-  void validate() const {
-    if (inputs.rows() == 0 || inputs.cols() == 0) {
-      throw InvalidArgument(detail::message("Dataset: inputs are ", inputs.rows(), " x ", inputs.cols(),
-                                            "; need at least one example (row) and one feature (column)"));
-    }
-    if (labels.size() != inputs.rows()) {
-      throw InvalidArgument(detail::message("Dataset: ", inputs.rows(), " examples (rows of inputs) but ",
-                                            labels.size(), " labels; give one label per example"));
-    }
-    if (numClasses < 1) {
-      throw InvalidArgument(detail::message("Dataset: numClasses is ", numClasses, "; it must be at least 1"));
-    }
-    for (Index k = 0; k < labels.size(); ++k) {
-      if (labels(k) < 0 || labels(k) >= numClasses) {
-        throw InvalidArgument(detail::message("Dataset: label of example ", k, " is ", labels(k),
-                                              ", outside [0, numClasses = ", numClasses, ")"));
-      }
-    }
-    if (!inputs.allFinite()) {
-      for (Index k = 0; k < inputs.rows(); ++k)
-        for (Index j = 0; j < inputs.cols(); ++j)
-          if (!std::isfinite(inputs(k, j))) {
-            throw InvalidArgument(detail::message("Dataset: input (example ", k, ", feature ", j, ") is ",
-                                                  inputs(k, j), "; inputs must be finite"));
-          }
-    }
-  }
-};
 
 /// \brief Shape of a fully connected network: layer sizes {in, h_1, ..., out} and the hidden
 /// activation. Layers are indexed from 0 in this API: layer l maps n_l inputs to n_{l+1}
