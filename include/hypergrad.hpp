@@ -12,6 +12,7 @@
 #include "hypergrad/layout.hpp"
 #include "hypergrad/batches.hpp"
 #include "hypergrad/data/dataset.hpp"
+#include "hypergrad/parallel/shard_plan.hpp"
 #include "hypergrad/objective.hpp"
 #include "hypergrad/exact.hpp"
 #include "hypergrad/schedule.hpp"

@@ -25,8 +25,9 @@
 /// **Shards and threads (DESIGN.md §3).** Every result is a pure function of (w, θ, t) and of
 /// the shard size — never of the number of threads. A batch of b examples (the rows of the
 /// batch in the order the batch schedule returns them; all rows of the data set for MlpLoss) is
-/// cut into ⌈b / S⌉ consecutive shards of S = shardSize() examples (default 50, set with
-/// setShardSize(); the last shard takes the remainder). The partition depends only on b and S.
+/// cut by a ShardPlan (parallel/shard_plan.hpp) into ⌈b / S⌉ consecutive shards of
+/// S = shardSize() examples (default 50, set with setShardSize(); the last shard takes the
+/// remainder). The partition depends only on b and S.
 /// Each shard runs its own forward / R-forward / backward / R-backward sweep in its own
 /// workspace, and the shard results (loss, gradient, Hessian-vector product, mixed product) are
 /// then added in shard order 0, 1, 2, ... — a fixed summation order. When the code is compiled
@@ -62,7 +63,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <exception>
 #include <limits>
 #include <string>
 #include <utility>
@@ -70,15 +70,12 @@
 
 #include <Eigen/Core>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "../batches.hpp"
 #include "../config.hpp"
 #include "../data/dataset.hpp"
 #include "../errors.hpp"
 #include "../layout.hpp"
+#include "../parallel/shard_plan.hpp"
 
 namespace hypergrad {
 
@@ -334,69 +331,6 @@ inline void serialGemm(const ConstMatrixView& a, bool transA, const ConstMatrixV
 #endif
 }
 #undef HYPERGRAD_SERIAL_GEMM_KERNEL
-
-/// The fixed partition of `total` examples into consecutive shards of `shardSize` (the last one
-/// takes the remainder): a function of (total, shardSize) only, never of the thread count.
-struct ShardPlan {
-  Index total = 0;
-  Index shardSize = 1;
-  Index count() const noexcept { return (total + shardSize - 1) / shardSize; }
-  Index begin(Index s) const noexcept { return s * shardSize; }
-  Index size(Index s) const noexcept { return std::min(shardSize, total - s * shardSize); }
-};
-
-/// Runs f(s) for s = 0 .. numShards−1, in parallel over OpenMP threads when compiled with
-/// OpenMP. Exceptions do not cross the parallel region: each shard's is kept, and the one of the
-/// lowest shard is rethrown afterwards (the same error whatever the thread count).
-template <class F>
-void forEachShard(Index numShards, F&& f) {
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(numShards));
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (numShards > 1)
-#endif
-  for (Index s = 0; s < numShards; ++s) {
-    try {
-      f(s);
-    } catch (...) {
-      errors[static_cast<std::size_t>(s)] = std::current_exception();
-    }
-  }
-  for (const std::exception_ptr& e : errors)
-    if (e) std::rethrow_exception(e);
-}
-
-/// \brief Runs compute(s, slot) for every shard s in waves of at most maxSlots shards (slot =
-/// s − first shard of the wave, in parallel within a wave), and after each wave combine(s, slot)
-/// for its shards in increasing s. Only maxSlots shard workspaces and partial results are alive
-/// at once, and since combine() always sees the shards in order 0, 1, 2, ..., the wave size (and
-/// the thread count) does not change any bit of the result.
-template <class Compute, class Combine>
-void runShardWaves(Index numShards, Index maxSlots, Compute&& compute, Combine&& combine) {
-  for (Index first = 0; first < numShards; first += maxSlots) {
-    const Index count = std::min(maxSlots, numShards - first);
-    forEachShard(count, [&](Index slot) { compute(first + slot, slot); });
-    for (Index slot = 0; slot < count; ++slot) combine(first + slot, slot);
-  }
-}
-
-/// Shards alive at once (workspaces and partial gradients): 16, or the OpenMP thread count if
-/// larger. Memory, not results, depends on it.
-inline Index shardSlots() noexcept {
-#if defined(_OPENMP)
-  return std::max<Index>(16, omp_get_max_threads());
-#else
-  return 16;
-#endif
-}
-
-/// Throws InvalidArgument unless the shard size is at least 1.
-inline Index checkShardSize(Index shardSize, const char* fn) {
-  if (shardSize < 1) {
-    throw InvalidArgument(detail::message(fn, ": shard size ", shardSize,
-                                          " must be at least 1 (examples per shard; default 50)"));
-  }
-  return shardSize;
-}
 
 /// Buffers of one forward / R-forward / backward / R-backward sweep over one shard; sized on
 /// first use and reused (Eigen's resize keeps the allocation when the size is unchanged).
@@ -781,8 +715,8 @@ class MlpObjective {
     gatherIndices(t, fn);
     const Index N = numParameters();
     const auto b = static_cast<Index>(m_batchIndex.size());
-    const detail::ShardPlan plan{b, m_shardSize};
-    const Index numShards = plan.count();
+    const ShardPlan plan(b, m_shardSize);
+    const Index numShards = plan.numShards();
     const Index slots = std::min(numShards, detail::shardSlots());
     if (static_cast<Index>(m_shards.size()) < slots) m_shards.resize(static_cast<std::size_t>(slots));
     if (g != nullptr) g->resize(N);
@@ -939,8 +873,8 @@ class MlpLoss {
  private:
   double run(const Eigen::VectorXd& w, Eigen::VectorXd* g, Eigen::VectorXi* predictions) const {
     const Index n = m_data.numExamples();
-    const detail::ShardPlan plan{n, m_shardSize};
-    const Index numShards = plan.count();
+    const ShardPlan plan(n, m_shardSize);
+    const Index numShards = plan.numShards();
     const Index slots = std::min(numShards, detail::shardSlots());
     if (static_cast<Index>(m_shards.size()) < slots) m_shards.resize(static_cast<std::size_t>(slots));
     const double scale = 1.0 / static_cast<double>(n);
