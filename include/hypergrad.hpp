@@ -11,6 +11,8 @@
 #include "hypergrad/random.hpp"
 #include "hypergrad/layout.hpp"
 #include "hypergrad/batches.hpp"
+#include "hypergrad/data/dataset.hpp"
+#include "hypergrad/parallel/shard_plan.hpp"
 #include "hypergrad/objective.hpp"
 #include "hypergrad/exact.hpp"
 #include "hypergrad/schedule.hpp"

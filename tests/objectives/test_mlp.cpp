@@ -31,6 +31,12 @@ static_assert(hypergrad::isMetaObjective<MlpLoss>, "MlpLoss must satisfy the met
 static_assert(hypergrad::detail::HasReverseStep<MlpObjective>::value, "MlpObjective has a fused reverseStep");
 static_assert(hypergrad::detail::HasLayout<MlpObjective>::value, "MlpObjective has a layout");
 
+// The network and the objectives are templates (so that including mlp.hpp stays cheap): compile
+// every member here, with the warnings on, including those no test calls.
+template class hypergrad::BasicMlpObjective<double>;
+template class hypergrad::BasicMlpLoss<double>;
+template class hypergrad::detail::MlpNetwork<double>;
+
 namespace {
 
 constexpr double kEps = 1e-5;   // central-difference step

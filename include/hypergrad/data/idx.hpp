@@ -48,7 +48,7 @@
 
 #include "../config.hpp"
 #include "../errors.hpp"
-#include "../objectives/mlp.hpp"
+#include "dataset.hpp"
 
 namespace hypergrad {
 

@@ -1,0 +1,418 @@
+// hypergrad — exact hypergradients by reversible SGD with momentum.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file network.hpp
+/// \brief The MLP's math on one shard (detail::MlpNetwork): forward pass, Pearlmutter's
+/// R-forward pass, backward and R-backward passes, shared by MlpObjective and MlpLoss.
+///
+/// Backprop and the R-operator are written by hand on plain Eigen matrices: a "dual" matrix is
+/// a pair (value, R-value) of matrices, so every product is an ordinary GEMM (DESIGN.md §4) and
+/// never a GEMM over a dual scalar type.
+///
+/// **Compile time.** Everything here is a template on the compute type `Scalar` (only `double`
+/// is used today), so that including the MLP does not instantiate Eigen's GEMM kernels: they are
+/// compiled only in the translation units that evaluate a network.
+///
+/// **Single-threaded GEMMs.** Inside a shard every matrix product is a *single-threaded* GEMM
+/// whatever the OpenMP settings. Eigen 3.4's own products are not enough: `parallelize_gemm`
+/// (Parallelizer.h) goes multi-threaded whenever `Eigen::nbThreads() > 1` and
+/// `omp_get_num_threads() == 1` — which is the case inside a parallel region of ONE thread, or in
+/// a nested region — and a multi-threaded GEMM re-blocks the depth for the thread count, which
+/// changes the last bits (7e-14 on a 200×784 by 784×50 product between 1 and 2 threads). So the
+/// shards call Eigen's sequential GEMM kernel (`general_matrix_matrix_product::run` with a
+/// one-thread blocking and no parallel info) directly: exactly what Eigen runs on its own
+/// single-threaded path. The library never calls `Eigen::setNbThreads` and leaves the user's
+/// Eigen settings untouched. (With an Eigen other than 3.4.x the shards fall back to ordinary
+/// Eigen products: still deterministic without OpenMP, and with OpenMP as long as Eigen stays
+/// single-threaded, e.g. under `EIGEN_DONT_PARALLELIZE`.)
+///
+/// **Fused and separate outputs.** Each output (gradient, Hessian-vector product, mixed product)
+/// is computed by the same sequence of operations whether it is requested alone or together with
+/// the others, so a fused reverse step is bit-identical to the three separate calls.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../../config.hpp"
+#include "../../data/dataset.hpp"
+#include "../../errors.hpp"
+#include "architecture.hpp"
+
+namespace hypergrad {
+
+/// Default number of examples per shard of MlpObjective and MlpLoss (see "Shards and threads" in
+/// objectives/mlp/objective.hpp): 50 suits the paper's batch of 200 on up to 4 threads.
+inline constexpr Index defaultMlpShardSize = 50;
+
+namespace detail {
+
+/// Dynamic-size column-major matrix of the compute type.
+template <class Scalar>
+using MlpMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+/// A column-major view of constant scalars: rows × cols, column j at data + j·stride.
+template <class Scalar>
+struct ConstMatrixView {
+  const Scalar* data = nullptr;
+  Index rows = 0;
+  Index cols = 0;
+  Index stride = 0;
+};
+
+/// View of an Eigen column-major matrix (or Map / block with unit inner stride).
+template <class M>
+ConstMatrixView<typename M::Scalar> viewOf(const M& m) {
+  return ConstMatrixView<typename M::Scalar>{m.data(), m.rows(), m.cols(), m.outerStride()};
+}
+
+/// The GEMM kernel's packing buffers, kept in a shard's workspace between calls so that the hot
+/// path does not allocate (a fresh allocation per product made the C library return the memory
+/// to the system and fault it back in: +25% on a 784-50-50-50-10 gradient).
+template <class Scalar>
+struct GemmScratch {
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> blockA, blockB;
+};
+
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0) && !EIGEN_VERSION_AT_LEAST(3, 4, 90)
+#define HYPERGRAD_SERIAL_GEMM_KERNEL 1
+/// The blocking of Eigen's gemm_blocking_space(rows, cols, depth, num_threads = 1, l3 = true) —
+/// the one Eigen's own single-threaded product uses — with packing buffers from a GemmScratch.
+template <class Scalar>
+class ScratchBlocking : public Eigen::internal::level3_blocking<Scalar, Scalar> {
+ public:
+  ScratchBlocking(Index m, Index n, Index k, GemmScratch<Scalar>& scratch) {
+    this->m_mc = m;
+    this->m_nc = n;
+    this->m_kc = k;
+    Eigen::internal::computeProductBlockingSizes<Scalar, Scalar, 1>(this->m_kc, this->m_mc, this->m_nc, Index(1));
+    const Index sizeA = this->m_mc * this->m_kc, sizeB = this->m_kc * this->m_nc;
+    if (scratch.blockA.size() < sizeA) scratch.blockA.resize(sizeA);
+    if (scratch.blockB.size() < sizeB) scratch.blockB.resize(sizeB);
+    this->m_blockA = scratch.blockA.data();
+    this->m_blockB = scratch.blockB.data();
+  }
+};
+
+/// C += op(A) op(B) with Eigen's sequential GEMM kernel: a one-thread blocking and no parallel
+/// info, i.e. what Eigen's product runs on its single-threaded path, whatever the OpenMP state.
+template <int LhsOrder, int RhsOrder, class Scalar>
+void serialGemmKernel(Index m, Index n, Index k, const Scalar* a, Index lda, const Scalar* b, Index ldb, Scalar* c,
+                      Index ldc, GemmScratch<Scalar>& scratch) {
+  ScratchBlocking<Scalar> blocking(m, n, k, scratch);
+  Eigen::internal::general_matrix_matrix_product<Index, Scalar, LhsOrder, false, Scalar, RhsOrder, false,
+                                                 Eigen::ColMajor, 1>::run(m, n, k, a, lda, b, ldb, c, 1, ldc,
+                                                                          Scalar(1), blocking, nullptr);
+}
+#endif
+
+/// \brief C = op(A)·op(B), or C += op(A)·op(B) when `accumulate`; op(X) is X or Xᵀ. C is m × n,
+/// column-major with column stride ldc. Always single-threaded (see the file comment), so the
+/// bits depend only on the operands and their shapes.
+template <class Scalar>
+void serialGemm(const ConstMatrixView<Scalar>& a, bool transA, const ConstMatrixView<Scalar>& b, bool transB,
+                Scalar* c, Index ldc, bool accumulate, GemmScratch<Scalar>& scratch) {
+  const Index m = transA ? a.cols : a.rows;
+  const Index k = transA ? a.rows : a.cols;
+  const Index n = transB ? b.rows : b.cols;
+  eigen_assert(k == (transB ? b.cols : b.rows));
+  if (!accumulate)
+    for (Index j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, Scalar(0));
+  if (m == 0 || n == 0 || k == 0) return;
+#if defined(HYPERGRAD_SERIAL_GEMM_KERNEL)
+  // A transposed column-major matrix is the same storage read row-major.
+  if (!transA && !transB)
+    serialGemmKernel<Eigen::ColMajor, Eigen::ColMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else if (transA && !transB)
+    serialGemmKernel<Eigen::RowMajor, Eigen::ColMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else if (!transA && transB)
+    serialGemmKernel<Eigen::ColMajor, Eigen::RowMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else
+    serialGemmKernel<Eigen::RowMajor, Eigen::RowMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+#else
+  static_cast<void>(scratch);
+  using Stride = Eigen::OuterStride<>;
+  const Eigen::Map<const MlpMatrix<Scalar>, 0, Stride> A(a.data, a.rows, a.cols, Stride(a.stride));
+  const Eigen::Map<const MlpMatrix<Scalar>, 0, Stride> B(b.data, b.rows, b.cols, Stride(b.stride));
+  Eigen::Map<MlpMatrix<Scalar>, 0, Stride> C(c, m, n, Stride(ldc));
+  if (!transA && !transB) C.noalias() += A * B;
+  else if (transA && !transB) C.noalias() += A.transpose() * B;
+  else if (!transA && transB) C.noalias() += A * B.transpose();
+  else C.noalias() += A.transpose() * B.transpose();
+#endif
+}
+#undef HYPERGRAD_SERIAL_GEMM_KERNEL
+
+/// Buffers of one forward / R-forward / backward / R-backward sweep over one shard; sized on
+/// first use and reused (Eigen's resize keeps the allocation when the size is unchanged).
+template <class Scalar>
+struct MlpWorkspace {
+  using Matrix = MlpMatrix<Scalar>;
+  Matrix input;                // gathered shard rows (MlpObjective only)
+  Eigen::VectorXi labels;      // gathered shard labels (MlpObjective only)
+  std::vector<Matrix> z;       // z[l]: pre-activation of layer l (b × n_{l+1})
+  std::vector<Matrix> a;       // a[l] = σ(z[l]), hidden layers only
+  std::vector<Matrix> d1;      // σ'(z[l]), hidden layers only
+  std::vector<Matrix> rz, ra;  // R{z[l]}, R{a[l]}
+  std::vector<Matrix> delta;   // ∂L/∂z[l]
+  std::vector<Matrix> rdelta;  // R{∂L/∂z[l]}
+  std::vector<Matrix> da;      // ∂L/∂a[l] (hidden)
+  std::vector<Matrix> rda;     // R{∂L/∂a[l]} (hidden)
+  Matrix probs;                // softmax of z[L-1]
+  Matrix rInputGrad;           // R{∂L/∂A_0}: the mixed product w.r.t. the shard's inputs
+  GemmScratch<Scalar> gemm;    // packing buffers of every product of the sweep
+};
+
+/// One shard slot's workspace and partial results. Shard 0 writes straight into the caller's
+/// output vectors; shards s ≥ 1 into their slot's own, added to the output in shard order.
+template <class Scalar>
+struct MlpShard {
+  MlpWorkspace<Scalar> ws;
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> gradient;  ///< this shard's share of ∇_w L (shards ≥ 1)
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> hvp;       ///< this shard's share of ∇²_w L u (shards ≥ 1)
+  Scalar lossSum = Scalar(0);  ///< Σ over the shard's examples of their cross-entropy
+};
+
+/// \brief The one implementation of the network's math on one shard, shared by MlpObjective and
+/// MlpLoss. All products go through serialGemm (single-threaded).
+/// \tparam Scalar the compute type of the weights, activations and products (double today)
+template <class Scalar>
+class MlpNetwork {
+ public:
+  using Matrix = MlpMatrix<Scalar>;
+  using View = ConstMatrixView<Scalar>;
+  using Workspace = MlpWorkspace<Scalar>;
+
+  explicit MlpNetwork(MlpArchitecture arch) : m_arch(std::move(arch)) {}
+
+  const MlpArchitecture& architecture() const noexcept { return m_arch; }
+
+  /// What a sweep produces; null pointers are skipped. Every output is computed by the same
+  /// operations whatever else is requested (bit-identity of the fused and separate calls).
+  struct Outputs {
+    Scalar* gradient = nullptr;  ///< ∇_w L, numParameters() scalars
+    Scalar* hvp = nullptr;       ///< ∇²_w L u, numParameters() scalars
+    bool inputMixed = false;     ///< compute ws.rInputGrad = ∂_{A_0}(uᵀ ∇_w L), b × n_0
+  };
+
+  /// \brief Forward pass on `input` (b × n_0) with `labels` (b entries); fills ws.z/a/d1/probs
+  /// and returns the SUM over the b examples of their softmax cross-entropy.
+  Scalar forward(const Scalar* w, const View& input, const int* labels, Workspace& ws) const {
+    const Index L = m_arch.numLayers();
+    const Index b = input.rows;
+    ensureLayers(ws);
+    for (Index l = 0; l < L; ++l) {
+      const auto k = static_cast<std::size_t>(l);
+      const View x = (l == 0) ? input : viewOf(ws.a[k - 1]);
+      Matrix& z = ws.z[k];
+      z.resize(b, m_arch.fanOut(l));
+      serialGemm(x, false, weightsView(w, l), false, z.data(), b, false, ws.gemm);
+      z.rowwise() += biasesView(w, l).transpose();
+      if (l + 1 < L) activate(z, ws.a[k], ws.d1[k]);
+    }
+    return softmaxCrossEntropySum(ws.z[static_cast<std::size_t>(L - 1)], labels, ws.probs);
+  }
+
+  /// \brief R-forward pass along direction u (in w): R{z[l]} and R{a[l]}. Needs forward().
+  void rForward(const Scalar* w, const Scalar* u, const View& input, Workspace& ws) const {
+    const Index L = m_arch.numLayers();
+    const Index b = input.rows;
+    for (Index l = 0; l < L; ++l) {
+      const auto k = static_cast<std::size_t>(l);
+      const View x = (l == 0) ? input : viewOf(ws.a[k - 1]);
+      Matrix& rz = ws.rz[k];
+      rz.resize(b, m_arch.fanOut(l));
+      // R{Z_l} = A_{l-1} U_l + R{A_{l-1}} W_l + 1 R{b_l}ᵀ   (R{A_0} = 0: u is a direction in w)
+      serialGemm(x, false, weightsView(u, l), false, rz.data(), b, false, ws.gemm);
+      if (l > 0) serialGemm(viewOf(ws.ra[k - 1]), false, weightsView(w, l), false, rz.data(), b, true, ws.gemm);
+      rz.rowwise() += biasesView(u, l).transpose();
+      if (l + 1 < L) ws.ra[k] = ws.d1[k].cwiseProduct(rz);
+    }
+  }
+
+  /// \brief Backward pass (and R-backward pass when `u` is given). Needs forward() (and
+  /// rForward() when u != nullptr) on the same input. `scale` multiplies ∂L/∂Z_L: 1/b for the
+  /// mean over a batch of b examples, of which this shard is a part.
+  void backward(const Scalar* w, const Scalar* u, const View& input, const int* labels, Scalar scale, Workspace& ws,
+                const Outputs& out) const {
+    const Index L = m_arch.numLayers();
+    const Index b = input.rows;
+    const bool wantR = u != nullptr && (out.hvp != nullptr || out.inputMixed);
+    const auto last = static_cast<std::size_t>(L - 1);
+
+    // ∂L/∂Z_L = (P − Y)·scale;  R{∂L/∂Z_L} = (P ⊙ R{Z_L} − P ⊙ rowsum(P ⊙ R{Z_L}))·scale
+    ws.delta[last] = ws.probs;
+    for (Index i = 0; i < b; ++i) ws.delta[last](i, labels[i]) -= Scalar(1);
+    ws.delta[last] *= scale;
+    if (wantR) {
+      const Matrix& p = ws.probs;
+      const Matrix& rz = ws.rz[last];
+      Matrix& rd = ws.rdelta[last];
+      rd.resize(b, p.cols());
+      for (Index i = 0; i < b; ++i) {
+        Scalar s(0);
+        for (Index c = 0; c < p.cols(); ++c) s += p(i, c) * rz(i, c);
+        for (Index c = 0; c < p.cols(); ++c) rd(i, c) = p(i, c) * (rz(i, c) - s) * scale;
+      }
+    }
+
+    for (Index l = L - 1; l >= 0; --l) {
+      const auto k = static_cast<std::size_t>(l);
+      const View x = (l == 0) ? input : viewOf(ws.a[k - 1]);
+      const Matrix& delta = ws.delta[k];
+      const Index in = m_arch.fanIn(l);
+      if (out.gradient != nullptr) {
+        serialGemm(x, true, viewOf(delta), false, out.gradient + m_arch.weightsOffset(l), in, false, ws.gemm);
+        biasesView(out.gradient, l).noalias() = delta.colwise().sum().transpose();
+      }
+      if (out.hvp != nullptr && wantR) {
+        // R{∂L/∂W_l} = A_{l-1}ᵀ R{δ_l} + R{A_{l-1}}ᵀ δ_l
+        Scalar* hw = out.hvp + m_arch.weightsOffset(l);
+        serialGemm(x, true, viewOf(ws.rdelta[k]), false, hw, in, false, ws.gemm);
+        if (l > 0) serialGemm(viewOf(ws.ra[k - 1]), true, viewOf(delta), false, hw, in, true, ws.gemm);
+        biasesView(out.hvp, l).noalias() = ws.rdelta[k].colwise().sum().transpose();
+      }
+      if (l > 0) {
+        // Into hidden layer l-1: ∂L/∂A = δ Wᵀ, δ_{l-1} = ∂L/∂A ⊙ σ'(Z_{l-1}).
+        const auto km = k - 1;
+        ws.da[km].resize(b, in);
+        serialGemm(viewOf(delta), false, weightsView(w, l), true, ws.da[km].data(), b, false, ws.gemm);
+        ws.delta[km] = ws.da[km].cwiseProduct(ws.d1[km]);
+        if (wantR) {
+          // R{∂L/∂A} = R{δ} Wᵀ + δ Uᵀ;  R{δ_{l-1}} = R{∂L/∂A} ⊙ σ' + ∂L/∂A ⊙ σ'' ⊙ R{Z_{l-1}}
+          ws.rda[km].resize(b, in);
+          serialGemm(viewOf(ws.rdelta[k]), false, weightsView(w, l), true, ws.rda[km].data(), b, false, ws.gemm);
+          serialGemm(viewOf(delta), false, weightsView(u, l), true, ws.rda[km].data(), b, true, ws.gemm);
+          Matrix& rd = ws.rdelta[km];
+          rd = ws.rda[km].cwiseProduct(ws.d1[km]);
+          addSecondOrderTerm(ws.da[km], ws.a[km], ws.d1[km], ws.rz[km], rd);
+        }
+      } else if (out.inputMixed && wantR) {
+        // ∂_{A_0}(uᵀ∇_w L) = R{∂L/∂A_0} = R{δ_1} W_1ᵀ + δ_1 U_1ᵀ  (symmetry of second derivatives)
+        ws.rInputGrad.resize(b, m_arch.inputSize());
+        serialGemm(viewOf(ws.rdelta[k]), false, weightsView(w, l), true, ws.rInputGrad.data(), b, false, ws.gemm);
+        serialGemm(viewOf(delta), false, weightsView(u, l), true, ws.rInputGrad.data(), b, true, ws.gemm);
+      }
+    }
+  }
+
+  /// \brief Row-wise argmax of the logits of the last forward() (ties: lowest class), written to
+  /// out[0 .. rows).
+  static void argmaxRows(const Matrix& logits, int* out) {
+    for (Index i = 0; i < logits.rows(); ++i) {
+      Index best = 0;
+      for (Index c = 1; c < logits.cols(); ++c)
+        if (logits(i, c) > logits(i, best)) best = c;
+      out[i] = static_cast<int>(best);
+    }
+  }
+
+ private:
+  View weightsView(const Scalar* w, Index l) const {
+    return View{w + m_arch.weightsOffset(l), m_arch.fanIn(l), m_arch.fanOut(l), m_arch.fanIn(l)};
+  }
+  // b_l of the parameter vector (or of an output laid out like it), as a vector view.
+  Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> biasesView(const Scalar* w, Index l) const {
+    return Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(w + m_arch.biasesOffset(l), m_arch.fanOut(l));
+  }
+  Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> biasesView(Scalar* w, Index l) const {
+    return Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(w + m_arch.biasesOffset(l), m_arch.fanOut(l));
+  }
+
+  void ensureLayers(Workspace& ws) const {
+    const auto n = static_cast<std::size_t>(m_arch.numLayers());
+    if (ws.z.size() == n) return;
+    for (auto* v : {&ws.z, &ws.a, &ws.d1, &ws.rz, &ws.ra, &ws.delta, &ws.rdelta, &ws.da, &ws.rda}) v->resize(n);
+  }
+
+  /// a = σ(z), d1 = σ'(z).
+  void activate(const Matrix& z, Matrix& a, Matrix& d1) const {
+    a.resize(z.rows(), z.cols());
+    d1.resize(z.rows(), z.cols());
+    switch (m_arch.activation()) {
+      case Activation::Tanh:
+        a = z.array().tanh().matrix();
+        d1 = (Scalar(1) - a.array().square()).matrix();
+        break;
+      case Activation::Relu:
+        a = z.cwiseMax(Scalar(0));
+        d1 = (z.array() > Scalar(0)).template cast<Scalar>().matrix();
+        break;
+      case Activation::Softplus:
+        for (Index j = 0; j < z.cols(); ++j)
+          for (Index i = 0; i < z.rows(); ++i) {
+            const Scalar x = z(i, j);
+            const Scalar e = std::exp(-std::abs(x));  // in (0, 1]: no overflow
+            a(i, j) = std::log1p(e) + std::max(x, Scalar(0));
+            d1(i, j) = x >= Scalar(0) ? Scalar(1) / (Scalar(1) + e) : e / (Scalar(1) + e);  // logistic sigmoid
+          }
+        break;
+    }
+  }
+
+  /// rd += da ⊙ σ''(z) ⊙ rz, with σ'' from the stored a = σ(z), d1 = σ'(z).
+  void addSecondOrderTerm(const Matrix& da, const Matrix& a, const Matrix& d1, const Matrix& rz, Matrix& rd) const {
+    switch (m_arch.activation()) {
+      case Activation::Tanh:  // σ'' = −2 tanh(z) (1 − tanh²(z))
+        rd.array() -= Scalar(2) * da.array() * a.array() * d1.array() * rz.array();
+        break;
+      case Activation::Relu:  // σ'' = 0 (almost everywhere)
+        break;
+      case Activation::Softplus:  // σ'' = s (1 − s), s = sigmoid(z) = σ'
+        rd.array() += da.array() * (d1.array() * (Scalar(1) - d1.array())) * rz.array();
+        break;
+    }
+  }
+
+  /// Log-sum-exp stabilised softmax of each row; returns the SUM of the rows' cross-entropies.
+  static Scalar softmaxCrossEntropySum(const Matrix& z, const int* labels, Matrix& p) {
+    const Index b = z.rows();
+    const Index C = z.cols();
+    p.resize(b, C);
+    Scalar total(0);
+    for (Index i = 0; i < b; ++i) {
+      Scalar m = z(i, 0);
+      for (Index c = 1; c < C; ++c) m = std::max(m, z(i, c));
+      Scalar s(0);
+      for (Index c = 0; c < C; ++c) {
+        p(i, c) = std::exp(z(i, c) - m);
+        s += p(i, c);
+      }
+      const Scalar inv = Scalar(1) / s;
+      for (Index c = 0; c < C; ++c) p(i, c) *= inv;
+      total += (m + std::log(s)) - z(i, labels[i]);
+    }
+    return total;
+  }
+
+  MlpArchitecture m_arch;
+};
+
+/// Throws InvalidArgument unless v has n entries.
+inline void checkVectorSize(const Eigen::VectorXd& v, Index n, const char* fn, const char* what) {
+  if (v.size() != n) {
+    throw InvalidArgument(detail::message(fn, ": ", what, " has ", v.size(), " entries, expected ", n,
+                                          " (numParameters())"));
+  }
+}
+
+/// Checks that an architecture and a data set fit together.
+inline void checkArchitectureFitsData(const MlpArchitecture& arch, const Dataset& data, const char* fn) {
+  data.validate();
+  if (data.numFeatures() != arch.inputSize()) {
+    throw InvalidArgument(detail::message(fn, ": the data has ", data.numFeatures(),
+                                          " features (columns) but the network has ", arch.inputSize(), " inputs"));
+  }
+  if (data.numClasses != arch.outputSize()) {
+    throw InvalidArgument(detail::message(fn, ": the data has numClasses = ", data.numClasses,
+                                          " but the network has ", arch.outputSize(), " outputs"));
+  }
+}
+
+}  // namespace detail
+}  // namespace hypergrad

@@ -1,0 +1,300 @@
+// hypergrad — exact hypergradients by reversible SGD with momentum.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file objective.hpp
+/// \brief MlpObjective: the training objective of a multilayer perceptron — mean softmax
+/// cross-entropy over minibatch t, its gradient, Hessian-vector product (Pearlmutter's
+/// R-operator) and, optionally with the training inputs as hyperparameters, mixed product.
+///
+/// **Shards and threads (DESIGN.md §3).** Every result is a pure function of (w, θ, t) and of
+/// the shard size — never of the number of threads. A batch of b examples (the rows of the
+/// batch in the order the batch schedule returns them) is cut by a ShardPlan
+/// (parallel/shard_plan.hpp) into ⌈b / S⌉ consecutive shards of S = shardSize() examples
+/// (default 50, set with setShardSize(); the last shard takes the remainder). Each shard runs its
+/// own forward / R-forward / backward / R-backward sweep in its own workspace with
+/// single-threaded GEMMs (objectives/mlp/network.hpp), and the shard results (loss, gradient,
+/// Hessian-vector product, mixed product) are then added in shard order 0, 1, 2, ... — a fixed
+/// summation order. Under OpenMP the shards run in parallel; without it one after the other,
+/// with the same bits.
+///
+/// The shard size changes the rounding of the sums, hence the bits: it must be the same in the
+/// forward and the reverse pass (SgdMomentum's gradient fingerprint reports a change). Results
+/// for one shard size are identical at any thread count, but differ in the last bits from those
+/// for another shard size. Small shards expose more parallelism, large ones make larger (more
+/// efficient) GEMMs; 50 suits the paper's batch of 200 on up to 4 threads.
+///
+/// Each output (gradient, Hessian-vector product, mixed product) is computed by the same
+/// sequence of operations whether it is requested alone or together with the others, so
+/// `reverseStep` is bit-identical to the three separate calls.
+///
+/// **Thread safety.** MlpObjective keeps mutable per-shard workspaces so the hot path does not
+/// allocate; one object must therefore not be called from several threads at once (use one copy
+/// per thread). The object parallelises internally over shards.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "../../batches.hpp"
+#include "../../config.hpp"
+#include "../../data/dataset.hpp"
+#include "../../errors.hpp"
+#include "../../layout.hpp"
+#include "../../parallel/shard_plan.hpp"
+#include "architecture.hpp"
+#include "network.hpp"
+
+namespace hypergrad {
+
+/// \brief Training objective: mean softmax cross-entropy of an MLP over minibatch t.
+///
+/// Satisfies the objective concept (objective.hpp). Hyperparameters θ: none by default; with
+/// `inputsAreHyperparameters` θ is the training inputs, flattened **example-major** (row-major):
+/// θ[k·numFeatures + j] = inputs(k, j), so example k's features are contiguous. The mixed
+/// product then has numExamples·numFeatures entries, non-zero only in the rows of batch t —
+/// meant for small learned training sets (e.g. 10 images), since the output is dense.
+///
+/// The batch is processed in shards of shardSize() examples, in parallel under OpenMP, with
+/// results that do not depend on the number of threads (file comment). Not thread-safe: calls
+/// share mutable workspaces (one object per thread). Output vectors must not alias w or u.
+///
+/// Use it as hypergrad::MlpObjective (= BasicMlpObjective<double>). It is a template so that
+/// including this header compiles none of the network (network.hpp): only code that uses one
+/// pays for it.
+/// \tparam Scalar the compute type of the network (its matrices and products); the interface
+///         (w, u, gradients, losses, θ) is double. Only double is implemented.
+template <class Scalar>
+class BasicMlpObjective {
+  static_assert(std::is_same_v<Scalar, double>,
+                "BasicMlpObjective: only Scalar = double is implemented; use hypergrad::MlpObjective");
+  using Network = detail::MlpNetwork<Scalar>;
+  using Workspace = detail::MlpWorkspace<Scalar>;
+  using Shard = detail::MlpShard<Scalar>;
+
+ public:
+  /// \param architecture network shape; its input/output sizes must match the data
+  /// \param train training data (validated: sizes, labels, finite inputs)
+  /// \param batches t -> indices of the examples in batch t (pure function, e.g. SeededBatches)
+  /// \param inputsAreHyperparameters treat the training inputs as θ
+  BasicMlpObjective(MlpArchitecture architecture, Dataset train, BatchSchedule batches,
+                    bool inputsAreHyperparameters = false)
+      : m_net(std::move(architecture)),
+        m_data(std::move(train)),
+        m_batches(std::move(batches)),
+        m_inputsAreHyperparameters(inputsAreHyperparameters) {
+    detail::checkArchitectureFitsData(m_net.architecture(), m_data, "MlpObjective");
+    if (!m_batches) throw InvalidArgument("MlpObjective: the batch schedule is empty (no callable)");
+    m_examples = m_data.inputs.transpose();
+  }
+
+  /// Number of parameters N.
+  Index numParameters() const noexcept { return m_net.architecture().numParameters(); }
+  /// numExamples·numFeatures when the inputs are hyperparameters, else 0.
+  Index numHyperparameters() const noexcept {
+    return m_inputsAreHyperparameters ? m_data.numExamples() * m_data.numFeatures() : 0;
+  }
+  /// Parameter groups "layer1.weights", "layer1.biases", ...
+  ParameterLayout layout() const { return m_net.architecture().layout(); }
+  const MlpArchitecture& architecture() const noexcept { return m_net.architecture(); }
+  const Dataset& data() const noexcept { return m_data; }
+  const BatchSchedule& batches() const noexcept { return m_batches; }
+  bool inputsAreHyperparameters() const noexcept { return m_inputsAreHyperparameters; }
+
+  /// Examples per shard (default 50). Results depend on it (rounding), never on the thread count.
+  Index shardSize() const noexcept { return m_shardSize; }
+  /// \brief Sets the examples per shard (≥ 1). Keep it fixed between a forward and its reverse pass.
+  void setShardSize(Index shardSize) { m_shardSize = detail::checkShardSize(shardSize, "MlpObjective::setShardSize"); }
+
+  /// \brief θ: the training inputs flattened example-major (size 0 unless inputs are hyperparameters).
+  Eigen::VectorXd hyperparameters() const {
+    Eigen::VectorXd theta(numHyperparameters());
+    if (m_inputsAreHyperparameters) flattenInputs(theta);
+    return theta;
+  }
+
+  /// \brief Replaces the training inputs by θ (example-major, see the class comment).
+  /// \param theta numExamples·numFeatures finite values
+  void setHyperparameters(const Eigen::VectorXd& theta) {
+    if (!m_inputsAreHyperparameters) {
+      throw InvalidArgument(
+          "MlpObjective::setHyperparameters: this objective has no hyperparameters; construct it with "
+          "inputsAreHyperparameters = true to learn the training inputs");
+    }
+    if (theta.size() != numHyperparameters()) {
+      throw InvalidArgument(detail::message("MlpObjective::setHyperparameters: theta has ", theta.size(),
+                                            " entries, expected numExamples*numFeatures = ", numHyperparameters()));
+    }
+    const Index F = m_data.numFeatures();
+    for (Index i = 0; i < theta.size(); ++i) {
+      if (!std::isfinite(theta(i))) {
+        throw InvalidArgument(detail::message("MlpObjective::setHyperparameters: theta[", i, "] (example ", i / F,
+                                              ", feature ", i % F, ") is ", theta(i), "; inputs must be finite"));
+      }
+    }
+    for (Index k = 0; k < m_data.numExamples(); ++k)
+      m_data.inputs.row(k) = theta.segment(k * F, F).transpose();
+    m_examples = m_data.inputs.transpose();
+  }
+
+  /// \brief The minibatch loss L(w, θ, t).
+  double value(const Eigen::VectorXd& w, Index t) const {
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::value", "w");
+    return run(w, t, nullptr, nullptr, nullptr, nullptr, "value");
+  }
+
+  /// \brief g = ∇_w L(w, θ, t); deterministic (bit-identical for identical inputs, at any
+  /// number of threads).
+  void gradient(const Eigen::VectorXd& w, Index t, Eigen::VectorXd& g) const {
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::gradient", "w");
+    run(w, t, nullptr, &g, nullptr, nullptr, "gradient");
+  }
+
+  /// \brief hu = ∇²_w L(w, θ, t) u by Pearlmutter's R-operator.
+  void hessianVectorProduct(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& hu) const {
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::hessianVectorProduct", "w");
+    detail::checkVectorSize(u, numParameters(), "MlpObjective::hessianVectorProduct", "u");
+    run(w, t, &u, nullptr, &hu, nullptr, "hessianVectorProduct");
+  }
+
+  /// \brief dtheta = (∂_θ ∇_w L(w, θ, t))ᵀ u: with inputs as hyperparameters, the gradient of
+  /// uᵀ∇_w L with respect to the inputs (zero outside batch t); size 0 otherwise.
+  void mixedProduct(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& dtheta) const {
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::mixedProduct", "w");
+    detail::checkVectorSize(u, numParameters(), "MlpObjective::mixedProduct", "u");
+    if (!m_inputsAreHyperparameters) {
+      dtheta.resize(0);
+      return;
+    }
+    run(w, t, &u, nullptr, nullptr, &dtheta, "mixedProduct");
+  }
+
+  /// \brief Gradient, Hessian-vector product and mixed product from one forward + R-forward and
+  /// one backward + R-backward pass per shard; bit-identical to the three separate calls.
+  void reverseStep(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& g,
+                   Eigen::VectorXd& hu, Eigen::VectorXd& dtheta) const {
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::reverseStep", "w");
+    detail::checkVectorSize(u, numParameters(), "MlpObjective::reverseStep", "u");
+    if (!m_inputsAreHyperparameters) dtheta.resize(0);
+    run(w, t, &u, &g, &hu, m_inputsAreHyperparameters ? &dtheta : nullptr, "reverseStep");
+  }
+
+ private:
+  /// Every entry point: shards of batch t, each swept (forward; R-forward when u; backward when
+  /// an output is wanted), then the shard results added in shard order. Returns the mean loss.
+  double run(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd* u, Eigen::VectorXd* g, Eigen::VectorXd* hu,
+             Eigen::VectorXd* dtheta, const char* fn) const {
+    gatherIndices(t, fn);
+    const Index N = numParameters();
+    const auto b = static_cast<Index>(m_batchIndex.size());
+    const ShardPlan plan(b, m_shardSize);
+    const Index numShards = plan.numShards();
+    const Index slots = std::min(numShards, detail::shardSlots());
+    if (static_cast<Index>(m_shards.size()) < slots) m_shards.resize(static_cast<std::size_t>(slots));
+    if (g != nullptr) g->resize(N);
+    if (hu != nullptr) hu->resize(N);
+    const bool wantBackward = g != nullptr || hu != nullptr || dtheta != nullptr;
+    const double scale = 1.0 / static_cast<double>(b);
+    const Index F = m_data.numFeatures();
+    if (dtheta != nullptr) {
+      dtheta->resize(numHyperparameters());
+      dtheta->setZero();
+    }
+    double lossSum = 0.0;
+
+    detail::runShardWaves(
+        numShards, slots,
+        [&](Index s, Index slot) {
+          Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+          Workspace& ws = shard.ws;
+          gatherRows(plan.begin(s), plan.size(s), ws);
+          const typename Network::View input = detail::viewOf(ws.input);
+          shard.lossSum = m_net.forward(w.data(), input, ws.labels.data(), ws);
+          if (!wantBackward) return;
+          if (u != nullptr) m_net.rForward(w.data(), u->data(), input, ws);
+          typename Network::Outputs out;
+          if (g != nullptr) out.gradient = shardOutput(s, *g, shard.gradient);
+          if (hu != nullptr) out.hvp = shardOutput(s, *hu, shard.hvp);
+          out.inputMixed = dtheta != nullptr;
+          m_net.backward(w.data(), u != nullptr ? u->data() : nullptr, input, ws.labels.data(), scale, ws, out);
+        },
+        [&](Index s, Index slot) {
+          // Fixed order: output = ((shard 0 + shard 1) + shard 2) + ...
+          const Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+          lossSum += shard.lossSum;
+          if (s > 0 && g != nullptr) *g += shard.gradient;
+          if (s > 0 && hu != nullptr) *hu += shard.hvp;
+          if (dtheta != nullptr) {
+            // Scatter the shard's rows back to example-major θ, in batch order; += so repeated
+            // examples accumulate.
+            for (Index k = 0; k < plan.size(s); ++k) {
+              const Index e = m_batchIndex[static_cast<std::size_t>(plan.begin(s) + k)];
+              dtheta->segment(e * F, F) += shard.ws.rInputGrad.row(k).transpose();
+            }
+          }
+        });
+    return lossSum / static_cast<double>(b);
+  }
+
+  /// Shard 0 writes into the caller's vector, the others into their own buffer.
+  double* shardOutput(Index s, Eigen::VectorXd& output, Eigen::VectorXd& own) const {
+    if (s == 0) return output.data();
+    own.resize(numParameters());
+    return own.data();
+  }
+
+  /// Fetches and validates the example indices of batch t.
+  void gatherIndices(Index t, const char* fn) const {
+    m_batchIndex = m_batches(t);
+    const Index n = m_data.numExamples();
+    if (m_batchIndex.empty()) {
+      throw InvalidArgument(detail::message("MlpObjective::", fn, ": batch t = ", t,
+                                            " is empty; the batch schedule must return at least one index"));
+    }
+    for (std::size_t k = 0; k < m_batchIndex.size(); ++k) {
+      const Index e = m_batchIndex[k];
+      if (e < 0 || e >= n) {
+        throw InvalidArgument(detail::message("MlpObjective::", fn, ": batch t = ", t, " contains example index ",
+                                              e, " (position ", k, "), outside [0, numExamples = ", n, ")"));
+      }
+    }
+  }
+
+  /// Copies the rows and labels of batch positions [begin, begin + count) into a shard workspace.
+  void gatherRows(Index begin, Index count, Workspace& ws) const {
+    ws.input.resize(count, m_data.numFeatures());
+    ws.labels.resize(count);
+    for (Index k = 0; k < count; ++k) {
+      const Index e = m_batchIndex[static_cast<std::size_t>(begin + k)];
+      ws.input.row(k) = m_examples.col(e).transpose();  // contiguous read (a row of inputs is strided)
+      ws.labels(k) = m_data.labels(e);
+    }
+  }
+
+  void flattenInputs(Eigen::VectorXd& theta) const {
+    const Index F = m_data.numFeatures();
+    for (Index k = 0; k < m_data.numExamples(); ++k) theta.segment(k * F, F) = m_data.inputs.row(k).transpose();
+  }
+
+  Network m_net;
+  Dataset m_data;
+  // The inputs again, one example per contiguous column: gathering a minibatch from the
+  // column-major `inputs` cost a cache miss per value (21% of a training step at 10k examples).
+  // Twice the input memory, for a copy that is bit-identical.
+  Eigen::MatrixXd m_examples;
+  BatchSchedule m_batches;
+  bool m_inputsAreHyperparameters;
+  Index m_shardSize = defaultMlpShardSize;
+  mutable std::vector<Shard> m_shards;
+  mutable std::vector<Index> m_batchIndex;
+};
+
+/// The training objective of an MLP computed in double: see BasicMlpObjective.
+using MlpObjective = BasicMlpObjective<double>;
+
+}  // namespace hypergrad
