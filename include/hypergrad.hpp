@@ -21,7 +21,6 @@
 #include "hypergrad/optimizers.hpp"
 #include "hypergrad/hypergradients.hpp"
 #include "hypergrad/objectives/mlp.hpp"
-#include "hypergrad/objectives/quadratic.hpp"
 #include "hypergrad/objectives/l2.hpp"
 #include "hypergrad/objectives/autodiff.hpp"
 #include "hypergrad/meta.hpp"

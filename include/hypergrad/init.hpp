@@ -28,7 +28,10 @@ class ScaledInit {
   ScaledInit(ParameterLayout layout, Eigen::VectorXd logScales, std::uint64_t seed,
              Eigen::VectorXd means = Eigen::VectorXd())
       : m_layout(std::move(layout)), m_seed(seed) {
-    if (means.size() == 0) means = Eigen::VectorXd::Zero(m_layout.numGroups());
+    if (means.size() == 0) {
+      means.resize(m_layout.numGroups());
+      for (Index k = 0; k < means.size(); ++k) means(k) = 0.0;
+    }
     setMeans(std::move(means));
     setLogScales(std::move(logScales));
     m_noise.resize(m_layout.size());
@@ -38,8 +41,12 @@ class ScaledInit {
 
   /// The 1/√fan-in heuristic expressed as log scales, given each group's fan-in.
   static Eigen::VectorXd logScalesFromFanIn(const Eigen::VectorXd& fanIn) {
-    if ((fanIn.array() <= 0).any()) throw InvalidArgument("ScaledInit::logScalesFromFanIn: fan-in must be positive");
-    return (-0.5 * fanIn.array().log()).matrix();
+    Eigen::VectorXd out(fanIn.size());
+    for (Index k = 0; k < fanIn.size(); ++k) {
+      if (!(fanIn(k) > 0)) throw InvalidArgument("ScaledInit::logScalesFromFanIn: fan-in must be positive");
+      out(k) = -0.5 * std::log(fanIn(k));
+    }
+    return out;
   }
 
   const ParameterLayout& layout() const noexcept { return m_layout; }
@@ -60,7 +67,15 @@ class ScaledInit {
 
   /// w₁ = μ + s ⊙ ε.
   Eigen::VectorXd weights() const {
-    return m_layout.expand(m_means) + (m_layout.expand(m_logScales).array().exp() * m_noise.array()).matrix();
+    // Plain loops here and below: this class is not a template, so Eigen expressions would be
+    // instantiated in every translation unit that includes the header (include cost).
+    Eigen::VectorXd w(m_layout.size());
+    for (Index k = 0; k < m_layout.numGroups(); ++k) {
+      const ParameterGroup& grp = m_layout.group(k);
+      const double mean = m_means(k), scale = std::exp(m_logScales(k));
+      for (Index i = grp.offset; i < grp.offset + grp.size; ++i) w(i) = mean + scale * m_noise(i);
+    }
+    return w;
   }
 
   /// ∂f/∂log s_k from ∂f/∂w₁.
@@ -69,13 +84,31 @@ class ScaledInit {
       throw InvalidArgument(detail::message("ScaledInit::logScaleGradient: got ", dInitialWeights.size(),
                                             " entries, expected ", m_layout.size()));
     }
-    const Eigen::VectorXd s = m_layout.expand(m_logScales).array().exp();
-    return m_layout.sumByGroup((dInitialWeights.array() * s.array() * m_noise.array()).matrix());
+    Eigen::VectorXd out(m_layout.numGroups());
+    for (Index k = 0; k < m_layout.numGroups(); ++k) {
+      const ParameterGroup& grp = m_layout.group(k);
+      const double scale = std::exp(m_logScales(k));
+      double sum = 0.0;
+      for (Index i = grp.offset; i < grp.offset + grp.size; ++i) sum += dInitialWeights(i) * scale * m_noise(i);
+      out(k) = sum;
+    }
+    return out;
   }
 
   /// ∂f/∂μ_k from ∂f/∂w₁.
   Eigen::VectorXd meanGradient(const Eigen::VectorXd& dInitialWeights) const {
-    return m_layout.sumByGroup(dInitialWeights);
+    if (dInitialWeights.size() != m_layout.size()) {
+      throw InvalidArgument(detail::message("ScaledInit::meanGradient: got ", dInitialWeights.size(),
+                                            " entries, expected ", m_layout.size()));
+    }
+    Eigen::VectorXd out(m_layout.numGroups());
+    for (Index k = 0; k < m_layout.numGroups(); ++k) {
+      const ParameterGroup& grp = m_layout.group(k);
+      double sum = 0.0;
+      for (Index i = grp.offset; i < grp.offset + grp.size; ++i) sum += dInitialWeights(i);
+      out(k) = sum;
+    }
+    return out;
   }
 
  private:

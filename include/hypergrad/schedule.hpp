@@ -26,17 +26,17 @@ class Schedule {
   /// The same value for every iteration and group.
   static Schedule constant(Index numIterations, Index numGroups, double value) {
     checkShape(numIterations, numGroups, "Schedule::constant");
-    return Schedule(Eigen::MatrixXd::Constant(numIterations, numGroups, value));
+    return filled(numIterations, numGroups, [value](Index, Index) { return value; });
   }
   /// One value per group, repeated for every iteration.
   static Schedule perGroup(Index numIterations, const Eigen::VectorXd& groupValues) {
     checkShape(numIterations, groupValues.size(), "Schedule::perGroup");
-    return Schedule(groupValues.transpose().replicate(numIterations, 1));
+    return filled(numIterations, groupValues.size(), [&groupValues](Index, Index k) { return groupValues(k); });
   }
   /// One value per iteration, shared by all groups.
   static Schedule perIteration(const Eigen::VectorXd& iterationValues, Index numGroups) {
     checkShape(iterationValues.size(), numGroups, "Schedule::perIteration");
-    return Schedule(iterationValues.replicate(1, numGroups));
+    return filled(iterationValues.size(), numGroups, [&iterationValues](Index t, Index) { return iterationValues(t); });
   }
 
   Index numIterations() const noexcept { return m_values.rows(); }
@@ -63,6 +63,16 @@ class Schedule {
   }
 
  private:
+  // A loop rather than Eigen's replicate(): Schedule is not a template, and Eigen expressions in
+  // its inline members would be compiled in every translation unit that includes the header.
+  template <class Value>
+  static Schedule filled(Index rows, Index cols, Value value) {
+    Eigen::MatrixXd m(rows, cols);
+    for (Index k = 0; k < cols; ++k)
+      for (Index t = 0; t < rows; ++t) m(t, k) = value(t, k);
+    return Schedule(std::move(m));
+  }
+
   static void checkShape(Index rows, Index cols, const char* fn) {
     if (rows <= 0 || cols <= 0) {
       throw InvalidArgument(detail::message(fn, ": need at least one iteration and one group, got ", rows, " x ", cols));

@@ -10,7 +10,7 @@
 #include <hypergrad/layout.hpp>
 #include <hypergrad/objective.hpp>
 #include <hypergrad/objectives/l2.hpp>
-#include <hypergrad/objectives/quadratic.hpp>
+#include "../support/quadratic_objective.hpp"
 #include <hypergrad/random.hpp>
 
 using namespace hypergrad;

@@ -45,14 +45,12 @@ struct Dataset {
                                               ", outside [0, numClasses = ", numClasses, ")"));
       }
     }
-    if (!inputs.allFinite()) {
+    for (Index j = 0; j < inputs.cols(); ++j)  // column-major: contiguous reads
       for (Index k = 0; k < inputs.rows(); ++k)
-        for (Index j = 0; j < inputs.cols(); ++j)
-          if (!std::isfinite(inputs(k, j))) {
-            throw InvalidArgument(detail::message("Dataset: input (example ", k, ", feature ", j, ") is ",
-                                                  inputs(k, j), "; inputs must be finite"));
-          }
-    }
+        if (!std::isfinite(inputs(k, j))) {
+          throw InvalidArgument(detail::message("Dataset: input (example ", k, ", feature ", j, ") is ",
+                                                inputs(k, j), "; inputs must be finite"));
+        }
   }
 };
 

@@ -25,15 +25,20 @@ struct MetaAdam {
   void update(Eigen::VectorXd& x, const Eigen::VectorXd& grad) {
     check(x, grad);
     if (m_m.size() != x.size()) {
-      m_m = Eigen::VectorXd::Zero(x.size());
-      m_v = Eigen::VectorXd::Zero(x.size());
+      m_m.resize(x.size());
+      m_v.resize(x.size());
+      for (Index i = 0; i < x.size(); ++i) m_m(i) = m_v(i) = 0.0;
       m_t = 0;
     }
     ++m_t;
-    m_m = beta1 * m_m + (1 - beta1) * grad;
-    m_v = beta2 * m_v + (1 - beta2) * grad.cwiseAbs2();
     const double c1 = 1 - std::pow(beta1, static_cast<double>(m_t)), c2 = 1 - std::pow(beta2, static_cast<double>(m_t));
-    x.array() -= stepSize * (m_m.array() / c1) / ((m_v.array() / c2).sqrt() + epsilon);
+    // A loop, not Eigen expressions: this is not a template, so expressions would be compiled in
+    // every translation unit that includes the header.
+    for (Index i = 0; i < x.size(); ++i) {
+      m_m(i) = beta1 * m_m(i) + (1 - beta1) * grad(i);
+      m_v(i) = beta2 * m_v(i) + (1 - beta2) * (grad(i) * grad(i));
+      x(i) -= stepSize * (m_m(i) / c1) / (std::sqrt(m_v(i) / c2) + epsilon);
+    }
   }
   /// Forgets the moment estimates (e.g. between independent meta runs).
   void reset() {
@@ -63,9 +68,14 @@ struct MetaSgd {
       throw InvalidArgument(detail::message("MetaSgd::update: x has ", x.size(), " entries, gradient ", grad.size()));
     if (!(stepSize > 0) || !(momentum >= 0 && momentum < 1))
       throw InvalidArgument("MetaSgd: need stepSize > 0 and momentum in [0, 1)");
-    if (m_u.size() != x.size()) m_u = Eigen::VectorXd::Zero(x.size());
-    m_u = momentum * m_u - stepSize * grad;
-    x += m_u;
+    if (m_u.size() != x.size()) {
+      m_u.resize(x.size());
+      for (Index i = 0; i < x.size(); ++i) m_u(i) = 0.0;
+    }
+    for (Index i = 0; i < x.size(); ++i) {
+      m_u(i) = momentum * m_u(i) - stepSize * grad(i);
+      x(i) += m_u(i);
+    }
   }
   void reset() { m_u.resize(0); }
 

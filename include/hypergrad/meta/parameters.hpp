@@ -139,7 +139,8 @@ class MetaParameters {
   void setRaw(const Eigen::VectorXd& x) {
     if (x.size() != m_raw.size())
       throw InvalidArgument(detail::message("MetaParameters::setRaw: got ", x.size(), " entries, expected ", m_raw.size()));
-    if (!x.allFinite()) throw NonFiniteValue("MetaParameters::setRaw: the new vector is not finite");
+    for (Index i = 0; i < x.size(); ++i)
+      if (!std::isfinite(x(i))) throw NonFiniteValue(detail::message("MetaParameters::setRaw: entry ", i, " is ", x(i)));
     m_raw = x;
   }
 

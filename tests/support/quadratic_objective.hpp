@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-/// \file quadratic.hpp
+/// \file quadratic_objective.hpp (tests only)
 /// \brief A stochastic quadratic training loss with closed-form derivatives, for tests and
 /// benchmarks of the optimizer and the reverse pass:
 /// \f[ L(w, t) = \tfrac12 (w - c_t)^\top A (w - c_t), \qquad c_t = \mu + \sigma\,\varepsilon_t, \f]
@@ -17,9 +17,9 @@
 #include <Eigen/Core>
 #include <Eigen/QR>
 
-#include "../config.hpp"
-#include "../errors.hpp"
-#include "../random.hpp"
+#include <hypergrad/config.hpp>
+#include <hypergrad/errors.hpp>
+#include <hypergrad/random.hpp>
 
 namespace hypergrad {
 
