@@ -179,7 +179,7 @@ TEST_CASE("digits round-trip across many chunk boundaries and the buffer ends eq
   CHECK(copy != buf);
 }
 
-TEST_CASE("push/pop at a chunk boundary reuses one spare chunk and frees the chunk above it",
+TEST_CASE("push/pop at a chunk boundary reuses the spare chunk; trim() frees what lies above it",
           "[exact][buffer]") {
   Buffer buf(1, 1);
   DigitHistory h(buf, 0, 7);
@@ -194,12 +194,32 @@ TEST_CASE("push/pop at a chunk boundary reuses one spare chunk and frees the chu
   REQUIRE(h.popBelow(boundary));
   CHECK(buf.memoryBytes() == withChunk7);  // chunk 7 is the spare
   REQUIRE(h.popBelow(Stack::capacityBelow(6)));
+  CHECK(buf.memoryBytes() == withChunk7);  // pops never free (they cannot fail, nor thrash)
+  buf.trim();
   // Now in chunk 5: chunk 6 is the spare, chunk 7 freed.
   CHECK(static_cast<double>(buf.memoryBytes()) ==
         static_cast<double>(withChunk7) - 4.0 * static_cast<double>(Stack::capacity(7)));
   CHECK(h.popAll());
   CHECK(buf.empty());
   CHECK(buf == Buffer(1, 1));
+}
+
+TEST_CASE("reserve() makes the next pushes allocation-free and trim() gives the reservation back", "[exact][buffer]") {
+  Buffer buf(300, 100);
+  DigitHistory h(buf, 150, 11);
+  h.pushTo(70);
+  const std::size_t before = buf.memoryBytes();
+  buf.reserve(3);  // 3 words per element: 300 words for each block
+  const std::size_t reserved = buf.memoryBytes();
+  CHECK(reserved > before);
+  h.pushTo(70 + 300);  // block 1 takes its whole reservation
+  CHECK(buf.memoryBytes() == reserved);
+  buf.reserve(3);  // block 1 needs more now; the others already have it
+  CHECK(buf.memoryBytes() > reserved);
+  CHECK(h.popAll());
+  buf.trim();
+  CHECK(buf.memoryBytes() <= before + 4 * Stack::capacity(0) * sizeof(std::uint32_t) * 3);
+  CHECK(buf == Buffer(300, 100));
 }
 
 TEST_CASE("allocated memory stays within 1.05x of a large content and bounded for a small one", "[exact][buffer]") {

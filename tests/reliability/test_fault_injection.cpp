@@ -33,7 +33,7 @@
 // computeHypergradients() over a run in progress, start() over a run in progress and the raw
 // stepWithGradient / unstepWeights / restepWeights / unstepOptimizerState — and retry a failed
 // call once the fault is gone. The problem: T = 6 steps of an L2-regularised logistic regression
-// (tests/reverse/logistic_fixture.hpp; one θ per weight, so the mixed products are not empty),
+// (tests/support/logistic_fixture.hpp; one θ per weight, so the mixed products are not empty),
 // eight weights in groups of 5 and 3, α and γ per (iteration, group), γ = 0.004 … 0.009 in the
 // second group so that the information buffer's word stacks grow (allocate) in the forward pass
 // and still hold words at T, and buffer blocks of 3 (one block straddles the groups).
@@ -44,9 +44,9 @@
 // divergence ends at the best iterate, other errors propagate with the best iterate in params).
 //
 // Each TEST_CASE prints the number of injection points it tried per scenario and entry point.
-// Where the library does not keep its guarantee (V1 … V7), the points sit in separate [!mayfail]
-// TEST_CASEs at the end of this file, each with what it shows and where; the main cases select
-// around them.
+// The cases where the library did not keep its guarantee when this harness was written (V1 … V7)
+// have their own TEST_CASEs at the end of this file, each saying what it showed and how it was
+// fixed; they are regression tests now. The main cases select around them.
 
 #include <cstddef>
 #include <cstdio>
@@ -88,7 +88,7 @@ void release(void* p) noexcept;
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
 
-#include "../reverse/logistic_fixture.hpp"
+#include "../support/logistic_fixture.hpp"
 
 namespace faultinjection {
 
@@ -109,7 +109,7 @@ enum class Entry : int {
   MetaValueAndGradient,  // the meta objective's valueAndGradient
   MetaHyperGradient,     // the meta objective's hyperGradient
   Callback,              // onTrainBegin, onForwardStep, onTrainEnd, onReverseBegin, onReverseStep
-  ReverseEndCallback,    // onReverseEnd (kept apart: see the [!mayfail] cases)
+  ReverseEndCallback,    // onReverseEnd (kept apart: see the  cases)
   Allocation,            // operator new and Eigen's allocations
   Count
 };
@@ -634,7 +634,7 @@ enum class Expect {
 
 /// Options of an injection campaign.
 struct Options {
-  /// Compare all of gradientFingerprints() after a rolled-back train() (the [!mayfail] case), or
+  /// Compare all of gradientFingerprints() after a rolled-back train() (the  case), or
   /// only the entries of the steps taken (the stale entries of the undone steps are not compared).
   bool fullRecordAfterRollback = true;
 };
@@ -790,7 +790,7 @@ void unstepScenario(Session<Objective>& s) {
   hypergrad::train(s.opt, s.f);
   s.inj().phase = Phase::Reverse;
   while (s.opt.iteration() > 0 && !s.aborted)
-    if (!s.attempt("unstep(f)", [&] { s.opt.unstep(s.f); })) s.repair();  // (a half step: the [!mayfail] case)
+    if (!s.attempt("unstep(f)", [&] { s.opt.unstep(s.f); })) s.repair();  // (a half step: the  case)
   try {
     s.opt.checkRecoveredStart();
   } catch (const hypergrad::Error& e) {
@@ -1026,7 +1026,7 @@ void report(const Tally& t) {
 }
 
 // Selections of plans. The cases where the library does not keep its guarantee today are left to
-// the [!mayfail] TEST_CASEs at the end of this file; the main cases select around them.
+// the  TEST_CASEs at the end of this file; the main cases select around them.
 
 /// V1: an exception from onReverseEnd.
 bool reverseEndCallback(const Plan& p) { return p.entry == Entry::ReverseEndCallback; }
@@ -1092,7 +1092,7 @@ TEST_CASE("fault injection: every failure of the objective, the meta objective o
           "exactly as it was, and the run then reverses to the healthy hypergradients",
           "[reliability][fault]") {
   // train()'s rollback leaves the fingerprints of the undone steps in the run record (V3, a
-  // [!mayfail] case below): only the entries of the steps taken are compared after it here.
+  //  case below): only the entries of the steps taken are compared after it here.
   Options train;
   train.fullRecordAfterRollback = false;
   report(inject<FaultyObjective>("step(f)", stepScenario<FaultyObjective>, objectiveFault));
@@ -1409,14 +1409,24 @@ TEST_CASE("fault injection: metaOptimize ends a diverged training run at the bes
   CHECK(failures.empty());
 }
 
-// ---- Where the library does not keep its guarantee (each a [!mayfail] case) -------------------------------
+// ---- Regression tests: where the library did not keep its guarantee, and the fix ---------------------
+//
+// V1: onReverseEnd ran after reverse()'s transaction  -> it runs inside it now.
+// V2: the meta objective's hyperGradient was not checked -> NonFiniteValue.
+// V3: train()'s rollback left the undone steps' fingerprints -> unstepping a step clears its record.
+// V4/V5: the kernel allocated during a pass (its flags; a spill of the word stack, even inside the
+//     noexcept divide) -> the driver keeps the flags, the buffer reserves a pass's worst case before
+//     the pass, pops never free (trim() does, after the operation).
+// V6/V7: lastGradient() and the start snapshot were copied after the commit point -> commit()
+//     allocates everything first.
+// The comments below describe the defects as they were found.
 
 // V1. reverse() calls onReverseEnd after its transaction (include/hypergrad/hypergradients/reverse.hpp,
 // reverse(): `(detail::callReverseEnd(callbacks, opt, out), ...)` follows the try/catch block). An
 // exception from onReverseEnd therefore leaves the run reversed (iteration 0) instead of returning
 // the optimizer to iteration T where reverse() started; computeHypergradients() likewise.
 TEST_CASE("fault injection: an exception from onReverseEnd leaves the optimizer where reverse() started",
-          "[reliability][fault][!mayfail]") {
+          "[reliability][fault]") {
   report(inject<FaultyObjective>("V1 onReverseEnd: reverse()", reverseScenario<FaultyObjective>, reverseEndCallback));
   report(inject<FaultyFusedObjective>("V1 onReverseEnd: computeHypergradients()",
                                       computeScenario<FaultyFusedObjective>, reverseEndCallback));
@@ -1427,7 +1437,7 @@ TEST_CASE("fault injection: an exception from onReverseEnd leaves the optimizer 
 // infinity raises no NonFiniteValue and lands in result.hyperparameters, although the gradient
 // from valueAndGradient and every product of the objective are checked.
 TEST_CASE("fault injection: a non-finite hyperGradient of the meta objective is a NonFiniteValue",
-          "[reliability][fault][!mayfail]") {
+          "[reliability][fault]") {
   report(inject<FaultyObjective>("V2 non-finite hyperGradient: reverse()", reverseScenario<FaultyObjective>,
                                  nonFiniteHyperGradient));
 }
@@ -1436,7 +1446,7 @@ TEST_CASE("fault injection: a non-finite hyperGradient of the meta objective is 
 // in the run record: gradientFingerprints() (and exportRun()) differ from before the call in the
 // entries from iteration() on. The states, the buffer and iteration() are exact, and reverse()
 // never reads those entries, but the record is not "bit-identical to before the call".
-TEST_CASE("fault injection: a failed train() leaves the run record as it was", "[reliability][fault][!mayfail]") {
+TEST_CASE("fault injection: a failed train() leaves the run record as it was", "[reliability][fault]") {
   report(inject<FaultyObjective>("V3 train() run record", trainScenario<FaultyObjective>, objectiveFault));
 }
 
@@ -1449,7 +1459,7 @@ TEST_CASE("fault injection: a failed train() leaves the run record as it was", "
 // cleanly: its unstep(f) fails in unstepWeights() before changing anything.) Reproduce: let every
 // allocation fail from one inside the objective's gradient call in unstep(f) on.
 TEST_CASE("fault injection: unstep(f) and reverse() keep their guarantee when allocations keep failing",
-          "[reliability][fault][allocation][!mayfail]") {
+          "[reliability][fault][allocation]") {
   report(inject<FaultyObjective>("V4 persistent allocation failures: unstep(f)", unstepScenario<FaultyObjective>,
                                  persistentAllocationFault));
   report(inject<FaultyFusedObjective>("V4 persistent allocation failures: reverse()",
@@ -1466,7 +1476,7 @@ TEST_CASE("fault injection: unstep(f) and reverse() keep their guarantee when al
 // second state's copy leaves startState(0) changed (started() stays false).
 TEST_CASE("fault injection: start() and stepWithGradient() on a new optimizer keep their guarantee when an "
           "allocation fails",
-          "[reliability][fault][allocation][!mayfail]") {
+          "[reliability][fault][allocation]") {
   report(inject<FaultyObjective>("V6/V7 new optimizer: start() and stepWithGradient()",
                                  freshRawScenario<FaultyObjective>, allocationBeforeReverse));
 }
@@ -1483,7 +1493,7 @@ TEST_CASE("fault injection: start() and stepWithGradient() on a new optimizer ke
 // campaign shows V6 for unstepOptimizerState.
 TEST_CASE("fault injection: an allocation failure in a reverse step of an imported run is an exception, not a "
           "terminate",
-          "[reliability][fault][allocation][!mayfail]") {
+          "[reliability][fault][allocation]") {
 #if defined(HYPERGRAD_TEST_HAS_FORK)
   const UseConfiguration spillInTheLastStep(1);
   const char* name = "V5 imported run: unstepWeights() and unstepOptimizerState()";

@@ -224,10 +224,12 @@ class ExactElement {
 /// reads or writes state 0. Runs the element code on made-up values; nothing is stored.
 struct ContractArithmetic {
   unsigned read = 0, written = 0;
+  int multiplies = 0;
   bool violated = false;
   const char* problem = "";
   template <class Entry>
   void multiply(int s, const Entry&) {
+    ++multiplies;
     write(s);
   }
   void add(int s, double, const char* = "") { write(s); }
@@ -260,6 +262,16 @@ const char* ruleContractViolation(const Coefficients& c) {
   return nullptr;
 }
 
+/// Multiplications by a ratio in one step of the rule: at most one spilled word each, per element
+/// and pass, which is what the kernel reserves in the buffer before a pass.
+template <class Rule, class Coefficients>
+int ruleMultiplies(const Coefficients& c) {
+  ContractArithmetic a;
+  Rule::forwardState(a, c, 0.25);
+  Rule::forwardWeights(a, c);
+  return a.multiplies;
+}
+
 /// Which halves of the step a kernel call applies or inverts.
 enum class StepPart { State, Weights, Both };
 
@@ -280,6 +292,9 @@ class ExactKernel {
     const ParameterLayout* layout;
     const Coefficients* coefficients;
     const double* gradient;
+    int multiplies;                      // ruleMultiplies(): the words per element to reserve
+    unsigned char* blockDone;            // workspace of buffer->numBlocks() flags
+    std::exception_ptr* blockErrors;     // workspace of buffer->numBlocks() slots (empty)
   };
 
   /// Applies `part` of the step forward to every element; on failure nothing has changed and
@@ -308,13 +323,17 @@ class ExactKernel {
     }
   }
 
+  // Nothing in a pass allocates: the buffer's worst case is reserved first (the only step that
+  // can fail for lack of memory, before anything changes) and the per-block flags live in the
+  // caller's workspace. So the undo of a failed pass cannot fail either.
   template <bool Forward, StepPart Part, class Coefficients>
   static void run(const Call<Coefficients>& call) {
     Buffer& buf = *call.buffer;
     const Index numBlocks = buf.numBlocks();
-    // Per block: 1 when it finished (and must be undone if another block fails).
-    std::vector<unsigned char> done(static_cast<std::size_t>(numBlocks), 0);
-    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(numBlocks));
+    buf.reserve(call.multiplies);
+    unsigned char* done = call.blockDone;  // 1 when a block finished (to undo if another fails)
+    std::exception_ptr* errors = call.blockErrors;
+    for (Index b = 0; b < numBlocks; ++b) done[b] = 0;
     bool failed = false;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (numBlocks > 1 && buf.size() >= 32768) reduction(|| : failed)
@@ -323,9 +342,9 @@ class ExactKernel {
       try {
         if constexpr (Forward) forwardBlock<Part>(call, b);
         else inverseBlock<Part>(call, b);
-        done[static_cast<std::size_t>(b)] = 1;
+        done[b] = 1;
       } catch (...) {
-        errors[static_cast<std::size_t>(b)] = std::current_exception();
+        errors[b] = std::current_exception();
         failed = true;
       }
     }
@@ -337,7 +356,7 @@ class ExactKernel {
 #pragma omp parallel for schedule(static) if (numBlocks > 1 && buf.size() >= 32768) reduction(|| : undoFailed)
 #endif
     for (Index b = 0; b < numBlocks; ++b) {
-      if (!done[static_cast<std::size_t>(b)]) continue;
+      if (!done[b]) continue;
       try {
         if constexpr (Forward) inverseBlock<Part>(call, b);
         else forwardBlock<Part>(call, b);
@@ -349,8 +368,12 @@ class ExactKernel {
       throw InvalidState("exact kernel: undoing a failed step failed; the optimizer state is lost (call start() "
                          "again). This is a bug: please report it");
     }
-    for (const std::exception_ptr& e : errors)
-      if (e) std::rethrow_exception(e);  // the lowest failing block's error: the same at any thread count
+    for (Index b = 0; b < numBlocks; ++b) {
+      if (!errors[b]) continue;
+      std::exception_ptr first = errors[b];  // the lowest failing block's: the same at any thread count
+      for (Index c = b; c < numBlocks; ++c) errors[c] = nullptr;
+      std::rethrow_exception(first);
+    }
   }
 
   // Calls fn(k, begin, end) for each group k's part of [lo, hi), in increasing order of k, or in

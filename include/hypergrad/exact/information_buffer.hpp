@@ -45,26 +45,31 @@ namespace detail {
 /// on arbitrarily long runs.
 ///
 /// Chunk k holds capacity(k) = min(firstChunkWords · 2^k, maxChunkWords) words: 256 B doubling up
-/// to 4 KiB. Chunks are freed as the stack shrinks, with one spare chunk kept above the top (the
-/// one just emptied) so that a push/pop pair at a chunk boundary, the common case in training,
-/// does not call the allocator each time.
+/// to 4 KiB. A pop never frees (it is noexcept, and a pass that pops and pushes again does not
+/// call the allocator twice); trim() frees the chunks more than one above the top, keeping one
+/// spare so that a push/pop pair at a chunk boundary, the common case in training, does not call
+/// the allocator each time. reserve(n) allocates ahead so that the next n pushes cannot fail: the
+/// exact kernel reserves a pass's worst case before it changes anything, so that no allocation
+/// can fail half-way through a step (failure atomicity without copies).
 ///
-/// Worst-case overhead of a stack of s words, allocated − stored: the free part of the top chunk
-/// plus the spare, at most two chunks, and a directory of 8 bytes per chunk (16 with the
-/// vector's slack, 0.4% of a 4 KiB chunk). From s = 960 words on (after the doublings) that is
-/// ≤ 2 × 4 KiB per stack: ≤ 1% of a 1 MiB stack (the paper's MLP holds ≈ 0.8 MiB per stack after
-/// 10^4 steps). Below, allocated ≤ 4 s + 192 words: at most 1,792 bytes for s ≤ 64 words. Chunk
-/// memory is not touched before it is written, so unused capacity is address space, not RSS.
+/// Worst-case overhead after trim() of a stack of s words, allocated − stored: the free part of
+/// the top chunk plus the spare, at most two chunks, and a directory of 8 bytes per chunk (16 with
+/// the vector's slack, 0.4% of a 4 KiB chunk). From s = 960 words on (after the doublings) that
+/// is ≤ 2 × 4 KiB per stack: ≤ 1% of a 1 MiB stack (the paper's MLP holds ≈ 0.8 MiB per stack
+/// after 10^4 steps). Below, allocated ≤ 4 s + 192 words: at most 1,792 bytes for s ≤ 64 words.
+/// Chunk memory is not touched before it is written, so unused capacity (a reservation above all)
+/// is address space, not RSS.
 ///
 /// Why 4 KiB: measured on the paper's MLP over steps 1,000–10,000 (benchmarks/bench_memory.cpp),
 /// resident memory grew 1.024× the content with 2 or 4 KiB chunks, 1.05× with 8 KiB, 1.065× with
 /// 16 KiB and 1.04× with 64 KiB: glibc splits the holes that a step's temporaries leave into a chunk
 /// and a remainder too small for the next chunk, and small chunks fill those holes.
 ///
-/// Invariants: m_chunks holds the chunks in use, bottom to top; the top chunk m_chunks.back() is
-/// [m_begin, m_end) with m_top in [m_begin, m_end]; every chunk below it is full. With no chunk,
-/// m_top = m_begin = m_end = nullptr. The top chunk may be empty (m_top == m_begin) after pops:
-/// moving down is left to the next pop, so a push right after does not switch chunks.
+/// Invariants: m_chunks holds every allocated chunk, bottom to top; the first m_used are in use,
+/// the rest are spares for the positions above. The top chunk m_chunks[m_used − 1] is
+/// [m_begin, m_end) with m_top in [m_begin, m_end]; every chunk below it is full. With no chunk
+/// in use, m_top = m_begin = m_end = nullptr. The top chunk may be empty (m_top == m_begin) after
+/// pops: moving down is left to the next pop, so a push right after does not switch chunks.
 class ChunkedWordStack {
  public:
   static constexpr std::size_t firstChunkWords = 64;   ///< 256 bytes
@@ -81,7 +86,7 @@ class ChunkedWordStack {
         m_begin(std::exchange(o.m_begin, nullptr)),
         m_end(std::exchange(o.m_end, nullptr)),
         m_chunks(std::move(o.m_chunks)),
-        m_spare(std::move(o.m_spare)) {
+        m_used(std::exchange(o.m_used, 0)) {
     o.m_chunks.clear();
   }
   ChunkedWordStack& operator=(const ChunkedWordStack& o) {
@@ -94,7 +99,7 @@ class ChunkedWordStack {
       m_begin = std::exchange(o.m_begin, nullptr);
       m_end = std::exchange(o.m_end, nullptr);
       m_chunks = std::move(o.m_chunks);
-      m_spare = std::move(o.m_spare);
+      m_used = std::exchange(o.m_used, 0);
       o.m_chunks.clear();
     }
     return *this;
@@ -110,12 +115,13 @@ class ChunkedWordStack {
                              : firstChunkWords * ((std::size_t(1) << growthChunks) - 1) + (k - growthChunks) * maxChunkWords;
   }
 
-  bool empty() const noexcept { return m_top == m_begin && m_chunks.size() <= 1; }
+  bool empty() const noexcept { return m_top == m_begin && m_used <= 1; }
   std::size_t size() const noexcept {
-    return m_chunks.empty() ? 0 : capacityBelow(m_chunks.size() - 1) + static_cast<std::size_t>(m_top - m_begin);
+    return m_used == 0 ? 0 : capacityBelow(m_used - 1) + static_cast<std::size_t>(m_top - m_begin);
   }
 
-  /// Pushes w. Strong guarantee: if a new chunk cannot be allocated the stack is unchanged.
+  /// Pushes w. Strong guarantee: if a new chunk cannot be allocated the stack is unchanged; after
+  /// reserve(n), the next n pushes allocate nothing.
   void push(std::uint32_t w) {
     if (m_top == m_end) nextChunk();
     *m_top++ = w;
@@ -127,13 +133,35 @@ class ChunkedWordStack {
     return *--m_top;
   }
 
+  /// Allocates ahead so that the next `n` pushes cannot fail (strong guarantee: on bad_alloc the
+  /// content is unchanged; chunks allocated before the failure stay as spares).
+  void reserve(std::size_t n) {
+    std::size_t room = static_cast<std::size_t>(m_end - m_top);
+    for (std::size_t k = m_used; k < m_chunks.size(); ++k) room += capacity(k);
+    if (room >= n) return;
+    std::size_t k = m_chunks.size(), need = m_chunks.size();
+    for (std::size_t r = room; r < n; r += capacity(need)) ++need;
+    m_chunks.reserve(need);  // the directory too: push() must not reallocate it
+    for (; room < n; ++k) {
+      m_chunks.push_back(Chunk(new std::uint32_t[capacity(k)]));  // uninitialised: not resident
+      room += capacity(k);
+    }
+  }
+
+  /// Frees the chunks more than one above the top (what pops and reserve() left), keeping one
+  /// spare. Never allocates.
+  void trim() noexcept {
+    const std::size_t keep = m_used + 1;
+    if (m_chunks.size() > keep) m_chunks.resize(keep);
+  }
+
   /// The words, bottom to top.
   std::vector<std::uint32_t> words() const {
     std::vector<std::uint32_t> out;
     out.reserve(size());
-    for (std::size_t k = 0; k < m_chunks.size(); ++k) {
+    for (std::size_t k = 0; k < m_used; ++k) {
       const std::uint32_t* c = m_chunks[k].get();
-      out.insert(out.end(), c, k + 1 < m_chunks.size() ? c + capacity(k) : m_top);
+      out.insert(out.end(), c, k + 1 < m_used ? c + capacity(k) : m_top);
     }
     return out;
   }
@@ -144,7 +172,7 @@ class ChunkedWordStack {
     std::size_t done = 0;
     while (done < words.size()) {
       s.nextChunk();
-      const std::size_t n = std::min(words.size() - done, capacity(s.m_chunks.size() - 1));
+      const std::size_t n = std::min(words.size() - done, capacity(s.m_used - 1));
       s.m_top = std::copy_n(words.data() + done, n, s.m_top);
       done += n;
     }
@@ -154,11 +182,9 @@ class ChunkedWordStack {
   /// Frees every chunk.
   void release() noexcept { *this = ChunkedWordStack(); }
 
-  /// Bytes allocated: chunks in use, the spare and the chunk directory.
+  /// Bytes allocated: chunks in use, the spares and the chunk directory.
   std::size_t memoryBytes() const noexcept {
-    std::size_t words = capacityBelow(m_chunks.size());
-    if (m_spare) words += capacity(m_chunks.size());
-    return words * sizeof(std::uint32_t) + m_chunks.capacity() * sizeof(Chunk);
+    return capacityBelow(m_chunks.size()) * sizeof(std::uint32_t) + m_chunks.capacity() * sizeof(Chunk);
   }
 
   /// Content equality (allocation aside).
@@ -178,22 +204,24 @@ class ChunkedWordStack {
 
   // Off the hot path: called once per chunk's worth of pushes or pops at most.
   void nextChunk() {
-    const std::size_t k = m_chunks.size();
-    // new[] without () leaves the words uninitialised: pages become resident when written.
-    Chunk c = m_spare ? std::move(m_spare) : Chunk(new std::uint32_t[capacity(k)]);
-    m_chunks.push_back(std::move(c));  // strong guarantee: on failure c frees the chunk
-    m_begin = m_top = m_chunks.back().get();
+    const std::size_t k = m_used;
+    if (k == m_chunks.size()) {
+      // new[] without () leaves the words uninitialised: pages become resident when written.
+      Chunk c(new std::uint32_t[capacity(k)]);
+      m_chunks.push_back(std::move(c));  // strong guarantee: on failure c frees the chunk
+    }
+    m_used = k + 1;
+    m_begin = m_top = m_chunks[k].get();
     m_end = m_begin + capacity(k);
   }
 
-  // Moves down to the full chunk below; false when there is none (the stack is empty). The top
-  // chunk becomes the spare, and the previous spare, two chunks above the new top, is freed.
+  // Moves down to the full chunk below; false when there is none (the stack is empty). The chunk
+  // left becomes a spare (trim() frees spares).
   bool previousChunk() noexcept {
-    if (m_chunks.size() <= 1) return false;
-    m_spare = std::move(m_chunks.back());
-    m_chunks.pop_back();
-    m_begin = m_chunks.back().get();
-    m_top = m_end = m_begin + capacity(m_chunks.size() - 1);
+    if (m_used <= 1) return false;
+    --m_used;
+    m_begin = m_chunks[m_used - 1].get();
+    m_top = m_end = m_begin + capacity(m_used - 1);
     return true;
   }
 
@@ -201,7 +229,7 @@ class ChunkedWordStack {
   std::uint32_t* m_begin = nullptr;
   std::uint32_t* m_end = nullptr;
   std::vector<Chunk> m_chunks;
-  Chunk m_spare;
+  std::size_t m_used = 0;
 };
 
 }  // namespace detail
@@ -272,6 +300,22 @@ class InformationBuffer {
     std::size_t bytes = m_states.capacity() * sizeof(std::uint64_t) + m_stacks.capacity() * sizeof(Stack);
     for (const auto& s : m_stacks) bytes += s.memoryBytes();
     return bytes;
+  }
+
+  /// Makes sure that `wordsPerElement` more words per element can be spilled onto every block's
+  /// stack without allocating (the worst case of a pass that multiplies or divides each element
+  /// that many times). Strong guarantee: on bad_alloc the content is unchanged.
+  void reserve(Index wordsPerElement) {
+    if (wordsPerElement <= 0) return;
+    for (Index b = 0; b < numBlocks(); ++b)
+      m_stacks[static_cast<std::size_t>(b)].reserve(
+          static_cast<std::size_t>(wordsPerElement) * static_cast<std::size_t>(blockEnd(b) - blockBegin(b)));
+  }
+
+  /// Frees what pops and reserve() left above each stack's top, keeping one spare chunk per
+  /// stack. Never allocates.
+  void trim() noexcept {
+    for (auto& s : m_stacks) s.trim();
   }
 
   /// Number of spilled 32-bit words in all blocks.

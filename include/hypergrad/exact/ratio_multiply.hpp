@@ -219,6 +219,7 @@ void multiplyByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& r
   static_assert(MBits >= DBits + 1, "hypergrad: the coder precision MBits must exceed the ratio bits DBits");
   constexpr std::uint32_t d = std::uint32_t(1) << DBits;
   detail::checkRuns(runs, size, d, buf, "multiplyByRatio");
+  buf.reserve(1);  // each element spills at most one word: no allocation inside the loop
   const Index numBlocks = buf.numBlocks();
   detail::BlockErrors errors;
 #if defined(_OPENMP)
@@ -235,6 +236,7 @@ void multiplyByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& r
       }
     });
   }
+  buf.trim();
   errors.rethrow();
 }
 
@@ -244,6 +246,7 @@ template <class Rounding = BitsBackRounding, int DBits = 16, int MBits = 24>
 void divideByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& runs, InformationBuffer<MBits>& buf) {
   constexpr std::uint32_t d = std::uint32_t(1) << DBits;
   detail::checkRuns(runs, size, d, buf, "divideByRatio");
+  buf.reserve(1);
   const Index numBlocks = buf.numBlocks();
   detail::BlockErrors errors;
 #if defined(_OPENMP)
@@ -263,6 +266,7 @@ void divideByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& run
       }
     });
   }
+  buf.trim();
   errors.rethrow();
 }
 

@@ -174,6 +174,7 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
       throw InvalidArgument(detail::message("reverse: the meta objective's hyperGradient has ", dtheta.size(),
                                             " entries but the objective has ", numHyper, " hyperparameters"));
     }
+    detail::checkFiniteProduct(dtheta, "meta objective's hyperGradient", T, nullptr);
   }
   for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j) = Eigen::MatrixXd::Zero(opt.numIterations(), numGroups);
 
@@ -223,14 +224,14 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
       (detail::callReverseStep(callbacks, opt, t, state), ...);
     }
     opt.checkRecoveredStart();
+    for (int s = 0; s < S; ++s) out.initialState(s) = std::move(adjoints[static_cast<std::size_t>(s)]);
+    out.hyperparameters = std::move(dtheta);
+    (detail::callReverseEnd(callbacks, opt, out), ...);
   } catch (...) {
     const std::exception_ptr error = std::current_exception();
     detail::restoreAfterFailedReverse(opt, f, T);
     std::rethrow_exception(error);
   }
-  for (int s = 0; s < S; ++s) out.initialState(s) = std::move(adjoints[static_cast<std::size_t>(s)]);
-  out.hyperparameters = std::move(dtheta);
-  (detail::callReverseEnd(callbacks, opt, out), ...);
   return out;
 }
 

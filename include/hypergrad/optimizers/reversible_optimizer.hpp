@@ -12,6 +12,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <utility>
 #include <vector>
@@ -102,6 +103,7 @@ class ReversibleOptimizer
       throw InvalidArgument(detail::message("update rule '", Rule::name, "' breaks the reversibility contract: ",
                                             problem, " (see optimizers/concept.hpp)"));
     }
+    m_multiplies = detail::ruleMultiplies<Rule>(m_schedules.at(0, 0));
   }
 
   /// The same with the schedules as separate arguments: `(layout, α, γ)` or `(layout, α, γ, blockSize)`.
@@ -126,17 +128,9 @@ class ReversibleOptimizer
     int k = 0;
     (void)std::initializer_list<int>{(s[static_cast<std::size_t>(k)] = toFixed(initial, k), ++k)...};
     for (; k < numStates; ++k) s[static_cast<std::size_t>(k)] = Fixed(size());
-    Buffer buffer(size(), m_blockSize);
-    std::vector<std::uint64_t> record(static_cast<std::size_t>(numIterations()), 0);
-    // Commit: nothing above changed *this; nothing below throws.
-    m_start = s;
-    m_state = std::move(s);
-    m_buffer = std::move(buffer);
-    m_fingerprints = std::move(record);
-    m_t = 0;
-    m_halfStep = false;
-    m_broken = false;
-    m_started = true;
+    RunState run{s, s, Buffer(size(), m_blockSize), std::vector<std::uint64_t>(static_cast<std::size_t>(numIterations()), 0),
+                 0, false};
+    commit(std::move(run));
   }
 
   /// One forward step at iteration t = iteration(): g = ∇L(w_t, θ, t), then the exact update.
@@ -185,6 +179,7 @@ class ReversibleOptimizer
       throw InvalidState(detail::message(Rule::name, ": restepWeights(): there is no unstepWeights() to undo"));
     m_schedules.fill(m_t - 1, m_coefficients);
     runKernel(true, detail::StepPart::Weights, m_t - 1, nullptr);
+    m_buffer.trim();
     m_halfStep = false;
   }
 
@@ -235,6 +230,8 @@ class ReversibleOptimizer
     }
     m_schedules.fill(t, m_coefficients);
     runKernel(false, detail::StepPart::State, t, g.data());
+    m_buffer.trim();
+    m_fingerprints[static_cast<std::size_t>(t)] = 0;  // a step not taken has no record
     m_halfStep = false;
     --m_t;
   }
@@ -337,14 +334,7 @@ class ReversibleOptimizer
                                             run.fingerprints.size(), " recorded steps do not fit schedules of ",
                                             numIterations(), " iterations"));
     }
-    m_state = std::move(run.state);
-    m_start = std::move(run.start);
-    m_buffer = std::move(run.buffer);
-    m_fingerprints = std::move(run.fingerprints);
-    m_t = run.iteration;
-    m_halfStep = run.halfStep;
-    m_broken = false;
-    m_started = true;
+    commit(std::move(run));
   }
 
   /// Reads the current state as doubles element by element (what the reverse pass's adjoint
@@ -360,6 +350,30 @@ class ReversibleOptimizer
   }
 
  private:
+  // Makes `run` the current run. Everything that can allocate happens before the first member
+  // changes (the workspaces are sized here, so that no later operation allocates after it has
+  // changed the state); the moves at the end do not throw.
+  void commit(RunState&& run) {
+    std::vector<Coefficients> coefficients(static_cast<std::size_t>(m_layout.numGroups()));
+    std::vector<unsigned char> blockDone(static_cast<std::size_t>(run.buffer.numBlocks()));
+    std::vector<std::exception_ptr> blockErrors(static_cast<std::size_t>(run.buffer.numBlocks()));
+    Eigen::VectorXd wd(size()), g = Eigen::VectorXd::Zero(size()), work(size());
+    m_state = std::move(run.state);
+    m_start = std::move(run.start);
+    m_buffer = std::move(run.buffer);
+    m_fingerprints = std::move(run.fingerprints);
+    m_t = run.iteration;
+    m_halfStep = run.halfStep;
+    m_coefficients = std::move(coefficients);
+    m_blockDone = std::move(blockDone);
+    m_blockErrors = std::move(blockErrors);
+    m_wd.swap(wd);
+    m_g.swap(g);
+    m_work.swap(work);
+    m_broken = false;
+    m_started = true;
+  }
+
   // The forward step with g_t given; everything but remembering g (see lastGradient()).
   void applyStep(const Eigen::VectorXd& g) {
     requireForward("step");
@@ -368,6 +382,7 @@ class ReversibleOptimizer
     const std::uint64_t print = fingerprint(g.data(), g.size());
     m_schedules.fill(t, m_coefficients);
     runKernel(true, detail::StepPart::Both, t, g.data());
+    m_buffer.trim();
     m_fingerprints[static_cast<std::size_t>(t)] = print;
     ++m_t;
   }
@@ -394,14 +409,19 @@ class ReversibleOptimizer
   void runKernel(bool forwardDirection, detail::StepPart part, Index t, const double* g) {
     std::array<std::int64_t*, static_cast<std::size_t>(numStates)> x;
     for (int s = 0; s < numStates; ++s) x[static_cast<std::size_t>(s)] = m_state[static_cast<std::size_t>(s)].data();
-    const typename Kernel::template Call<Coefficients> call{x.data(), &m_buffer, &m_layout, m_coefficients.data(), g};
+    const typename Kernel::template Call<Coefficients> call{x.data(), &m_buffer, &m_layout, m_coefficients.data(), g,
+                                                            m_multiplies, m_blockDone.data(), m_blockErrors.data()};
     try {
       if (forwardDirection) Kernel::forward(call, part);
       else Kernel::inverse(call, part);
     } catch (const detail::ElementFailure& f) {
+      m_buffer.trim();
       throwFailure(f, t, forwardDirection);
     } catch (const InvalidState&) {
       m_broken = true;
+      throw;
+    } catch (...) {  // std::bad_alloc from the reservation, before anything changed
+      m_buffer.trim();
       throw;
     }
   }
@@ -489,6 +509,7 @@ class ReversibleOptimizer
   ParameterLayout m_layout;
   Schedules m_schedules;
   Index m_blockSize;
+  int m_multiplies = 0;  // ratio multiplications per element and step (the buffer reservation)
 
   std::array<Fixed, static_cast<std::size_t>(numStates)> m_state, m_start;
   Buffer m_buffer;
@@ -498,8 +519,10 @@ class ReversibleOptimizer
   bool m_started = false;
   bool m_broken = false;
 
-  // Workspace (not part of the state).
+  // Workspace (not part of the state), sized by commit() so that no operation allocates it.
   std::vector<Coefficients> m_coefficients;
+  std::vector<unsigned char> m_blockDone;
+  std::vector<std::exception_ptr> m_blockErrors;
   Eigen::VectorXd m_wd, m_g, m_work;
 };
 
