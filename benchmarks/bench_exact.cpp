@@ -63,7 +63,7 @@ std::vector<std::int64_t> velocityLike(Index n, std::uint64_t seed) {
 }
 
 double boundBits(std::uint32_t numerator) {
-  return std::log2(static_cast<double>(hypergrad::Ratio<kRatioBits>::denominator) / numerator);
+  return std::log2(static_cast<double>(hypergrad::Ratio<kRatioBits>::maxDenominator) / numerator);
 }
 
 /// ns per element from the thread CPU time of the timed calls alone (the untimed pairing work
@@ -88,7 +88,7 @@ void setBitsCounters(benchmark::State& state, Index n, std::uint32_t numerator) 
 
 template <class Policy>
 void exactMultiply(benchmark::State& state, Index n, double gamma) {
-  const std::uint32_t numerator = hypergrad::Ratio<kRatioBits>::quantize(gamma).numerator;
+  const std::uint32_t numerator = hypergrad::Ratio<kRatioBits>::nearestDyadic(gamma).numerator;
   const auto runs = hypergrad::ratioRuns(n, numerator);
   const std::vector<std::int64_t> original = velocityLike(n, 1);
   std::vector<std::int64_t> c = original;
@@ -115,7 +115,7 @@ void exactMultiply(benchmark::State& state, Index n, double gamma) {
 
 template <class Policy>
 void exactDivide(benchmark::State& state, Index n, double gamma) {
-  const std::uint32_t numerator = hypergrad::Ratio<kRatioBits>::quantize(gamma).numerator;
+  const std::uint32_t numerator = hypergrad::Ratio<kRatioBits>::nearestDyadic(gamma).numerator;
   const auto runs = hypergrad::ratioRuns(n, numerator);
   const std::vector<std::int64_t> original = velocityLike(n, 1);
   std::vector<std::int64_t> c = original;

@@ -126,7 +126,7 @@ constexpr int kPairSteps = 16;  // timed steps between untimed inverse steps
 void spillRegime(benchmark::State& state, Index n, bool multiply) {
   using Buffer = hypergrad::InformationBuffer<24>;
   using Policy = hypergrad::BitsBackRounding;
-  const auto runs = hypergrad::ratioRuns(n, hypergrad::Ratio<16>::quantize(0.9).numerator);
+  const auto runs = hypergrad::ratioRuns(n, hypergrad::Ratio<16>::nearestDyadic(0.9).numerator);
   hypergrad::CounterRng rng(1, 0x5e1);
   std::vector<std::int64_t> c(static_cast<std::size_t>(n));
   for (auto& x : c) x = hypergrad::FixedFormat<52>::fromDouble(0.01 * rng.normal());

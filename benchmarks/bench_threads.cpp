@@ -70,7 +70,7 @@ std::vector<std::int64_t> velocityLike(Index n) {
 /// Wall-clock time of multiplies (forward = true) or divides, paired to keep the buffer bounded.
 void ratioThreads(benchmark::State& state, Index n, int threads, bool forward) {
   setThreads(threads);
-  const auto runs = hypergrad::ratioRuns(n, hypergrad::Ratio<kRatioBits>::quantize(0.9).numerator);
+  const auto runs = hypergrad::ratioRuns(n, hypergrad::Ratio<kRatioBits>::nearestDyadic(0.9).numerator);
   const std::vector<std::int64_t> original = velocityLike(n);
   std::vector<std::int64_t> c = original;
   Buffer buf(n);
@@ -111,7 +111,7 @@ void ratioThreads(benchmark::State& state, Index n, int threads, bool forward) {
 }
 
 void ratioBitExact(benchmark::State& state, Index n) {
-  const auto runs = hypergrad::ratioRuns(n, hypergrad::Ratio<kRatioBits>::quantize(0.9).numerator);
+  const auto runs = hypergrad::ratioRuns(n, hypergrad::Ratio<kRatioBits>::nearestDyadic(0.9).numerator);
   const std::vector<std::int64_t> original = velocityLike(n);
   bool exact = true;
   for (auto _ : state) {

@@ -97,7 +97,7 @@ int run(const Options& opt) {
   using Fixed = hypergrad::FixedVector<52>;
   const hypergrad::Index n = opt.size;
   // The γ the arithmetic really uses; (1 − γ) below must use the same value.
-  const auto gamma = hypergrad::Ratio<16>::quantize(opt.gamma, "--gamma");
+  const auto gamma = hypergrad::Ratio<16>::nearestDyadic(opt.gamma, "--gamma");
   const double g = gamma.value();
   const std::uint64_t gradientSeed = hypergrad::mix64(opt.seed);
 

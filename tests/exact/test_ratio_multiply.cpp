@@ -1,5 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <tuple>
+#include <type_traits>
+
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -14,7 +17,7 @@ namespace {
 
 using Fixed = FixedVector<52>;  // range ±2048
 using Buffer = InformationBuffer<24>;
-constexpr std::uint32_t kD = Ratio<16>::denominator;
+constexpr std::uint32_t kD = Ratio<16>::maxDenominator;
 
 // Numerator for element i at step t: a mix of the edge cases and random ratios, a pure function
 // of (seed, t, i) so that the reverse pass can regenerate it.
@@ -22,10 +25,10 @@ std::uint32_t mixedNumerator(CounterRng& rng) {
   switch (rng.below(8)) {
     case 0: return kD;                                        // gamma = 1: identity
     case 1: return 1;                                         // the smallest gamma, 1/d
-    case 2: return Ratio<16>::quantize(0.5).numerator;
-    case 3: return Ratio<16>::quantize(0.9).numerator;
-    case 4: return Ratio<16>::quantize(0.98).numerator;
-    case 5: return Ratio<16>::quantize(0.999).numerator;
+    case 2: return Ratio<16>::nearestDyadic(0.5).numerator;
+    case 3: return Ratio<16>::nearestDyadic(0.9).numerator;
+    case 4: return Ratio<16>::nearestDyadic(0.98).numerator;
+    case 5: return Ratio<16>::nearestDyadic(0.999).numerator;
     default: return 1 + static_cast<std::uint32_t>(rng.below(kD));
   }
 }
@@ -118,7 +121,7 @@ TEST_CASE("floor rounding also reverses bit for bit with per-element per-step ga
 
 TEST_CASE("11 divisions then 11 multiplications by the same gamma return the start exactly", "[exact][roundtrip]") {
   for (double gamma : {0.5, 0.9, 0.98}) {
-    const std::uint32_t num = Ratio<16>::quantize(gamma).numerator;
+    const std::uint32_t num = Ratio<16>::nearestDyadic(gamma).numerator;
     Eigen::VectorXd x(6);
     x << 0.0, 1e-15, -1e-15, 0.123456789, -0.987654321, 1e-3;  // 1 / 0.5^11 = 2048: stay in range
     Fixed c = Fixed::fromDouble(x);
@@ -142,7 +145,7 @@ TEST_CASE("bits-back rounding stores within 2% of the entropy bound log2(d/n)", 
   const Index n = 4000;
   const int steps = 1000;
   for (double gamma : {0.5, 0.9, 0.98, 0.999}) {
-    const std::uint32_t num = Ratio<16>::quantize(gamma).numerator;
+    const std::uint32_t num = Ratio<16>::nearestDyadic(gamma).numerator;
     const double bound = std::log2(static_cast<double>(kD) / num);
     Fixed v = initialVelocity(n);
     Buffer buf(n);
@@ -162,7 +165,7 @@ TEST_CASE("floor rounding stores E[log2 preimage size] bits, 1.3-1.4x the bound 
   const Index n = 20000;
   for (double gamma : {0.5, 0.9, 0.98, 0.999}) {
     const int steps = gamma >= 0.999 ? 2000 : 500;
-    const std::uint32_t num = Ratio<16>::quantize(gamma).numerator;
+    const std::uint32_t num = Ratio<16>::nearestDyadic(gamma).numerator;
     const double bound = std::log2(static_cast<double>(kD) / num);
     const double expected = floorRoundingBits(num);
     Fixed v = initialVelocity(n);
@@ -184,7 +187,7 @@ TEST_CASE("bits-back error stays below n units of the last place, floor below on
   const Index n = 20000;
   Eigen::VectorXd x(n);
   for (Index i = 0; i < n; ++i) x(i) = 1000.0 * (2.0 * rng.uniform() - 1.0);
-  const std::uint32_t num = Ratio<16>::quantize(0.9).numerator;
+  const std::uint32_t num = Ratio<16>::nearestDyadic(0.9).numerator;
   for (int policy = 0; policy < 2; ++policy) {
     Fixed c = Fixed::fromDouble(x);
     Buffer buf(n);
@@ -208,7 +211,10 @@ TEST_CASE("invalid momentum factors are rejected with the documented exception",
   CHECK_THROWS_WITH(Ratio<16>::quantize(1e-6), Catch::Contains("smallest representable"));
   CHECK(Ratio<16>::quantize(1.0 / kD).numerator == 1);
   CHECK(Ratio<16>::quantize(1.0).numerator == kD);
-  CHECK(quantizedGamma(0.9) == 58982.0 / 65536.0);
+  CHECK(Ratio<16>::nearestDyadic(0.9).numerator == 58982);
+  // A γ within 2^-17 of 1 that is no small fraction would silently lose its decay: refused.
+  CHECK_THROWS_WITH(Ratio<16>::quantize(0.9999999), Catch::Contains("rounded to exactly 1") && Catch::Contains("Pass 1"));
+  CHECK(Ratio<16>::quantize(65535.0 / 65536.0).numerator == 65535);  // but 1 − 2^-16 is exact
 
   Fixed c(10);
   Buffer buf(10);
@@ -227,4 +233,70 @@ TEST_CASE("a division that leaves the int64 range throws FixedPointOverflow", "[
   Fixed c = Fixed::fromRaw(raw);
   Buffer buf(2);
   CHECK_THROWS_AS(divideByRatio(c.data(), 2, ratioRuns(2, 1u), buf), FixedPointOverflow);
+}
+
+TEST_CASE("with exact fractions, momentum factors a user types are used exactly; others are rounded",
+          "[exact][ratio]") {
+  using R = Ratio<16>;
+  const Quantization exact = Quantization::ExactFractions;
+  CHECK(R::quantize(0.9).numerator == 58982);  // the default: the nearest n/2^16
+  CHECK(R::quantize(0.9).dyadic());
+  // Decimal and simple fractions: exact, with their own denominator.
+  for (const auto& [gamma, n, d] : {std::tuple<double, unsigned, unsigned>{0.9, 9, 10}, {0.99, 99, 100},
+                                     {0.999, 999, 1000}, {0.95, 19, 20}, {1.0 / 3.0, 1, 3}, {0.123, 123, 1000},
+                                     {0.9999, 9999, 10000}, {0.6, 3, 5}}) {
+    const R r = R::quantize(gamma, "gamma", exact);
+    INFO("gamma = " << gamma);
+    CHECK(r.numerator == n);
+    CHECK(r.denominator == d);
+    CHECK(r.value() == gamma);  // the hypergradient refers to exactly the value asked for
+    CHECK_FALSE(r.dyadic());
+  }
+  // Dyadic values keep the fast dyadic form, whatever their denominator.
+  CHECK(R::quantize(0.875, "gamma", exact).dyadic());
+  CHECK(R::quantize(0.875, "gamma", exact).numerator == 57344);
+  CHECK(R::fromFraction(7, 8) == R::quantize(0.875));
+  // Other doubles are rounded (a meta-optimiser's γ, say): within 2^-17 of the request.
+  const double odd = 0.8765432123456789;
+  const R r = R::quantize(odd, "gamma", exact);
+  CHECK(r.dyadic());
+  CHECK(std::fabs(r.value() - odd) <= 0.5 / kD);
+  CHECK(R::fromFraction(6, 10) == R::fromFraction(3, 5));
+  CHECK_THROWS_AS(R::fromFraction(11, 10), InvalidArgument);
+  CHECK_THROWS_AS(R::fromFraction(1, 70000), InvalidArgument);
+}
+
+TEMPLATE_TEST_CASE("multiplying by a non-dyadic ratio n/d is exactly undone, near the entropy bound",
+                   "[exact][ratio]", BitsBackRounding, FloorRounding) {
+  using R = Ratio<16>;
+  const Index n = 3000;
+  Buffer buf(n, 1000);
+  Fixed c(n);
+  hypergrad::CounterRng rng(17);
+  for (Index i = 0; i < n; ++i) c.raw(i) = static_cast<std::int64_t>(rng.next() >> 1) - (std::int64_t(1) << 62);
+  c.raw(0) = std::numeric_limits<std::int64_t>::max();
+  c.raw(1) = std::numeric_limits<std::int64_t>::min() + 1;
+  const Fixed start = c;
+  const R ratios[] = {R::fromFraction(9, 10), R::fromFraction(999, 1000), R::fromFraction(1, 3),
+                      R::fromFraction(65521, 65536 - 1)};
+  double bound = 0.0;
+  for (int step = 0; step < 40; ++step) {
+    const R& r = ratios[step % 4];
+    bound += std::log2(1.0 / r.value()) * static_cast<double>(n);
+    for (Index i = 0; i < n; ++i) {
+      const std::int64_t before = c[i];
+      TestType::template multiplyRatio<16>(c.raw(i), r, i, buf);
+      // floor(c·n/d) ≤ result < floor(c·n/d) + n (bits-back) or = floor(c·n/d) (floor).
+      const detail::Int128 image = detail::floorDiv128(detail::Int128(before) * r.numerator, r.denominator);
+      CHECK((detail::Int128(c[i]) >= image && detail::Int128(c[i]) < image + r.numerator));
+    }
+  }
+  const double bits = buf.informationBits();
+  if (std::is_same<TestType, BitsBackRounding>::value) CHECK(bits <= 1.001 * bound + 64.0);
+  for (int step = 40; step-- > 0;) {
+    const R& r = ratios[step % 4];
+    for (Index i = n; i-- > 0;) REQUIRE(TestType::template tryDivideRatio<16>(c.raw(i), r, i, buf));
+  }
+  CHECK(c == start);
+  CHECK(buf.empty());
 }

@@ -533,7 +533,12 @@ struct OptimizerProgram {
         gamma(t, k) = anyMomentum(in);
         valid = valid && std::isfinite(alpha(t, k));
         const double g = gamma(t, k);
-        valid = valid && std::isfinite(g) && g > 0.0 && g <= 1.0 && std::round(g * (1u << RatioBits)) >= 1.0;
+        // In (0, 1] and not below 1/2^(RatioBits+1); a γ below 1 that rounds to 1 is refused (no
+        // fraction with a denominator <= 2^RatioBits lies that close to 1: exact/ratio.hpp).
+        const double scaled = g * double(1u << RatioBits);
+        const bool domain = std::isfinite(g) && g > 0.0 && g <= 1.0 && std::round(scaled) >= 1.0;
+        const bool toOne = domain && g < 1.0 && std::round(scaled) >= double(1u << RatioBits);
+        valid = valid && domain && !toOne;
       }
     std::unique_ptr<Opt> made;
     try {

@@ -47,7 +47,9 @@ std::uint64_t recordedRun() {
   const ParameterLayout layout = threeGroups();
   const Index T = 40, G = 3, N = layout.size();
   Eigen::MatrixXd alpha(T, G), gamma(T, G);
-  const double gammas[] = {0.5, 0.9, 0.97, 1.0, 0.123};
+  // The momenta as the previous implementation quantised 0.5, 0.9, 0.97, 1 and 0.123 (to n/2^16;
+  // 0.9, 0.97 and 0.123 would now be exact fractions, i.e. another run).
+  const double gammas[] = {0.5, 58982.0 / 65536, 63570.0 / 65536, 1.0, 8061.0 / 65536};
   for (Index t = 0; t < T; ++t)
     for (Index k = 0; k < G; ++k) {
       alpha(t, k) = 0.01 * double(1 + (t * 7 + k * 3) % 5);

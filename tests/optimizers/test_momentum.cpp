@@ -5,6 +5,7 @@
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
 
+#include "../support/double_trainer.hpp"
 #include "../support/logistic_fixture.hpp"
 
 using namespace hypergrad;
@@ -132,4 +133,45 @@ TEST_CASE("fixed-point overflow of the weights names iteration, group and value,
   CHECK(opt.fixedWeights() == w);
   CHECK(opt.fixedVelocity() == v);
   CHECK(opt.buffer().empty());
+}
+
+TEST_CASE("with exact fractions gamma = 0.9 is used exactly; the default rounds it and reports how far",
+          "[optimizer][ratio]") {
+  const Logistic f(50, 8, 10, 61);
+  const fixture::Validation valid(f, 62);
+  const auto layout = twoGroups();
+  const Index T = 30;
+  const Eigen::MatrixXd alpha = Eigen::MatrixXd::Constant(T, 2, 0.3);
+  Eigen::MatrixXd gamma(T, 2);
+  gamma.col(0).setConstant(0.9);
+  gamma.col(1).setConstant(0.8765432123);  // no small fraction: rounded either way
+
+  SgdMomentum<> rounded(layout, Schedule(alpha), Schedule(gamma));
+  const auto& report = rounded.schedules().quantization(MomentumRule::Momentum);
+  CHECK(report.rounded == 2 * T);
+  CHECK(report.exact == 0);
+  CHECK(report.maxAbsolute <= 0.5 / 65536);
+  CHECK(report.maxAbsolute > 0.0);
+  CHECK(rounded.quantizedMomenta()(0, 0) == 58982.0 / 65536);
+
+  SgdMomentum<> exact(layout, Schedule(alpha), Schedule(gamma), OptimizerOptions().exactFractions());
+  CHECK(exact.quantizedMomenta()(0, 0) == 0.9);
+  CHECK(exact.quantizedMomenta()(0, 1) == rounded.quantizedMomenta()(0, 1));
+  CHECK(exact.schedules().quantization(MomentumRule::Momentum).exact == T);
+  CHECK(exact.schedules().quantization(MomentumRule::LearningRate).rounded == 0);
+  const VectorXd w1 = VectorXd::LinSpaced(8, -1, 1);
+  const Hypergradients hg = computeHypergradients(exact, f, valid, w1);
+  CHECK(exact.buffer().empty());  // reversed bit for bit through the 9/10 multiplies
+  // ∂f/∂γ refers to the γ requested: central differences of the reference run at exactly 0.9.
+  auto loss = [&](const Eigen::MatrixXd& g) {
+    return valid.value(fixture::trainDouble(f, layout, alpha, g, w1, VectorXd::Zero(8)).w.back());
+  };
+  Eigen::MatrixXd used = exact.quantizedMomenta();
+  const double eps = 1e-6;
+  for (Index t : {Index(0), Index(12), Index(T - 1)}) {
+    Eigen::MatrixXd p = used, m = used;
+    p(t, 0) += eps;
+    m(t, 0) -= eps;
+    CHECK(fixture::relErr((loss(p) - loss(m)) / (2 * eps), hg.momenta(t, 0)) < 1e-5);
+  }
 }

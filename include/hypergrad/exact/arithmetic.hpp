@@ -57,10 +57,11 @@ struct ElementFailure {
 };
 
 /// One logged operation of an element: an addition of `addend` to state `state`, or (numerator
-/// non-zero) a multiplication of it by numerator/d through the buffer.
+/// non-zero) a multiplication of it by numerator/denominator through the buffer.
 struct ElementOp {
   int state;
-  std::uint32_t numerator;
+  std::uint32_t numerator;    // 0 for an addition
+  std::uint32_t denominator;
   std::int64_t addend;
 };
 
@@ -86,7 +87,7 @@ enum class ElementMode {
 template <class Format, class Rounding, int DBits, class Buffer, int S, ElementMode Mode>
 class ExactElement {
  public:
-  static constexpr std::uint32_t denominator = std::uint32_t(1) << DBits;
+  using RatioType = Ratio<DBits>;
 
   /// `limit`: Record mode logs only the first `limit` operations (the rest are ignored).
   ExactElement(Index i, Buffer& buf, int limit = kMaxElementOps) noexcept : m_i(i), m_buf(&buf), m_limit(limit) {}
@@ -113,12 +114,12 @@ class ExactElement {
   /// compiler can unroll the log).
   template <class Entry>
   void multiply(int s, const Entry& c) {
-    const std::uint32_t n = c.ratio.numerator;
+    const RatioType& r = c.ratio;
     if constexpr (Mode == ElementMode::Apply) {
-      if (n != denominator) Rounding::template multiplyOne<DBits>(m_x[s], n, m_i, *m_buf);
+      if (!r.one()) Rounding::template multiplyRatio<DBits>(m_x[s], r, m_i, *m_buf);
       ++m_count;
     } else {
-      if (m_count < m_limit) log(ElementOp{s, n, 0});
+      if (m_count < m_limit) log(ElementOp{s, r.numerator, r.denominator, 0});
     }
   }
 
@@ -143,7 +144,8 @@ class ExactElement {
       const ElementOp& op = m_log[k - 1];
       std::int64_t& x = m_x[op.state];
       if (op.numerator != 0) {
-        if (op.numerator != denominator && !Rounding::template tryDivideOne<DBits>(x, op.numerator, m_i, *m_buf))
+        if (op.numerator != op.denominator &&
+            !Rounding::template tryDivideRatio<DBits>(x, RatioType{op.numerator, op.denominator}, m_i, *m_buf))
           break;
       } else {
         std::int64_t r;
@@ -172,7 +174,7 @@ class ExactElement {
       m_x[s] = r;
       ++m_count;
     } else {
-      log(ElementOp{s, 0, d});
+      log(ElementOp{s, 0, 0, d});
     }
   }
 
@@ -186,8 +188,9 @@ class ExactElement {
     const ElementOp& op = m_log[k - 1];
     for (int j = k; j < m_count; ++j) {
       const ElementOp& redo = m_log[j];
-      if (redo.numerator == denominator) continue;
-      if (redo.numerator != 0) Rounding::template multiplyOne<DBits>(m_x[redo.state], redo.numerator, m_i, *m_buf);
+      if (redo.numerator != 0 && redo.numerator == redo.denominator) continue;
+      if (redo.numerator != 0)
+        Rounding::template multiplyRatio<DBits>(m_x[redo.state], RatioType{redo.numerator, redo.denominator}, m_i, *m_buf);
       else m_x[redo.state] += redo.addend;  // restores a value that was stored before: cannot overflow
     }
     ElementFailure f;

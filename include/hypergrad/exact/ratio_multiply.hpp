@@ -114,6 +114,52 @@ struct BitsBackRounding {
     c = q * (std::int64_t(1) << DBits) + static_cast<std::int64_t>(r);
     return true;
   }
+
+  /// c ← c · n/d for any ratio (optimizers/ use this): the dyadic path above, or, for another d,
+  /// push(c mod d, radix d); c = floor(c/d)·n + pop(radix n). Error below n units, log2(d/n) bits.
+  template <int DBits, class Buffer>
+  static void multiplyRatio(std::int64_t& c, const Ratio<DBits>& ratio, Index i, Buffer& buf) {
+    if (ratio.dyadic()) return multiplyOne<DBits>(c, ratio.numerator, i, buf);
+    const auto d = static_cast<std::int64_t>(ratio.denominator);
+    std::int64_t q = c / d, rem = c % d;  // floor division: the quotient's sign fixed below
+    if (rem < 0) {
+      rem += d;
+      --q;
+    }
+    buf.pushUniform(i, static_cast<std::uint32_t>(rem), ratio.denominator);
+    const std::uint32_t s = buf.popUniform(i, ratio.numerator);
+    c = q * static_cast<std::int64_t>(ratio.numerator) + static_cast<std::int64_t>(s);  // |q·n| ≤ |c|
+  }
+
+  /// The inverse of multiplyRatio; false (element and buffer unchanged) when the quotient leaves
+  /// the int64 range, which the matching multiply never produces.
+  template <int DBits, class Buffer>
+  static bool tryDivideRatio(std::int64_t& c, const Ratio<DBits>& ratio, Index i, Buffer& buf) noexcept {
+    if (ratio.dyadic()) return tryDivideOne<DBits>(c, ratio.numerator, i, buf);
+    const auto n = static_cast<std::int64_t>(ratio.numerator);
+    const auto d = static_cast<detail::Int128>(ratio.denominator);
+    std::int64_t q = c / n, rem = c % n;
+    if (rem < 0) {
+      rem += n;
+      --q;
+    }
+    // The result q·d + r, r in [0, d), must lie in (INT64_MIN, INT64_MAX]: rule out a q for which
+    // no r fits before touching the buffer, and check the exact result after.
+    constexpr detail::Int128 lo = detail::Int128(std::numeric_limits<std::int64_t>::min()) + 1;
+    constexpr detail::Int128 hi = std::numeric_limits<std::int64_t>::max();
+    const detail::Int128 base = detail::Int128(q) * d;
+    if (base + d - 1 < lo || base > hi) return false;
+    buf.pushUniform(i, static_cast<std::uint32_t>(rem), ratio.numerator);
+    const std::uint32_t r = buf.popUniform(i, ratio.denominator);
+    const detail::Int128 result = base + r;
+    if (result < lo || result > hi) {  // undo the pair, leaving the buffer as it was
+      buf.pushUniform(i, r, ratio.denominator);
+      static_cast<void>(buf.popUniform(i, ratio.numerator));
+      return false;
+    }
+    c = static_cast<std::int64_t>(result);
+    return true;
+  }
 };
 
 /// Deterministic rounding: c' = floor(c·n/d) exactly (error below one unit); stores the index of
@@ -141,6 +187,36 @@ struct FloorRounding {
   template <int DBits, class Buffer>
   static bool tryDivideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) noexcept {
     const detail::Int128 d = detail::Int128(1) << DBits;
+    const detail::Int128 first = detail::ceilDiv128(detail::Int128(c) * d, n);
+    const detail::Int128 count = detail::ceilDiv128((detail::Int128(c) + 1) * d, n) - first;
+    const std::uint32_t digit = buf.popUniform(i, static_cast<std::uint32_t>(count));
+    const detail::Int128 result = first + digit;
+    if (result > std::numeric_limits<std::int64_t>::max() || result <= std::numeric_limits<std::int64_t>::min()) {
+      buf.pushUniform(i, digit, static_cast<std::uint32_t>(count));  // undo the pop: the buffer is as it was
+      return false;
+    }
+    c = static_cast<std::int64_t>(result);
+    return true;
+  }
+
+  /// c ← floor(c · n/d) for any ratio (optimizers/ use this); stores the index of c among the
+  /// preimages.
+  template <int DBits, class Buffer>
+  static void multiplyRatio(std::int64_t& c, const Ratio<DBits>& ratio, Index i, Buffer& buf) {
+    if (ratio.dyadic()) return multiplyOne<DBits>(c, ratio.numerator, i, buf);
+    const detail::Int128 n = ratio.numerator, d = ratio.denominator;
+    const detail::Int128 image = detail::floorDiv128(detail::Int128(c) * n, d);
+    const detail::Int128 first = detail::ceilDiv128(image * d, n);
+    const detail::Int128 count = detail::ceilDiv128((image + 1) * d, n) - first;
+    buf.pushUniform(i, static_cast<std::uint32_t>(detail::Int128(c) - first), static_cast<std::uint32_t>(count));
+    c = static_cast<std::int64_t>(image);
+  }
+
+  /// The inverse of multiplyRatio; false (element and buffer unchanged) out of range.
+  template <int DBits, class Buffer>
+  static bool tryDivideRatio(std::int64_t& c, const Ratio<DBits>& ratio, Index i, Buffer& buf) noexcept {
+    if (ratio.dyadic()) return tryDivideOne<DBits>(c, ratio.numerator, i, buf);
+    const detail::Int128 n = ratio.numerator, d = ratio.denominator;
     const detail::Int128 first = detail::ceilDiv128(detail::Int128(c) * d, n);
     const detail::Int128 count = detail::ceilDiv128((detail::Int128(c) + 1) * d, n) - first;
     const std::uint32_t digit = buf.popUniform(i, static_cast<std::uint32_t>(count));

@@ -36,6 +36,26 @@
 
 namespace hypergrad {
 
+/// Construction options of a ReversibleOptimizer beyond its schedules. An Index converts to the
+/// options with that block size, so `SgdMomentum<>(layout, alpha, gamma, 1024)` keeps working.
+struct OptimizerOptions {
+  /// Elements per information-buffer block (an independent word stack; blocks run in parallel).
+  Index blockSize = 4096;
+  /// How ratio schedules become exact ratios (exact/ratio.hpp): Quantization::Dyadic rounds to
+  /// n/2^RatioBits (the fastest); Quantization::ExactFractions keeps fractions such as 0.9 = 9/10
+  /// exact, at about 2.5× the exact update's cost per element for those ratios.
+  Quantization ratios = Quantization::Dyadic;
+
+  OptimizerOptions() = default;
+  OptimizerOptions(Index blockSize_) : blockSize(blockSize_) {}  // NOLINT: implicit on purpose (see above)
+  /// The same options with exact fractions.
+  OptimizerOptions exactFractions() const {
+    OptimizerOptions o = *this;
+    o.ratios = Quantization::ExactFractions;
+    return o;
+  }
+};
+
 /// An exactly reversible optimizer: update rule `Rule` (optimizers/concept.hpp) in fixed point.
 ///
 /// \tparam Rule          the update rule (MomentumRule, …)
@@ -91,14 +111,15 @@ class ReversibleOptimizer
 
   /// \param layout     parameter groups
   /// \param schedules  the rule's schedules in its order (Rule::schedules), each T × G
-  /// \param blockSize  information-buffer block size (elements per independent word stack)
+  /// \param options    buffer block size and ratio quantisation (an Index: the block size)
   ReversibleOptimizer(ParameterLayout layout, std::array<Schedule, static_cast<std::size_t>(numSchedules)> schedules,
-                      Index blockSize = Buffer::defaultBlockSize)
+                      OptimizerOptions options = OptimizerOptions())
       : m_layout(std::move(layout)),
-        m_schedules(m_layout, std::move(schedules), /*quantizeRatios=*/true, Rule::name),
-        m_blockSize(blockSize) {
-    if (blockSize <= 0)
-      throw InvalidArgument(detail::message(Rule::name, ": the buffer block size is ", blockSize, "; it must be >= 1"));
+        m_schedules(m_layout, std::move(schedules), /*quantizeRatios=*/true, Rule::name, options.ratios),
+        m_blockSize(options.blockSize),
+        m_options(options) {
+    if (m_blockSize <= 0)
+      throw InvalidArgument(detail::message(Rule::name, ": the buffer block size is ", m_blockSize, "; it must be >= 1"));
     if (const char* problem = detail::ruleContractViolation<Rule>(m_schedules.at(0, 0))) {
       throw InvalidArgument(detail::message("update rule '", Rule::name, "' breaks the reversibility contract: ",
                                             problem, " (see optimizers/concept.hpp)"));
@@ -106,13 +127,15 @@ class ReversibleOptimizer
     m_multiplies = detail::ruleMultiplies<Rule>(m_schedules.at(0, 0));
   }
 
-  /// The same with the schedules as separate arguments: `(layout, α, γ)` or `(layout, α, γ, blockSize)`.
-  template <class... Args,
-            std::enable_if_t<detail::schedulesThen<static_cast<std::size_t>(numSchedules), Index, Args...>(), int> = 0>
+  /// The same with the schedules as separate arguments: `(layout, α, γ)`, `(layout, α, γ, blockSize)`
+  /// or `(layout, α, γ, options)`.
+  template <class... Args, std::enable_if_t<detail::schedulesThen<static_cast<std::size_t>(numSchedules),
+                                                                  OptimizerOptions, Args...>(),
+                                            int> = 0>
   ReversibleOptimizer(ParameterLayout layout, Args&&... args)
       : ReversibleOptimizer(std::move(layout), fromArguments(std::forward_as_tuple(std::forward<Args>(args)...)),
-                            detail::takeExtra<static_cast<std::size_t>(numSchedules), Index>(
-                                std::forward_as_tuple(std::forward<Args>(args)...), Buffer::defaultBlockSize)) {}
+                            detail::takeExtra<static_cast<std::size_t>(numSchedules), OptimizerOptions>(
+                                std::forward_as_tuple(std::forward<Args>(args)...), OptimizerOptions())) {}
 
   // ---- Run ----------------------------------------------------------------------------------------
 
@@ -267,6 +290,7 @@ class ReversibleOptimizer
   Index iteration() const noexcept { return m_t; }
   const ParameterLayout& layout() const noexcept { return m_layout; }
   Index blockSize() const noexcept { return m_blockSize; }
+  const OptimizerOptions& options() const noexcept { return m_options; }
   /// The validated schedules (as given, the values used, the ratios' numerators).
   const Schedules& schedules() const noexcept { return m_schedules; }
   /// Schedule j as given, by index or by key (e.g. "learningRates").
@@ -509,6 +533,7 @@ class ReversibleOptimizer
   ParameterLayout m_layout;
   Schedules m_schedules;
   Index m_blockSize;
+  OptimizerOptions m_options;
   int m_multiplies = 0;  // ratio multiplications per element and step (the buffer reservation)
 
   std::array<Fixed, static_cast<std::size_t>(numStates)> m_state, m_start;

@@ -5,7 +5,9 @@
 /// \brief An update rule's schedules, validated against the layout and the rule's domains, with
 /// the ratio schedules quantised: what the exact optimizer and the reference optimizer share.
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -17,6 +19,7 @@
 #include "../config.hpp"
 #include "../errors.hpp"
 #include "../exact/fingerprint.hpp"
+#include "../exact/ratio.hpp"
 #include "../layout.hpp"
 #include "../schedule.hpp"
 #include "concept.hpp"
@@ -34,11 +37,21 @@ class ScheduleSet {
   using Coefficients = std::array<ScheduleEntry<RatioT>, static_cast<std::size_t>(numSchedules)>;
   using Numerators = Eigen::Matrix<std::uint32_t, Eigen::Dynamic, Eigen::Dynamic>;
 
+  /// How far the ratios of one schedule moved from the values requested.
+  struct QuantizationReport {
+    Index exact = 0;               ///< entries used exactly as given (dyadic or a small-denominator fraction)
+    Index rounded = 0;             ///< entries rounded to the nearest n/2^DBits
+    double maxAbsolute = 0.0;      ///< max |γ − γ_used|
+    double maxRelativeDecay = 0.0; ///< max |γ − γ_used| / (1 − γ): the relative change of the decay rate
+    Index worstIteration = -1;     ///< where maxRelativeDecay occurs (−1 when every entry is exact)
+    Index worstGroup = -1;
+  };
+
   ScheduleSet() = default;
 
   /// \param owner names the caller in messages (e.g. "SGD with momentum")
   ScheduleSet(const ParameterLayout& layout, std::array<Schedule, static_cast<std::size_t>(numSchedules)> schedules,
-              bool quantizeRatios, const char* owner)
+              bool quantizeRatios, const char* owner, Quantization quantization = Quantization::Dyadic)
       : m_requested(std::move(schedules)) {
     if (layout.size() == 0) throw InvalidArgument(detail::message(owner, ": the parameter layout is empty"));
     const Index T = m_requested[0].numIterations();
@@ -51,17 +64,34 @@ class ScheduleSet {
       m_used[j] = s.values();
       if (spec.domain != ScheduleDomain::Ratio || !quantizeRatios) continue;
       m_numerators[j].resize(T, layout.numGroups());
-      for (Index t = 0; t < T; ++t)
-        for (Index k = 0; k < layout.numGroups(); ++k) {
+      m_denominators[j].resize(T, layout.numGroups());
+      QuantizationReport& report = m_reports[j];
+      for (Index k = 0; k < layout.numGroups(); ++k)
+        for (Index t = 0; t < T; ++t) {
           RatioT r;
+          const double requested = s(t, k);
           try {
-            r = RatioT::quantize(s(t, k), "value");
+            r = RatioT::quantize(requested, "value", quantization);
           } catch (const InvalidArgument& e) {  // the message gets its context only when needed
             throw InvalidArgument(detail::message(owner, ": ", spec.description, " at iteration ", t, ", group '",
                                                   layout.group(k).name, "': ", e.what()));
           }
           m_numerators[j](t, k) = r.numerator;
+          m_denominators[j](t, k) = r.denominator;
           m_used[j](t, k) = r.value();
+          const double moved = std::fabs(requested - r.value());
+          if (moved == 0.0) {
+            ++report.exact;
+            continue;
+          }
+          ++report.rounded;
+          report.maxAbsolute = std::max(report.maxAbsolute, moved);
+          const double relative = moved / (1.0 - requested);
+          if (relative > report.maxRelativeDecay) {
+            report.maxRelativeDecay = relative;
+            report.worstIteration = t;
+            report.worstGroup = k;
+          }
         }
     }
     m_numGroups = layout.numGroups();
@@ -74,15 +104,18 @@ class ScheduleSet {
   const Schedule& requested(Index j) const { return m_requested.at(static_cast<std::size_t>(j)); }
   /// The values schedule j's element code uses: as given, or the quantised ratios n/d.
   const Eigen::MatrixXd& used(Index j) const { return m_used.at(static_cast<std::size_t>(j)); }
-  /// Numerators of a quantised ratio schedule (empty for the others).
+  /// Numerators and denominators of a quantised ratio schedule (empty for the others).
   const Numerators& numerators(Index j) const { return m_numerators.at(static_cast<std::size_t>(j)); }
+  const Numerators& denominators(Index j) const { return m_denominators.at(static_cast<std::size_t>(j)); }
+  /// How far ratio schedule j moved from the requested values (all zero for real schedules).
+  const QuantizationReport& quantization(Index j) const { return m_reports.at(static_cast<std::size_t>(j)); }
 
   /// The entries of every schedule at (t, k).
   Coefficients at(Index t, Index k) const {
     Coefficients c;
     for (std::size_t j = 0; j < c.size(); ++j) {
       c[j].value = m_used[j](t, k);
-      if (m_numerators[j].size() != 0) c[j].ratio = RatioT::fromNumerator(m_numerators[j](t, k));
+      if (m_numerators[j].size() != 0) c[j].ratio = RatioT{m_numerators[j](t, k), m_denominators[j](t, k)};
     }
     return c;
   }
@@ -104,7 +137,8 @@ class ScheduleSet {
  private:
   std::array<Schedule, static_cast<std::size_t>(numSchedules)> m_requested;
   std::array<Eigen::MatrixXd, static_cast<std::size_t>(numSchedules)> m_used;
-  std::array<Numerators, static_cast<std::size_t>(numSchedules)> m_numerators;
+  std::array<Numerators, static_cast<std::size_t>(numSchedules)> m_numerators, m_denominators;
+  std::array<QuantizationReport, static_cast<std::size_t>(numSchedules)> m_reports;
   Index m_numGroups = 0;
 };
 

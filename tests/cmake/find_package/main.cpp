@@ -5,7 +5,7 @@
 #include <hypergrad.hpp>
 
 int main() {
-  const auto gamma = hypergrad::Ratio<16>::quantize(0.9);
+  const auto gamma = hypergrad::Ratio<16>::nearestDyadic(0.9);
   Eigen::VectorXd x(1000);
   hypergrad::CounterRng rng(42);
   for (hypergrad::Index i = 0; i < x.size(); ++i) x(i) = rng.normal();
