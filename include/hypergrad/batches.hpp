@@ -25,6 +25,7 @@ using BatchSchedule = std::function<std::vector<Index>(Index t)>;
 /// batchSize == numExamples gives the full batch every step.
 class SeededBatches {
  public:
+  /// Throws InvalidArgument unless 1 <= batchSize <= numExamples.
   SeededBatches(std::uint64_t seed, Index numExamples, Index batchSize)
       : m_seed(seed), m_numExamples(numExamples), m_batchSize(batchSize) {
     if (numExamples <= 0 || batchSize <= 0 || batchSize > numExamples) {
@@ -33,6 +34,7 @@ class SeededBatches {
     }
   }
 
+  /// The sorted indices of batch t; the same (seed, t) gives the same batch in every pass.
   std::vector<Index> operator()(Index t) const {
     std::vector<Index> idx(static_cast<std::size_t>(m_numExamples));
     std::iota(idx.begin(), idx.end(), Index(0));
@@ -48,9 +50,9 @@ class SeededBatches {
     return idx;
   }
 
-  std::uint64_t seed() const noexcept { return m_seed; }
-  Index numExamples() const noexcept { return m_numExamples; }
-  Index batchSize() const noexcept { return m_batchSize; }
+  std::uint64_t seed() const noexcept { return m_seed; }          ///< The generator key.
+  Index numExamples() const noexcept { return m_numExamples; }  ///< Examples drawn from.
+  Index batchSize() const noexcept { return m_batchSize; }      ///< Examples per batch.
 
  private:
   std::uint64_t m_seed;

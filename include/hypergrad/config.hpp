@@ -9,8 +9,11 @@
 
 #include <Eigen/Core>
 
+/// Major version; `find_package(hypergrad X.Y)` accepts only this major version (SameMajorVersion).
 #define HYPERGRAD_VERSION_MAJOR 0
+/// Minor version.
 #define HYPERGRAD_VERSION_MINOR 1
+/// Patch version.
 #define HYPERGRAD_VERSION_PATCH 0
 
 /// Internal invariants (never user input: that gets a typed exception). Override by defining
@@ -20,6 +23,7 @@
 #define HYPERGRAD_ASSERT(x) assert(x)
 #endif
 
+/// The public API of hypergrad (private helpers live in its nested namespace `detail`).
 namespace hypergrad {
 
 /// Index type used throughout, the same as Eigen's so sizes mix without casts.

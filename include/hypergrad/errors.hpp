@@ -15,46 +15,47 @@ namespace hypergrad {
 /// Base of every exception hypergrad throws.
 class Error : public std::runtime_error {
  public:
+  /// \param what the message: what went wrong, where, and what to change.
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
-/// An argument is malformed: a wrong size, a value out of its domain (e.g. gamma outside (0, 1]),
+/// An argument is malformed: a wrong size, a value out of its domain (e.g.\ gamma outside (0, 1]),
 /// a schedule whose shape does not match T or the parameter layout.
 class InvalidArgument : public Error {
  public:
-  using Error::Error;
+  using Error::Error;  ///< Constructed from the message, like Error.
 };
 
 /// A value does not fit the fixed-point range (or a fixed-point sum overflowed).
 class FixedPointOverflow : public Error {
  public:
-  using Error::Error;
+  using Error::Error;  ///< Constructed from the message, like Error.
 };
 
 /// A gradient, Hessian-vector product or mixed product returned a NaN or an infinity.
 class NonFiniteValue : public Error {
  public:
-  using Error::Error;
+  using Error::Error;  ///< Constructed from the message, like Error.
 };
 
 /// The exactness invariant failed: a reverse pass did not end at the recorded initial state, the
 /// information buffer is not empty, or an operation was applied to the wrong run.
 class ExactnessViolation : public Error {
  public:
-  using Error::Error;
+  using Error::Error;  ///< Constructed from the message, like Error.
 };
 
 /// An object was used out of order: unstep past the first step, a second reverse of one run,
 /// use of an optimizer left unusable by an earlier error.
 class InvalidState : public Error {
  public:
-  using Error::Error;
+  using Error::Error;  ///< Constructed from the message, like Error.
 };
 
 /// A data file is missing, truncated or malformed.
 class DataError : public Error {
  public:
-  using Error::Error;
+  using Error::Error;  ///< Constructed from the message, like Error.
 };
 
 namespace detail {

@@ -49,17 +49,20 @@ class ScaledInit {
     return out;
   }
 
-  const ParameterLayout& layout() const noexcept { return m_layout; }
-  const Eigen::VectorXd& logScales() const noexcept { return m_logScales; }
-  const Eigen::VectorXd& means() const noexcept { return m_means; }
+  const ParameterLayout& layout() const noexcept { return m_layout; }  ///< The parameter groups.
+  const Eigen::VectorXd& logScales() const noexcept { return m_logScales; }  ///< log s_k per group.
+  const Eigen::VectorXd& means() const noexcept { return m_means; }  ///< μ_k per group.
   /// ε, the fixed standard-normal draw.
   const Eigen::VectorXd& noise() const noexcept { return m_noise; }
-  std::uint64_t seed() const noexcept { return m_seed; }
+  std::uint64_t seed() const noexcept { return m_seed; }  ///< The seed of ε.
 
+  /// Replaces log s_k (ε stays, so w₁ changes smoothly); InvalidArgument unless one finite value
+  /// per group.
   void setLogScales(Eigen::VectorXd logScales) {
     checkPerGroup(logScales, "log scales");
     m_logScales = std::move(logScales);
   }
+  /// Replaces μ_k; InvalidArgument unless one finite value per group.
   void setMeans(Eigen::VectorXd means) {
     checkPerGroup(means, "means");
     m_means = std::move(means);

@@ -17,9 +17,9 @@ namespace hypergrad {
 
 /// One named contiguous slice [offset, offset + size) of the parameter vector.
 struct ParameterGroup {
-  std::string name;
-  Index offset = 0;
-  Index size = 0;
+  std::string name;  ///< Unique within its layout; messages name the group by it.
+  Index offset = 0;  ///< Index of the group's first parameter.
+  Index size = 0;    ///< Number of parameters, at least 1.
 };
 
 /// An ordered partition of the parameter vector into named groups. Groups tile [0, size())
@@ -62,6 +62,7 @@ class ParameterLayout {
   Index numGroups() const noexcept { return static_cast<Index>(m_groups.size()); }
   /// Group k (0-based).
   const ParameterGroup& group(Index k) const { return m_groups.at(static_cast<std::size_t>(k)); }
+  /// All groups, in order.
   const std::vector<ParameterGroup>& groups() const noexcept { return m_groups; }
 
   /// Index of the group named `name`; throws InvalidArgument when there is none.
@@ -94,12 +95,14 @@ class ParameterLayout {
     return out;
   }
 
+  /// Same group names and sizes in the same order (the offsets follow).
   bool operator==(const ParameterLayout& o) const {
     if (m_size != o.m_size || m_groups.size() != o.m_groups.size()) return false;
     for (std::size_t k = 0; k < m_groups.size(); ++k)
       if (m_groups[k].name != o.m_groups[k].name || m_groups[k].size != o.m_groups[k].size) return false;
     return true;
   }
+  /// Not the same groups.
   bool operator!=(const ParameterLayout& o) const { return !(*this == o); }
 
  private:

@@ -25,6 +25,7 @@ constexpr std::uint64_t mix64(std::uint64_t z) noexcept {
 /// (seed, stream id) alone: `CounterRng rng(seed, t)` gives the same numbers in every pass.
 class CounterRng {
  public:
+  /// Stream `stream` of generator `seed`: the same pair always gives the same numbers.
   explicit CounterRng(std::uint64_t seed, std::uint64_t stream = 0) noexcept
       : m_state(mix64(seed ^ mix64(stream + 0x632BE59BD9B4E019ull))) {}
 

@@ -39,12 +39,12 @@ class Schedule {
     return filled(iterationValues.size(), numGroups, [&iterationValues](Index t, Index) { return iterationValues(t); });
   }
 
-  Index numIterations() const noexcept { return m_values.rows(); }
-  Index numGroups() const noexcept { return m_values.cols(); }
-  double operator()(Index t, Index k) const { return m_values(t, k); }
-  double& operator()(Index t, Index k) { return m_values(t, k); }
-  const Eigen::MatrixXd& values() const noexcept { return m_values; }
-  Eigen::MatrixXd& values() noexcept { return m_values; }
+  Index numIterations() const noexcept { return m_values.rows(); }  ///< T, the rows.
+  Index numGroups() const noexcept { return m_values.cols(); }  ///< G, the columns.
+  double operator()(Index t, Index k) const { return m_values(t, k); }  ///< The value at (t, k).
+  double& operator()(Index t, Index k) { return m_values(t, k); }  ///< The value at (t, k), writable.
+  const Eigen::MatrixXd& values() const noexcept { return m_values; }  ///< The T × G table.
+  Eigen::MatrixXd& values() noexcept { return m_values; }  ///< The T × G table, writable.
 
   /// Throws InvalidArgument unless the table is numIterations × layout.numGroups() and finite.
   /// `name` (e.g. "learning-rate schedule") appears in the message.

@@ -22,8 +22,8 @@ struct Dataset {
   Eigen::VectorXi labels;  ///< numExamples labels in [0, numClasses)
   Index numClasses = 0;    ///< number of classes
 
-  Index numExamples() const noexcept { return inputs.rows(); }
-  Index numFeatures() const noexcept { return inputs.cols(); }
+  Index numExamples() const noexcept { return inputs.rows(); }  ///< Rows of `inputs`.
+  Index numFeatures() const noexcept { return inputs.cols(); }  ///< Columns of `inputs`.
 
   /// \brief Throws InvalidArgument when the sizes disagree, a label is out of [0, numClasses),
   /// or an input is NaN or infinite; the message names the offending entry.

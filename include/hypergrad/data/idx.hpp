@@ -483,7 +483,7 @@ inline bool hasMnistSplit(const std::string& directory, const std::string& split
   return !detail::idx::findFile(directory, split + "-images-idx3-ubyte").empty();
 }
 
-/// \brief Examples [begin, begin + count) of `data` (inputs, labels, numClasses), e.g. to split
+/// \brief Examples [begin, begin + count) of `data` (inputs, labels, numClasses), e.g.\ to split
 /// one loaded file into training and validation sets. Throws InvalidArgument when the range is
 /// not inside the data set.
 inline Dataset subset(const Dataset& data, Index begin, Index count) {

@@ -24,7 +24,7 @@ namespace hypergrad {
 template <int R>
 struct FixedFormat {
   static_assert(R >= 1 && R <= 62, "hypergrad::FixedFormat<R>: R (fractional bits) must be in [1, 62]");
-  static constexpr int radixBits = R;
+  static constexpr int radixBits = R;  ///< R, the number of fractional bits.
   /// 2^R: one unit in the last place is 1/scale.
   static constexpr double scale = static_cast<double>(std::uint64_t(1) << R);
   /// Resolution, 2^−R.
@@ -59,6 +59,8 @@ struct FixedFormat {
   /// The real value of a stored integer (exact when |c| < 2^53, else correctly rounded).
   static double toDouble(std::int64_t c) noexcept { return static_cast<double>(c) * resolution; }
 
+  /// The exception fromDouble throws for x (naming `what`[`index`] when index >= 0), for callers
+  /// that convert with tryFromDouble and report the failure themselves.
   static FixedPointOverflow overflowError(double x, const char* what, Index index) {
     return FixedPointOverflow(detail::message(
         "fixed point Q", 63 - R, ".", R, ": ", what, (index >= 0 ? detail::message("[", index, "]") : std::string()),
@@ -75,10 +77,10 @@ struct FixedFormat {
 template <int R>
 class FixedVector {
  public:
-  using Format = FixedFormat<R>;
-  using Storage = Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1>;
+  using Format = FixedFormat<R>;                                  ///< The number format.
+  using Storage = Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1>;  ///< The stored integers.
 
-  FixedVector() = default;
+  FixedVector() = default;  ///< An empty vector.
   /// n zeros.
   explicit FixedVector(Index n) : m_data(Storage::Zero(n)) {}
 
@@ -100,7 +102,7 @@ class FixedVector {
     return out;
   }
 
-  Index size() const noexcept { return m_data.size(); }
+  Index size() const noexcept { return m_data.size(); }  ///< Number of elements.
 
   /// The real values (exact for |value| < 2^(53−R)).
   Eigen::VectorXd toDouble() const {
@@ -128,14 +130,21 @@ class FixedVector {
     applyChecked(x, -1, what);
   }
 
+  /// The stored integer of element i (its value times 2^R).
   std::int64_t operator[](Index i) const { return m_data(i); }
-  std::int64_t& raw(Index i) { return m_data(i); }
-  const Storage& raw() const noexcept { return m_data; }
-  Storage& raw() noexcept { return m_data; }
-  std::int64_t* data() noexcept { return m_data.data(); }
-  const std::int64_t* data() const noexcept { return m_data.data(); }
+  /// \name Raw access to the stored integers
+  /// For the exact kernels. A writer must keep the invariant: never store INT64_MIN.
+  ///@{
+  std::int64_t& raw(Index i) { return m_data(i); }                   ///< Element i.
+  const Storage& raw() const noexcept { return m_data; }              ///< All elements.
+  Storage& raw() noexcept { return m_data; }                          ///< All elements.
+  std::int64_t* data() noexcept { return m_data.data(); }             ///< Contiguous elements.
+  const std::int64_t* data() const noexcept { return m_data.data(); } ///< Contiguous elements.
+  ///@}
 
+  /// Bit-for-bit equality (same size, same integers): the test of an exact round trip.
   bool operator==(const FixedVector& o) const { return m_data.size() == o.m_data.size() && m_data == o.m_data; }
+  /// Not bit-for-bit equal.
   bool operator!=(const FixedVector& o) const { return !(*this == o); }
 
  private:

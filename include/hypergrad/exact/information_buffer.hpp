@@ -234,6 +234,8 @@ class ChunkedWordStack {
 
 }  // namespace detail
 
+/// The information buffer: one rANS state per element and one stack of spilled words per block
+/// (see the file description for the coding scheme and its invariants).
 /// \tparam MBits coder precision, log2 M; 9 ≤ MBits ≤ 31 (default 24). Must exceed the ratio
 /// denominator's bits by at least 8 for the 1.00x-of-bound figure.
 template <int MBits = 24>
@@ -241,12 +243,12 @@ class InformationBuffer {
   static_assert(MBits >= 9 && MBits <= 31, "hypergrad::InformationBuffer<MBits>: MBits must be in [9, 31]");
 
  public:
-  static constexpr int precisionBits = MBits;
+  static constexpr int precisionBits = MBits;  ///< log2 M
   static constexpr std::uint64_t lowerBound = std::uint64_t(1) << 32;  ///< L, the empty state
   static constexpr std::uint32_t precision = std::uint32_t(1) << MBits;  ///< M
-  static constexpr Index defaultBlockSize = 4096;
+  static constexpr Index defaultBlockSize = 4096;  ///< Elements per block unless told otherwise
 
-  InformationBuffer() = default;
+  InformationBuffer() = default;  ///< A buffer for zero elements.
 
   /// An empty buffer for `numElements` elements, grouped in blocks of `blockSize`.
   explicit InformationBuffer(Index numElements, Index blockSize = defaultBlockSize)
@@ -259,12 +261,14 @@ class InformationBuffer {
     m_stacks.resize(static_cast<std::size_t>((numElements + blockSize - 1) / blockSize));
   }
 
-  Index size() const noexcept { return static_cast<Index>(m_states.size()); }
-  Index blockSize() const noexcept { return m_blockSize; }
-  Index numBlocks() const noexcept { return static_cast<Index>(m_stacks.size()); }
+  Index size() const noexcept { return static_cast<Index>(m_states.size()); }  ///< Number of elements.
+  Index blockSize() const noexcept { return m_blockSize; }  ///< Elements per block (the last may hold fewer).
+  Index numBlocks() const noexcept { return static_cast<Index>(m_stacks.size()); }  ///< ⌈size / blockSize⌉.
   /// Block b covers elements [blockBegin(b), blockEnd(b)).
   Index blockBegin(Index b) const noexcept { return b * m_blockSize; }
+  /// One past the last element of block b.
   Index blockEnd(Index b) const noexcept { return std::min(size(), (b + 1) * m_blockSize); }
+  /// The block that holds element i (whose stack its state spills into).
   Index blockOf(Index i) const noexcept { return m_blockShift >= 0 ? i >> m_blockShift : i / m_blockSize; }
 
   /// True when every state is L and every stack is empty: the state of a new buffer.
@@ -335,6 +339,7 @@ class InformationBuffer {
   bool operator==(const InformationBuffer& o) const {
     return m_blockSize == o.m_blockSize && m_states == o.m_states && m_stacks == o.m_stacks;
   }
+  /// Content inequality.
   bool operator!=(const InformationBuffer& o) const { return !(*this == o); }
 
   // ---- Coder primitives on element i (which lives in block blockOf(i)). --------------------

@@ -24,29 +24,34 @@ namespace hypergrad {
 /// quantised values the optimizer actually used (its scheduleValues()).
 template <class Rule>
 struct HypergradientResult : Rule::HypergradientFields {
-  using RuleType = Rule;
+  using RuleType = Rule;  ///< The update rule these hypergradients belong to.
 
   double metaObjective = 0.0;       ///< f(w_{T+1})
   Eigen::VectorXd initialWeights;   ///< ∂f/∂w₁
   Eigen::VectorXd hyperparameters;  ///< ∂f/∂θ (size of the objective's θ; empty when it has none)
   Eigen::VectorXd finalWeights;     ///< w_{T+1}, the trained weights
 
-  static constexpr Index numSchedules = Rule::numSchedules;
-  static constexpr Index numStates = Rule::numStates;
+  static constexpr Index numSchedules = Rule::numSchedules;  ///< Schedules of the rule (α, γ, …).
+  static constexpr Index numStates = Rule::numStates;  ///< States per parameter, the weights included.
 
   /// ∂f/∂ schedule j (T × G), by index in Rule::schedules or by key ("learningRates").
   Eigen::MatrixXd& schedule(Index j) { return this->*Rule::scheduleFields.at(static_cast<std::size_t>(j)); }
+  /// ∂f/∂ schedule j (T × G), read-only.
   const Eigen::MatrixXd& schedule(Index j) const { return this->*Rule::scheduleFields.at(static_cast<std::size_t>(j)); }
+  /// ∂f/∂ the schedule named `key`; throws InvalidArgument for an unknown key.
   const Eigen::MatrixXd& schedule(const std::string& key) const { return schedule(hypergrad::scheduleIndex<Rule>(key)); }
+  /// ∂f/∂ the schedule named `key`, writable.
   Eigen::MatrixXd& schedule(const std::string& key) { return schedule(hypergrad::scheduleIndex<Rule>(key)); }
 
   /// ∂f/∂ (state s at t = 1), s = 0 the weights, by index or by the rule's state name ("velocity").
   Eigen::VectorXd& initialState(Index s) {
     return s == 0 ? initialWeights : this->*Rule::stateFields.at(static_cast<std::size_t>(s - 1));
   }
+  /// ∂f/∂ (state s at t = 1), read-only.
   const Eigen::VectorXd& initialState(Index s) const {
     return s == 0 ? initialWeights : this->*Rule::stateFields.at(static_cast<std::size_t>(s - 1));
   }
+  /// ∂f/∂ (the state named `name` at t = 1); throws InvalidArgument for an unknown name.
   const Eigen::VectorXd& initialState(const std::string& name) const { return initialState(hypergrad::stateIndex<Rule>(name)); }
 };
 

@@ -4,8 +4,8 @@
 /// \file reverse.hpp
 /// \brief The reverse pass, for any update rule: exact hypergradients of a meta objective
 /// f(w_{T+1}) with respect to the rule's schedules, the initial state and the training
-/// objective's hyperparameters θ, by running the optimizer backwards (Maclaurin et al. 2015,
-/// Alg. 2; DESIGN.md §1). It stores no trajectory: memory is O(N) plus the information buffer.
+/// objective's hyperparameters θ, by running the optimizer backwards (Maclaurin et al.\ 2015,
+/// Alg.\ 2; DESIGN.md §1). It stores no trajectory: memory is O(N) plus the information buffer.
 ///
 /// Per step t, from the adjoints of the state after the step: the rule's adjointWeights at the
 /// post-step state (and its Hessian direction u when that does not need g_t), the exact

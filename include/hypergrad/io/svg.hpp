@@ -43,6 +43,7 @@ struct LineStyle {
 /// A line plot rendered as a standalone SVG document. Cheap to build; str() renders.
 class SvgPlot {
  public:
+  /// An empty plot with a title and axis labels.
   SvgPlot(std::string title, std::string xLabel, std::string yLabel)
       : m_title(std::move(title)), m_xLabel(std::move(xLabel)), m_yLabel(std::move(yLabel)) {}
 
@@ -69,7 +70,9 @@ class SvgPlot {
     m_lines.push_back(Line{std::move(label), {}, {y}, style, true});
   }
 
+  /// A logarithmic y axis (for values spanning decades); it leaves out values <= 0.
   void setLogY(bool logY) { m_logY = logY; }
+  /// The canvas size in pixels; InvalidArgument below 200 × 150.
   void setSize(int width, int height) {
     if (width < 200 || height < 150)
       throw InvalidArgument(detail::message("SvgPlot::setSize: ", width, " x ", height,

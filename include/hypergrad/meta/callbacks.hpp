@@ -29,8 +29,10 @@ namespace hypergrad {
 ///     meta  13/50 FAILED (non-finite value): SgdMomentum::step: ...
 class ProgressBar {
  public:
+  /// Writes to `os` (which must outlive the bar) with a bar of `width` characters.
   explicit ProgressBar(std::ostream& os = std::cout, int width = 20) : m_os(&os), m_width(width) {}
 
+  /// Prints the iteration's line; never stops the loop.
   bool onMetaIteration(const MetaIterationInfo& info) {
     const int done = static_cast<int>(static_cast<double>(m_width) * static_cast<double>(info.iteration + 1) /
                                       static_cast<double>(info.numIterations));
@@ -47,11 +49,13 @@ class ProgressBar {
     return false;
   }
 
+  /// Prints the FAILED line with the error's kind and message.
   void onMetaFailure(const MetaFailureInfo& info) {
     *m_os << "meta " << std::setw(4) << info.iteration + 1 << "/" << info.numIterations << " FAILED ("
           << metaFailureName(info.kind) << "): " << info.message << std::endl;
   }
 
+  /// Prints the summary: how the run ended and the best objective.
   void onMetaEnd(const MetaResult& r) {
     // A failure's message is on the FAILED line already; the summary only names it.
     const std::string how = r.diverged ? detail::message("diverged at meta-iteration ", r.failedIteration, " (",
@@ -81,6 +85,7 @@ class ProgressBar {
 /// evaluate threw; the error itself is in MetaResult::stopReason (and on the ProgressBar line).
 class CsvLogger {
  public:
+  /// Creates (or truncates) the file at `path`; InvalidArgument when it cannot be opened.
   explicit CsvLogger(const std::string& path) : m_path(path), m_file(path) {
     if (!m_file) {
       throw InvalidArgument(detail::message("CsvLogger: cannot open '", path,
@@ -88,11 +93,13 @@ class CsvLogger {
     }
   }
 
+  /// Writes the iteration's row; never stops the loop.
   bool onMetaIteration(const MetaIterationInfo& info) {
     writeRow(info.iteration, info.objective, info.gradientNorm, info.elapsedSeconds, info.metrics);
     return false;
   }
 
+  /// Writes the failed iteration's row (see the class description).
   void onMetaFailure(const MetaFailureInfo& info) {
     writeRow(info.iteration, info.objective, info.gradientNorm, info.elapsedSeconds, info.metrics);
   }
@@ -129,7 +136,7 @@ class CsvLogger {
 };
 
 /// Stops the meta loop when the hypergradient norm explodes — the chaotic regime of large
-/// learning rates where hypergradients stop being informative (Maclaurin et al. 2015, §5) — or
+/// learning rates where hypergradients stop being informative (Maclaurin et al.\ 2015, §5) — or
 /// when a monitored value has not improved for `patience` iterations.
 ///
 /// The reference for an explosion is the smallest positive norm seen so far: a norm of 0 (a flat
@@ -149,6 +156,8 @@ class EarlyStopping {
     if (patience < 0) throw InvalidArgument("EarlyStopping: patience must be >= 0");
   }
 
+  /// True (stop) on a non-finite or exploding hypergradient norm, or when patience has run
+  /// out; InvalidArgument when the monitored metric is missing from the evaluation.
   bool onMetaIteration(const MetaIterationInfo& info) {
     // Checked first: a NaN compares false with everything below and would never stop the loop.
     if (!std::isfinite(info.gradientNorm)) {
@@ -180,6 +189,7 @@ class EarlyStopping {
     return false;
   }
 
+  /// Why it stopped (empty until it has); metaOptimize copies it into MetaResult::stopReason.
   std::string stopReason() const { return m_reason; }
 
  private:

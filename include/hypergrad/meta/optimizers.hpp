@@ -16,10 +16,10 @@ namespace hypergrad {
 
 /// Adam (Kingma & Ba 2015) with bias correction; the paper's meta step was 0.04.
 struct MetaAdam {
-  double stepSize = 0.04;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double epsilon = 1e-8;
+  double stepSize = 0.04;  ///< η > 0, the step in x
+  double beta1 = 0.9;      ///< decay of the first-moment estimate, in [0, 1)
+  double beta2 = 0.999;    ///< decay of the second-moment estimate, in [0, 1)
+  double epsilon = 1e-8;   ///< ε > 0, keeps the step bounded where v̂ ≈ 0
 
   /// x ← x − stepSize · m̂ / (√v̂ + ε).
   void update(Eigen::VectorXd& x, const Eigen::VectorXd& grad) {
@@ -60,9 +60,10 @@ struct MetaAdam {
 
 /// Gradient descent with optional heavy-ball momentum: u ← μ u − η ∇; x ← x + u.
 struct MetaSgd {
-  double stepSize = 0.01;
-  double momentum = 0.0;
+  double stepSize = 0.01;  ///< η > 0
+  double momentum = 0.0;   ///< μ in [0, 1); 0 is plain gradient descent
 
+  /// One step on x from ∂f/∂x; InvalidArgument on a size mismatch or a setting out of range.
   void update(Eigen::VectorXd& x, const Eigen::VectorXd& grad) {
     if (x.size() != grad.size())
       throw InvalidArgument(detail::message("MetaSgd::update: x has ", x.size(), " entries, gradient ", grad.size()));
@@ -77,6 +78,7 @@ struct MetaSgd {
       x(i) += m_u(i);
     }
   }
+  /// Forgets the momentum (e.g. between independent meta runs).
   void reset() { m_u.resize(0); }
 
  private:

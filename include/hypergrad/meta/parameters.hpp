@@ -26,6 +26,7 @@ enum class Transform {
   Logit      ///< value = 1 / (1 + exp(−x)): quantities in (0, 1) (momentum γ)
 };
 
+/// The transform's name as messages print it ("identity", "log", "logit").
 inline const char* transformName(Transform t) noexcept {
   switch (t) {
     case Transform::Identity: return "identity";
@@ -103,10 +104,15 @@ inline double derivative(Transform t, double x) {
 /// \endcode
 class MetaParameters {
  public:
+  /// Where a block lives in raw() and how it is stored.
   struct Block {
-    std::string name;
+    std::string name;                           ///< unique; blockIndex() and value() find the block by it
+    ///@{
+    /// `offset`: index of the block's first entry in raw(); `rows` × `cols`: the shape of the
+    /// value, as given to add() (stored column-major).
     Index offset = 0, rows = 0, cols = 0;
-    Transform transform = Transform::Identity;
+    ///@}
+    Transform transform = Transform::Identity;  ///< value = transform(x) entrywise
     bool trainable = true;  ///< false: kept fixed by meta-optimisers (its gradient is zeroed)
   };
 
@@ -125,9 +131,10 @@ class MetaParameters {
     return static_cast<Index>(m_blocks.size()) - 1;
   }
 
-  Index numBlocks() const noexcept { return static_cast<Index>(m_blocks.size()); }
-  Index size() const noexcept { return m_raw.size(); }
-  const Block& block(Index k) const { return m_blocks.at(static_cast<std::size_t>(k)); }
+  Index numBlocks() const noexcept { return static_cast<Index>(m_blocks.size()); }  ///< Blocks added.
+  Index size() const noexcept { return m_raw.size(); }  ///< Entries of raw(), all blocks together.
+  const Block& block(Index k) const { return m_blocks.at(static_cast<std::size_t>(k)); }  ///< Block k.
+  /// Index of the block named `name`; throws InvalidArgument when there is none.
   Index blockIndex(const std::string& name) const {
     for (std::size_t k = 0; k < m_blocks.size(); ++k)
       if (m_blocks[k].name == name) return static_cast<Index>(k);
@@ -136,6 +143,8 @@ class MetaParameters {
 
   /// The unconstrained vector x that meta-optimisers update.
   const Eigen::VectorXd& raw() const noexcept { return m_raw; }
+  /// Replaces x (what a meta-optimiser's step produced); InvalidArgument on a wrong size,
+  /// NonFiniteValue on a NaN or infinite entry.
   void setRaw(const Eigen::VectorXd& x) {
     if (x.size() != m_raw.size())
       throw InvalidArgument(detail::message("MetaParameters::setRaw: got ", x.size(), " entries, expected ", m_raw.size()));
@@ -152,6 +161,7 @@ class MetaParameters {
     for (Index i = 0; i < out.size(); ++i) out(i) = detail::toValue(b.transform, m_raw(b.offset + i));
     return out;
   }
+  /// Values of the block named `name`.
   Eigen::MatrixXd value(const std::string& name) const { return value(blockIndex(name)); }
 
   /// Sets block k from values (value space).

@@ -166,8 +166,8 @@ class AutoDiffObjective {
 
   // --- objective concept -------------------------------------------------------------------
 
-  Index numParameters() const { return m_model.numParameters(); }
-  Index numHyperparameters() const { return m_model.numHyperparameters(); }
+  Index numParameters() const { return m_model.numParameters(); }  ///< N, from the model.
+  Index numHyperparameters() const { return m_model.numHyperparameters(); }  ///< Size of θ, from the model.
 
   /// g = ∇_w L(w, θ, t): the model's gradient with S = double.
   void gradient(const Eigen::VectorXd& w, Index t, Eigen::VectorXd& g) const {
@@ -265,7 +265,7 @@ class AutoDiffObjective {
     m_theta = theta;
   }
 
-  const Model& model() const noexcept { return m_model; }
+  const Model& model() const noexcept { return m_model; }  ///< The wrapped model.
 
  private:
   template <class S>

@@ -99,7 +99,7 @@ class L2Regularized {
 
   // --- objective concept -------------------------------------------------------------------
 
-  Index numParameters() const { return m_inner.numParameters(); }
+  Index numParameters() const { return m_inner.numParameters(); }  ///< N, the inner objective's.
   /// The inner objective's hyperparameters plus one per penalty.
   Index numHyperparameters() const { return m_inner.numHyperparameters() + m_logLambda.size(); }
 
@@ -161,11 +161,11 @@ class L2Regularized {
     return 0.5 * (m_lambdaPerWeight.array() * w.array().square()).sum();
   }
 
-  const InnerType& inner() const noexcept { return m_inner; }
+  const InnerType& inner() const noexcept { return m_inner; }  ///< The unregularised objective.
   /// Mutable access (e.g. to change the inner objective's own hyperparameters).
   std::remove_reference_t<Inner>& inner() noexcept { return m_inner; }
 
-  L2Mode mode() const noexcept { return m_mode; }
+  L2Mode mode() const noexcept { return m_mode; }  ///< One λ per group or one per weight.
   /// The groups the penalties act on (per-group mode); empty in per-weight mode.
   const ParameterLayout& penaltyLayout() const noexcept { return m_layout; }
 

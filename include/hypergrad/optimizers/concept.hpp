@@ -88,7 +88,7 @@ enum class ScheduleDomain {
 struct ScheduleSpec {
   const char* key;          ///< its name in results and lookups, e.g. "learningRates"
   const char* description;  ///< its name in messages, e.g. "learning-rate schedule"
-  ScheduleDomain domain;
+  ScheduleDomain domain;    ///< real, or a ratio applied through the information buffer
 };
 
 /// The value of one schedule at one (iteration, group), as the element code sees it.

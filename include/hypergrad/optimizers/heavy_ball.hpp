@@ -36,14 +36,16 @@ namespace hypergrad {
 /// Heavy-ball momentum, PyTorch's convention (see the file comment). States: weights, velocity.
 /// Schedules: "learningRates" (real), "momenta" (ratios in (0, 1]).
 struct HeavyBallRule {
-  static constexpr const char* name = "SGD with heavy-ball momentum";
+  static constexpr const char* name = "SGD with heavy-ball momentum";  ///< For messages and saved runs.
 
   enum : int { Weights = 0, Velocity = 1 };
-  static constexpr int numStates = 2;
+  static constexpr int numStates = 2;  ///< The weights and the velocity.
+  /// Names of the states, as results and messages use them.
   static constexpr std::array<const char*, 2> stateNames{{"weights", "velocity"}};
 
   enum : int { LearningRate = 0, Momentum = 1 };
-  static constexpr int numSchedules = 2;
+  static constexpr int numSchedules = 2;  ///< α (real) and the momentum (a ratio).
+  /// Keys, descriptions and domains of the schedules, in the order of the enum above.
   static constexpr std::array<ScheduleSpec, 2> schedules{{
       {"learningRates", "learning-rate schedule", ScheduleDomain::Real},
       {"momenta", "momentum schedule", ScheduleDomain::Ratio},
@@ -62,7 +64,7 @@ struct HeavyBallRule {
     a.subtract(Weights, c[LearningRate].value * a.value(Velocity), "learning rate * velocity");
   }
 
-  static constexpr bool directionNeedsGradient = false;
+  static constexpr bool directionNeedsGradient = false;  ///< u = dv needs no g_t.
 
   /// w_{t+1} = w_t − α v_{t+1}: ∂/∂α = −v_{t+1}, ∂/∂v_{t+1} = −α.
   template <class B, class C>
@@ -84,12 +86,16 @@ struct HeavyBallRule {
     b.adjoint(Velocity) *= c[Momentum].value;
   }
 
+  /// The same result members as MomentumRule (`learningRates`, `momenta` for μ, `initialVelocity`).
   using HypergradientFields = MomentumRule::HypergradientFields;
+  /// The result member of each schedule's hypergradient.
   static constexpr std::array<Eigen::MatrixXd HypergradientFields::*, 2> scheduleFields{
       {&HypergradientFields::learningRates, &HypergradientFields::momenta}};
+  /// The result member of ∂f/∂(velocity at t = 1).
   static constexpr std::array<Eigen::VectorXd HypergradientFields::*, 1> stateFields{
       {&HypergradientFields::initialVelocity}};
 
+  /// Momentum's names for the optimizer's generic members (SgdHeavyBall::velocity(), …).
   template <class Optimizer>
   using Interface = VelocityInterface<Optimizer>;
 };

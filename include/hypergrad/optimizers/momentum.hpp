@@ -2,7 +2,7 @@
 #pragma once
 
 /// \file momentum.hpp
-/// \brief SGD with momentum as an update rule (Maclaurin, Duvenaud & Adams 2015, Alg. 1–2):
+/// \brief SGD with momentum as an update rule (Maclaurin, Duvenaud & Adams 2015, Alg.\ 1–2):
 /// \f[ v_{t+1} = \gamma_t \odot v_t - (1-\gamma_t) \odot g_t, \qquad
 ///     w_{t+1} = w_t + \alpha_t \odot v_{t+1}, \qquad g_t = \nabla_w L(w_t, \theta, t), \f]
 /// with per-iteration × per-group learning rates α and momenta γ ∈ (0, 1]. `SgdMomentum<>` is
@@ -42,7 +42,9 @@ class VelocityInterface {
  public:
   /// v, the velocity (v_{t+1} after t + 1 steps).
   Eigen::VectorXd velocity() const { return self().state(1); }
+  /// Writes v into `out` (resized if needed), without allocating when the size is right.
   void velocity(Eigen::VectorXd& out) const { self().state(1, out); }
+  /// v in fixed point, the exact stored state.
   decltype(auto) fixedVelocity() const { return self().fixedState(1); }
   /// α as given.
   const Schedule& learningRates() const { return self().schedule(0); }
@@ -59,14 +61,16 @@ class VelocityInterface {
 /// The momentum update rule (see the file comment). States: weights, velocity. Schedules:
 /// "learningRates" (real), "momenta" (ratios in (0, 1]).
 struct MomentumRule {
-  static constexpr const char* name = "SGD with momentum";
+  static constexpr const char* name = "SGD with momentum";  ///< For messages and saved runs.
 
   enum : int { Weights = 0, Velocity = 1 };
-  static constexpr int numStates = 2;
+  static constexpr int numStates = 2;  ///< The weights and the velocity.
+  /// Names of the states, as results and messages use them.
   static constexpr std::array<const char*, 2> stateNames{{"weights", "velocity"}};
 
   enum : int { LearningRate = 0, Momentum = 1 };
-  static constexpr int numSchedules = 2;
+  static constexpr int numSchedules = 2;  ///< α (real) and the momentum (a ratio).
+  /// Keys, descriptions and domains of the schedules, in the order of the enum above.
   static constexpr std::array<ScheduleSpec, 2> schedules{{
       {"learningRates", "learning-rate schedule", ScheduleDomain::Real},
       {"momenta", "momentum schedule", ScheduleDomain::Ratio},
@@ -85,7 +89,7 @@ struct MomentumRule {
     a.add(Weights, c[LearningRate].value * a.value(Velocity), "learning rate * velocity");
   }
 
-  static constexpr bool directionNeedsGradient = false;
+  static constexpr bool directionNeedsGradient = false;  ///< u = −(1 − γ) dv needs no g_t.
 
   /// w_{t+1} = w_t + α v_{t+1}: ∂/∂α = v_{t+1}, ∂/∂v_{t+1} = α.
   template <class B, class C>
@@ -113,8 +117,10 @@ struct MomentumRule {
     Eigen::MatrixXd momenta;          ///< ∂f/∂γ, T × G (with respect to the quantised γ used)
     Eigen::VectorXd initialVelocity;  ///< ∂f/∂v₁
   };
+  /// The result member of each schedule's hypergradient.
   static constexpr std::array<Eigen::MatrixXd HypergradientFields::*, 2> scheduleFields{
       {&HypergradientFields::learningRates, &HypergradientFields::momenta}};
+  /// The result member of ∂f/∂(velocity at t = 1).
   static constexpr std::array<Eigen::VectorXd HypergradientFields::*, 1> stateFields{
       {&HypergradientFields::initialVelocity}};
 

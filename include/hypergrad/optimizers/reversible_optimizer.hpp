@@ -97,17 +97,17 @@ class ReversibleOptimizer
                 "reach the entropy bound (e.g. RatioBits = 16, PrecisionBits = 24)");
 
  public:
-  using RuleType = Rule;
-  using FixedFormatType = Format;
-  using RatioType = Ratio<RatioBits>;
-  using Fixed = FixedVector<Format::radixBits>;
-  using Buffer = InformationBuffer<PrecisionBits>;
-  using RoundingPolicy = Rounding;
-  using Schedules = ScheduleSet<Rule, RatioType>;
+  using RuleType = Rule;                          ///< The update rule.
+  using FixedFormatType = Format;                 ///< The fixed-point format of the state.
+  using RatioType = Ratio<RatioBits>;             ///< A quantised ratio schedule entry, n / 2^RatioBits.
+  using Fixed = FixedVector<Format::radixBits>;   ///< One state vector.
+  using Buffer = InformationBuffer<PrecisionBits>;  ///< The information buffer.
+  using RoundingPolicy = Rounding;                ///< How products by a ratio are rounded.
+  using Schedules = ScheduleSet<Rule, RatioType>;  ///< The validated schedules.
   /// The entries of every schedule at one (iteration, group): what the rule's element code reads.
   using Coefficients = typename Schedules::Coefficients;
-  static constexpr int numStates = Rule::numStates;
-  static constexpr int numSchedules = Rule::numSchedules;
+  static constexpr int numStates = Rule::numStates;  ///< S, state vectors, the weights included.
+  static constexpr int numSchedules = Rule::numSchedules;  ///< J, T × G schedules.
 
   /// \param layout     parameter groups
   /// \param schedules  the rule's schedules in its order (Rule::schedules), each T × G
@@ -284,39 +284,44 @@ class ReversibleOptimizer
 
   // ---- Accessors ----------------------------------------------------------------------------------
 
-  Index size() const noexcept { return m_layout.size(); }
-  Index numIterations() const noexcept { return m_schedules.numIterations(); }
+  Index size() const noexcept { return m_layout.size(); }  ///< N, the number of parameters.
+  Index numIterations() const noexcept { return m_schedules.numIterations(); }  ///< T, the schedules' length.
   /// Number of forward steps currently applied (t of the state w_{t+1}, … held; 0-based).
   Index iteration() const noexcept { return m_t; }
-  const ParameterLayout& layout() const noexcept { return m_layout; }
-  Index blockSize() const noexcept { return m_blockSize; }
-  const OptimizerOptions& options() const noexcept { return m_options; }
+  const ParameterLayout& layout() const noexcept { return m_layout; }  ///< The parameter groups.
+  Index blockSize() const noexcept { return m_blockSize; }  ///< Elements per information-buffer block.
+  const OptimizerOptions& options() const noexcept { return m_options; }  ///< As constructed.
   /// The validated schedules (as given, the values used, the ratios' numerators).
   const Schedules& schedules() const noexcept { return m_schedules; }
   /// Schedule j as given, by index or by key (e.g. "learningRates").
   const Schedule& schedule(Index j) const { return m_schedules.requested(j); }
+  /// Schedule `key` as given; InvalidArgument for a key the rule does not have.
   const Schedule& schedule(const std::string& key) const { return m_schedules.requested(scheduleIndex<Rule>(key)); }
   /// The values schedule j's update actually uses, T × G: the quantised n/d for ratio schedules.
   const Eigen::MatrixXd& scheduleValues(Index j) const { return m_schedules.used(j); }
   /// The entries of every schedule for each group at iteration t (what the element code reads).
   void coefficients(Index t, std::vector<Coefficients>& out) const { m_schedules.fill(t, out); }
 
-  /// State s (0 = weights) in fixed point, as doubles, or into a preallocated vector.
+  /// State s (0 = weights) in fixed point, the exact stored values.
   const Fixed& fixedState(Index s) const { return m_state.at(static_cast<std::size_t>(s)); }
+  /// State s as doubles.
   Eigen::VectorXd state(Index s) const { return fixedState(s).toDouble(); }
+  /// State s as doubles into `out` (resized if needed).
   void state(Index s, Eigen::VectorXd& out) const { fixedState(s).toDouble(out); }
   /// The state start() received (the exact start snapshot).
   const Fixed& startState(Index s) const { return m_start.at(static_cast<std::size_t>(s)); }
 
-  Eigen::VectorXd weights() const { return m_state[0].toDouble(); }
+  Eigen::VectorXd weights() const { return m_state[0].toDouble(); }  ///< w as doubles.
+  /// w as doubles into `out` (resized if needed).
   void weights(Eigen::VectorXd& out) const { m_state[0].toDouble(out); }
-  const Fixed& fixedWeights() const noexcept { return m_state[0]; }
+  const Fixed& fixedWeights() const noexcept { return m_state[0]; }  ///< w in fixed point.
+  /// The information buffer: what the steps taken destroyed (informationBits(), memoryBytes()).
   const Buffer& buffer() const noexcept { return m_buffer; }
   /// The gradient fingerprint of each forward step taken (the run record).
   const std::vector<std::uint64_t>& gradientFingerprints() const noexcept { return m_fingerprints; }
   /// The gradient used by the last forward step (or recomputed by the last reverse step).
   const Eigen::VectorXd& lastGradient() const noexcept { return m_g; }
-  bool started() const noexcept { return m_started; }
+  bool started() const noexcept { return m_started; }  ///< True once start() has succeeded.
   /// True between unstepWeights() and unstepOptimizerState() (or restepWeights()).
   bool halfStep() const noexcept { return m_halfStep; }
   /// False before start() (and after an internal error that lost the state, which is a bug).
@@ -325,11 +330,14 @@ class ReversibleOptimizer
   /// Everything a run consists of beyond the optimizer's configuration: what saveRun() writes
   /// and loadRun() restores (optimizers/snapshot.hpp).
   struct RunState {
+    ///@{
+    /// The current state vectors and the exact start snapshot (state 0 the weights).
     std::array<Fixed, static_cast<std::size_t>(numStates)> state, start;
-    Buffer buffer;
+    ///@}
+    Buffer buffer;                            ///< what the steps taken destroyed
     std::vector<std::uint64_t> fingerprints;  ///< one per iteration of the schedules
-    Index iteration = 0;
-    bool halfStep = false;
+    Index iteration = 0;                      ///< forward steps applied
+    bool halfStep = false;                    ///< between unstepWeights() and unstepOptimizerState()
   };
   /// A copy of the current run (requires start()).
   RunState exportRun() const {
@@ -364,9 +372,11 @@ class ReversibleOptimizer
   /// Reads the current state as doubles element by element (what the reverse pass's adjoint
   /// code uses, without converting whole vectors).
   struct StateReader {
-    std::array<const std::int64_t*, static_cast<std::size_t>(numStates)> x;
+    std::array<const std::int64_t*, static_cast<std::size_t>(numStates)> x;  ///< each state's integers
+    /// Element i of state s as a double.
     double value(int s, Index i) const noexcept { return Format::toDouble(x[static_cast<std::size_t>(s)][i]); }
   };
+  /// A reader of the current state; valid until the state next changes.
   StateReader stateReader() const noexcept {
     StateReader r;
     for (int s = 0; s < numStates; ++s) r.x[static_cast<std::size_t>(s)] = m_state[static_cast<std::size_t>(s)].data();

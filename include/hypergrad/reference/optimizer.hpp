@@ -47,12 +47,15 @@ class ReferenceOptimizer {
   static_assert((checkRule<Rule>(), true), "");
 
  public:
-  using RuleType = Rule;
-  using Schedules = ScheduleSet<Rule, RatioT>;
-  using Coefficients = typename Schedules::Coefficients;
-  static constexpr int numStates = Rule::numStates;
-  static constexpr int numSchedules = Rule::numSchedules;
+  using RuleType = Rule;                                 ///< The update rule.
+  using Schedules = ScheduleSet<Rule, RatioT>;           ///< The validated schedules (not quantised).
+  using Coefficients = typename Schedules::Coefficients;  ///< Every schedule's entry at one (t, group).
+  static constexpr int numStates = Rule::numStates;      ///< S, state vectors, the weights included.
+  static constexpr int numSchedules = Rule::numSchedules;  ///< J, T × G schedules.
 
+  /// \param layout    parameter groups
+  /// \param schedules the rule's schedules in its order (Rule::schedules), each T × G
+  /// \param storage   TrajectoryStorage::Store to make the run reversible by reverse()
   ReferenceOptimizer(ParameterLayout layout, std::array<Schedule, static_cast<std::size_t>(numSchedules)> schedules,
                      TrajectoryStorage storage = TrajectoryStorage::Discard)
       : m_layout(std::move(layout)),
@@ -133,6 +136,8 @@ class ReferenceOptimizer {
     m_halfStep = false;
     --m_t;
   }
+  /// One reverse step from the stored trajectory (TrajectoryStorage::Store), recomputing g_t to
+  /// check it against the forward step's; throws with the state unchanged.
   template <class Objective>
   void unstep(const Objective& f) {
     unstepWeights();
@@ -152,17 +157,22 @@ class ReferenceOptimizer {
 
   // ---- Accessors ----------------------------------------------------------------------------------
 
-  Index size() const noexcept { return m_layout.size(); }
-  Index numIterations() const noexcept { return m_schedules.numIterations(); }
-  Index iteration() const noexcept { return m_t; }
-  const ParameterLayout& layout() const noexcept { return m_layout; }
+  Index size() const noexcept { return m_layout.size(); }  ///< N, the number of parameters.
+  Index numIterations() const noexcept { return m_schedules.numIterations(); }  ///< T.
+  Index iteration() const noexcept { return m_t; }  ///< Forward steps currently applied.
+  const ParameterLayout& layout() const noexcept { return m_layout; }  ///< The parameter groups.
+  /// True between unstepWeights() and unstepOptimizerState() (or restepWeights()).
   bool halfStep() const noexcept { return m_halfStep; }
-  const Schedules& schedules() const noexcept { return m_schedules; }
+  const Schedules& schedules() const noexcept { return m_schedules; }  ///< The validated schedules.
+  /// Schedule j's values, T × G: as given, also for ratio schedules.
   const Eigen::MatrixXd& scheduleValues(Index j) const { return m_schedules.used(j); }
+  /// The entries of every schedule for each group at iteration t (what the element code reads).
   void coefficients(Index t, std::vector<Coefficients>& out) const { m_schedules.fill(t, out); }
+  /// State s (0 = weights).
   const Eigen::VectorXd& state(Index s) const { return m_state.at(static_cast<std::size_t>(s)); }
-  const Eigen::VectorXd& weights() const noexcept { return m_state[0]; }
-  void weights(Eigen::VectorXd& out) const { out = m_state[0]; }
+  const Eigen::VectorXd& weights() const noexcept { return m_state[0]; }  ///< w.
+  void weights(Eigen::VectorXd& out) const { out = m_state[0]; }  ///< w, copied into `out`.
+  /// The gradient used by the last forward step (or recomputed by the last reverse step).
   const Eigen::VectorXd& lastGradient() const noexcept { return m_g; }
   /// Bytes of the stored trajectory (0 with TrajectoryStorage::Discard).
   std::size_t trajectoryBytes() const noexcept {
@@ -174,9 +184,10 @@ class ReferenceOptimizer {
 
   /// Element-wise reads of the current state (the reverse pass's adjoint code).
   struct StateReader {
-    std::array<const double*, static_cast<std::size_t>(numStates)> x;
-    double value(int s, Index i) const noexcept { return x[static_cast<std::size_t>(s)][i]; }
+    std::array<const double*, static_cast<std::size_t>(numStates)> x;  ///< each state's values
+    double value(int s, Index i) const noexcept { return x[static_cast<std::size_t>(s)][i]; }  ///< x_s[i]
   };
+  /// A reader of the current state; valid until the state next changes.
   StateReader stateReader() const noexcept {
     StateReader r;
     for (int s = 0; s < numStates; ++s) r.x[static_cast<std::size_t>(s)] = m_state[static_cast<std::size_t>(s)].data();

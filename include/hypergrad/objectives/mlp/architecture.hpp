@@ -96,8 +96,9 @@ class MlpArchitecture {
   Index inputSize() const noexcept { return m_sizes.front(); }
   /// Number of classes n_L.
   Index outputSize() const noexcept { return m_sizes.back(); }
-  /// Fan-in of layer l (n_l), fan-out (n_{l+1}).
+  /// Fan-in of layer l (n_l).
   Index fanIn(Index l) const { return m_sizes.at(static_cast<std::size_t>(checkLayer(l, "fanIn"))); }
+  /// Fan-out of layer l (n_{l+1}).
   Index fanOut(Index l) const { return m_sizes.at(static_cast<std::size_t>(checkLayer(l, "fanOut")) + 1); }
   /// Hidden-layer activation.
   Activation activation() const noexcept { return m_activation; }
@@ -154,6 +155,7 @@ class MlpArchitecture {
     return biases(w.data(), l);
   }
 
+  ///@{
   /// Unchecked views on raw storage of numParameters() doubles (no size check possible).
   Eigen::Map<const Eigen::MatrixXd> weights(const double* w, Index l) const {
     const auto k = static_cast<std::size_t>(checkLayer(l, "weights"));
@@ -171,6 +173,7 @@ class MlpArchitecture {
     const auto k = static_cast<std::size_t>(checkLayer(l, "biases"));
     return Eigen::Map<Eigen::VectorXd>(w + m_biasOffsets[k], m_sizes[k + 1]);
   }
+  ///@}
 
  private:
   Index checkLayer(Index l, const char* fn) const {

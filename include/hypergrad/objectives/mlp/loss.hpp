@@ -55,10 +55,11 @@ class BasicMlpLoss {
     detail::checkArchitectureFitsData(m_net.architecture(), m_data, "MlpLoss");
   }
 
-  Index numParameters() const noexcept { return m_net.architecture().numParameters(); }
+  Index numParameters() const noexcept { return m_net.architecture().numParameters(); }  ///< N.
+  /// Parameter groups "layer1.weights", "layer1.biases", ...
   ParameterLayout layout() const { return m_net.architecture().layout(); }
-  const MlpArchitecture& architecture() const noexcept { return m_net.architecture(); }
-  const Dataset& data() const noexcept { return m_data; }
+  const MlpArchitecture& architecture() const noexcept { return m_net.architecture(); }  ///< The network.
+  const Dataset& data() const noexcept { return m_data; }  ///< The examples averaged over.
 
   /// Examples per shard (default 50).
   Index shardSize() const noexcept { return m_shardSize; }

@@ -101,9 +101,10 @@ class BasicMlpObjective {
   }
   /// Parameter groups "layer1.weights", "layer1.biases", ...
   ParameterLayout layout() const { return m_net.architecture().layout(); }
-  const MlpArchitecture& architecture() const noexcept { return m_net.architecture(); }
-  const Dataset& data() const noexcept { return m_data; }
-  const BatchSchedule& batches() const noexcept { return m_batches; }
+  const MlpArchitecture& architecture() const noexcept { return m_net.architecture(); }  ///< The network.
+  const Dataset& data() const noexcept { return m_data; }  ///< The training examples.
+  const BatchSchedule& batches() const noexcept { return m_batches; }  ///< t → the examples of batch t.
+  /// True when θ is the training inputs (numHyperparameters() = numExamples·numFeatures).
   bool inputsAreHyperparameters() const noexcept { return m_inputsAreHyperparameters; }
 
   /// Examples per shard (default 50). Results depend on it (rounding), never on the thread count.
