@@ -49,7 +49,7 @@ struct ReverseState {
   const Eigen::VectorXd& dWeights;   ///< ∂f/∂w_t
   const Eigen::VectorXd& direction;  ///< u_t, the direction of step t's Hessian-vector product
   const Eigen::VectorXd* adjoints;   ///< ∂f/∂(state s at t), s = 0 … numStates − 1 (0: dWeights)
-  Index numStates;
+  Index numStates;                   ///< the rule's number of state vectors
 
   /// ∂f/∂(state s at t), s = 0 the weights.
   const Eigen::VectorXd& adjoint(Index s) const { return adjoints[s]; }
@@ -60,12 +60,14 @@ struct NullCallback {};
 
 /// Stops training after a given number of forward steps (counted from train()'s start).
 struct StopAfter {
-  Index steps;
-  Index taken = 0;
+  Index steps;     ///< steps to take
+  Index taken = 0; ///< steps taken so far
+  /// Counts a step; true once `steps` have been taken.
   template <class Opt>
-  bool onForwardStep(const Opt&, Index, const Eigen::VectorXd&) {
+  bool onForwardStep(const Opt& /*opt*/, Index /*t*/, const Eigen::VectorXd& /*g*/) {
     return ++taken >= steps;
   }
+  /// "stopped after N steps".
   std::string stopReason() const { return "stopped after " + std::to_string(steps) + " steps"; }
 };
 

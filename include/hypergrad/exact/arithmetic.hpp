@@ -54,6 +54,10 @@ struct ElementFailure {
   const char* what = "";    ///< the rule's name for the addend
   double operand = 0.0;     ///< the addend (or g_i)
   double current = 0.0;     ///< the state's value before the failing operation
+
+  ElementFailure() = default;
+  ElementFailure(Kind k, int s, Index i, const char* name, double x, double before) noexcept
+      : kind(k), state(s), element(i), what(name), operand(x), current(before) {}
 };
 
 /// One logged operation of an element: an addition of `addend` to state `state`, or (numerator
@@ -193,25 +197,13 @@ class ExactElement {
         Rounding::template multiplyRatio<DBits>(m_x[redo.state], RatioType{redo.numerator, redo.denominator}, m_i, *m_buf);
       else m_x[redo.state] += redo.addend;  // restores a value that was stored before: cannot overflow
     }
-    ElementFailure f;
-    f.kind = op.numerator != 0 ? ElementFailure::Kind::DivisionOutOfRange : ElementFailure::Kind::SumOutOfRange;
-    f.state = op.state;
-    f.element = m_i;
-    f.what = op.numerator != 0 ? "division by the ratio" : "recorded addend";
-    f.operand = Format::toDouble(op.addend);
-    f.current = Format::toDouble(m_x[op.state]);
-    throw f;
+    throw ElementFailure(op.numerator != 0 ? ElementFailure::Kind::DivisionOutOfRange : ElementFailure::Kind::SumOutOfRange,
+                         op.state, m_i, op.numerator != 0 ? "division by the ratio" : "recorded addend",
+                         Format::toDouble(op.addend), Format::toDouble(m_x[op.state]));
   }
 
   [[noreturn]] void fail(ElementFailure::Kind kind, int s, const char* what, double operand) const {
-    ElementFailure f;
-    f.kind = kind;
-    f.state = s;
-    f.element = m_i;
-    f.what = what;
-    f.operand = operand;
-    f.current = Format::toDouble(m_x[s]);
-    throw f;
+    throw ElementFailure(kind, s, m_i, what, operand, Format::toDouble(m_x[s]));
   }
 
   std::int64_t m_x[S];
@@ -231,12 +223,12 @@ struct ContractArithmetic {
   bool violated = false;
   const char* problem = "";
   template <class Entry>
-  void multiply(int s, const Entry&) {
+  void multiply(int s, const Entry& /*ratio*/) {
     ++multiplies;
     write(s);
   }
-  void add(int s, double, const char* = "") { write(s); }
-  void subtract(int s, double, const char* = "") { write(s); }
+  void add(int s, double /*x*/, const char* /*what*/ = "") { write(s); }
+  void subtract(int s, double /*x*/, const char* /*what*/ = "") { write(s); }
   double value(int s) {
     read |= 1u << s;
     return 0.5;
@@ -413,13 +405,8 @@ class ExactKernel {
     e.load(call.state);
     const double g = Part != StepPart::Weights ? call.gradient[i] : 0.0;
     try {
-      if (Part != StepPart::Weights && !std::isfinite(g)) {
-        ElementFailure f;
-        f.kind = ElementFailure::Kind::NonFiniteGradient;
-        f.element = i;
-        f.operand = g;
-        throw f;
-      }
+      if (Part != StepPart::Weights && !std::isfinite(g))
+        throw ElementFailure(ElementFailure::Kind::NonFiniteGradient, 0, i, "gradient", g, 0.0);
       elementCode<Part>(e, c, g);
     } catch (...) {
       // Take back the operations applied before the failing one (see ExactElement): only the

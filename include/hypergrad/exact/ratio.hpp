@@ -41,7 +41,7 @@ enum class Quantization {
 template <int DBits = 16>
 struct Ratio {
   static_assert(DBits >= 1 && DBits <= 20, "hypergrad::Ratio<DBits>: DBits must be in [1, 20]");
-  static constexpr int denominatorBits = DBits;
+  static constexpr int denominatorBits = DBits;  ///< log2 of the largest denominator
   /// 2^DBits: the largest denominator, and the one of every dyadic ratio.
   static constexpr std::uint32_t maxDenominator = std::uint32_t(1) << DBits;
 
@@ -116,10 +116,11 @@ struct Ratio {
     return Ratio{n, d};
   }
 
+  /// Equal values (7/8 == 57344/65536).
   constexpr bool operator==(const Ratio& o) const noexcept {
     return std::uint64_t(numerator) * o.denominator == std::uint64_t(o.numerator) * denominator;
   }
-  constexpr bool operator!=(const Ratio& o) const noexcept { return !(*this == o); }
+  constexpr bool operator!=(const Ratio& o) const noexcept { return !(*this == o); }  ///< Different values.
 
  private:
   // The fraction n/d, d ≤ 2^DBits, whose correctly rounded quotient is gamma, if there is one.

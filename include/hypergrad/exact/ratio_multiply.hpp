@@ -42,9 +42,9 @@ namespace hypergrad {
 
 /// Elements [begin, end) are multiplied by numerator/d.
 struct RatioRun {
-  Index begin = 0;
-  Index end = 0;
-  std::uint32_t numerator = 1;
+  Index begin = 0;              ///< first element
+  Index end = 0;                ///< one past the last element
+  std::uint32_t numerator = 1;  ///< n of n/2^DBits
 };
 
 namespace detail {
@@ -70,8 +70,9 @@ inline Int128 ceilDiv128(Int128 a, Int128 b) noexcept { return -floorDiv128(-a, 
 /// Memory-optimal rounding (default): stores log2(d/n) bits per op on average; product error
 /// below n units of the last place.
 struct BitsBackRounding {
-  static constexpr const char* name = "bits-back";
+  static constexpr const char* name = "bits-back";  ///< its name in messages and saved runs
 
+  /// c ← c · n/2^DBits: push(c mod 2^DBits); c = floor(c / 2^DBits)·n + pop(radix n).
   template <int DBits, class Buffer>
   static void multiplyOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
     const std::int64_t q = c >> DBits;  // arithmetic shift: floor(c / d)
@@ -81,6 +82,8 @@ struct BitsBackRounding {
     c = q * static_cast<std::int64_t>(n) + static_cast<std::int64_t>(s);  // |q·n| ≤ |c|: no overflow
   }
 
+  /// The inverse of multiplyOne; FixedPointOverflow (element and buffer unchanged) for a c the
+  /// multiply cannot have produced.
   template <int DBits, class Buffer>
   static void divideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
     const std::int64_t before = c;
@@ -165,8 +168,9 @@ struct BitsBackRounding {
 /// Deterministic rounding: c' = floor(c·n/d) exactly (error below one unit); stores the index of
 /// c among the preimages of c', E[log2(preimage size)] bits (≈1.3–1.4× the bound for γ ≥ 0.9).
 struct FloorRounding {
-  static constexpr const char* name = "floor";
+  static constexpr const char* name = "floor";  ///< its name in messages and saved runs
 
+  /// c ← floor(c · n/2^DBits), with the index of c among the preimages pushed.
   template <int DBits, class Buffer>
   static void multiplyOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
     const detail::Int128 d = detail::Int128(1) << DBits;
@@ -177,6 +181,7 @@ struct FloorRounding {
     c = static_cast<std::int64_t>(image);
   }
 
+  /// The inverse of multiplyOne; FixedPointOverflow (element and buffer unchanged) out of range.
   template <int DBits, class Buffer>
   static void divideOne(std::int64_t& c, std::uint32_t n, Index i, Buffer& buf) {
     const std::int64_t before = c;

@@ -84,7 +84,9 @@ enum class AdjointPhase { Weights, Direction, State };
 /// accumulate in element order into column k of `sums` (J × G), a fixed summation order.
 template <class Rule, class Reader, class Coefficients>
 void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, const ParameterLayout& layout,
-                 const std::vector<Coefficients>& coefficients, Eigen::VectorXd* adjoints, double* u, const double* g,
+                 const std::vector<Coefficients>& coefficients, Eigen::VectorXd* adjoints,
+                 double* u,  // NOLINT(readability-non-const-parameter): the rule's direction() writes it
+                 const double* g,
                  Eigen::MatrixXd& sums) {
   for (Index k = 0; k < layout.numGroups(); ++k) {
     const ParameterGroup& grp = layout.group(k);
@@ -240,8 +242,8 @@ template <std::size_t NumInitial, class Optimizer, class Objective, class Meta, 
           std::size_t... C>
 HypergradientResult<typename Optimizer::RuleType> computeHypergradientsSplit(Optimizer& opt, const Objective& f,
                                                                              const Meta& meta, Tuple& args,
-                                                                             std::index_sequence<I...>,
-                                                                             std::index_sequence<C...>) {
+                                                                             std::index_sequence<I...> /*states*/,
+                                                                             std::index_sequence<C...> /*callbacks*/) {
   opt.start(std::get<I>(args)...);
   train(opt, f, std::get<NumInitial + C>(args)...);
   return reverse(opt, f, meta, std::get<NumInitial + C>(args)...);

@@ -67,12 +67,12 @@ struct MetaEvaluation {
 struct MetaIterationInfo {
   Index iteration = 0;          ///< 0-based meta-iteration
   Index numIterations = 0;      ///< the planned number
-  double objective = 0.0;
+  double objective = 0.0;        ///< the evaluation's objective
   double gradientNorm = 0.0;    ///< ‖∂f/∂x‖ in the unconstrained coordinates
-  const std::map<std::string, double>* metrics = nullptr;
-  double elapsedSeconds = 0.0;
+  const std::map<std::string, double>* metrics = nullptr;  ///< the evaluation's metrics
+  double elapsedSeconds = 0.0;  ///< since metaOptimize started
   double remainingSeconds = 0.0;  ///< estimate from the mean time per iteration so far
-  const MetaParameters* parameters = nullptr;
+  const MetaParameters* parameters = nullptr;  ///< the hyperparameters just evaluated
 };
 
 /// Why a meta run stopped on a failure (MetaFailureInfo::kind, MetaResult::failure).
@@ -105,13 +105,13 @@ struct MetaFailureInfo {
   /// from the previous one could not produce.
   Index iteration = 0;
   Index numIterations = 0;  ///< the planned number
-  MetaFailure kind = MetaFailure::None;
+  MetaFailure kind = MetaFailure::None;  ///< what failed
   std::string message;      ///< the exception's what(), or which entry is not finite, and what to change
   /// As evaluate returned them; NaN (and no metrics) when it threw or for NonFiniteStep.
   double objective = std::numeric_limits<double>::quiet_NaN();
-  double gradientNorm = std::numeric_limits<double>::quiet_NaN();
-  const std::map<std::string, double>* metrics = nullptr;
-  double elapsedSeconds = 0.0;
+  double gradientNorm = std::numeric_limits<double>::quiet_NaN();  ///< ‖∂f/∂x‖ if it was computed
+  const std::map<std::string, double>* metrics = nullptr;  ///< the evaluation's metrics, if any
+  double elapsedSeconds = 0.0;  ///< since metaOptimize started
   /// The hyperparameters that failed (for NonFiniteStep, those the step started from), before
   /// metaOptimize puts `params` back at the best iterate.
   const MetaParameters* parameters = nullptr;
@@ -127,11 +127,11 @@ struct MetaResult {
   Index failedIteration = -1;              ///< the meta-iteration that failed, -1 if none
   std::vector<double> objectives;          ///< objective per successful evaluation
   std::vector<double> gradientNorms;       ///< ‖∂f/∂x‖ per successful evaluation
-  std::vector<std::map<std::string, double>> metrics;
+  std::vector<std::map<std::string, double>> metrics;  ///< metrics per successful evaluation
   Eigen::VectorXd bestRaw;                 ///< x with the lowest objective seen; empty if no evaluation succeeded
   double bestObjective = std::numeric_limits<double>::infinity();  ///< its objective (+inf if none)
   Index bestIteration = -1;                ///< its meta-iteration (-1 if none)
-  double seconds = 0.0;
+  double seconds = 0.0;                    ///< wall time of the run
 };
 
 namespace detail {

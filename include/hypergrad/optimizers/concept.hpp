@@ -130,17 +130,20 @@ struct HasDirectionFlag<R, std::void_t<decltype(std::bool_constant<R::directionN
 /// element code compiles against the documented expressions and nothing else.
 struct ConceptArithmetic {
   template <class Entry>
-  void multiply(int, const Entry&) {}
-  void add(int, double, const char* = "") {}
-  void subtract(int, double, const char* = "") {}
-  double value(int) const { return 0.0; }
+  void multiply(int /*s*/, const Entry& /*ratio*/) {}
+  void add(int /*s*/, double /*x*/, const char* /*what*/ = "") {}
+  void subtract(int /*s*/, double /*x*/, const char* /*what*/ = "") {}
+  double value(int /*s*/) const { return 0.0; }
 };
-struct ConceptAdjoint {
-  double value(int) const { return 0.0; }
-  double& adjoint(int) { return m_x; }
+class ConceptAdjoint {
+ public:
+  double value(int /*s*/) const { return 0.0; }
+  double& adjoint(int /*s*/) { return m_x; }
   double gradient() const { return 0.0; }
   double& direction() { return m_x; }
-  double& scheduleGradient(int) { return m_x; }
+  double& scheduleGradient(int /*j*/) { return m_x; }
+
+ private:
   double m_x = 0.0;
 };
 struct ConceptRatio {
@@ -150,14 +153,14 @@ struct ConceptRatio {
 
 template <class R, class = void>
 struct ConceptCoefficients {
-  using type = std::array<ScheduleEntry<ConceptRatio>, 1>;
+  using Type = std::array<ScheduleEntry<ConceptRatio>, 1>;
 };
 template <class R>
 struct ConceptCoefficients<R, std::enable_if_t<HasRuleSchedules<R>::value>> {
-  using type = std::array<ScheduleEntry<ConceptRatio>, static_cast<std::size_t>(R::numSchedules)>;
+  using Type = std::array<ScheduleEntry<ConceptRatio>, static_cast<std::size_t>(R::numSchedules)>;
 };
 template <class R>
-using ConceptCoefficientsT = typename ConceptCoefficients<R>::type;
+using ConceptCoefficientsT = typename ConceptCoefficients<R>::Type;
 
 template <class, class = void>
 struct HasForwardState : std::false_type {};
@@ -218,11 +221,11 @@ struct HasRuleInterface<R, Opt, std::void_t<typename R::template Interface<Opt>>
 struct NoRuleInterface {};
 template <class R, class Opt, class = void>
 struct RuleInterfaceOf {
-  using type = NoRuleInterface;
+  using Type = NoRuleInterface;
 };
 template <class R, class Opt>
 struct RuleInterfaceOf<R, Opt, std::enable_if_t<HasRuleInterface<R, Opt>::value>> {
-  using type = typename R::template Interface<Opt>;
+  using Type = typename R::template Interface<Opt>;
 };
 
 }  // namespace detail

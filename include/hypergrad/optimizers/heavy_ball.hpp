@@ -75,7 +75,7 @@ struct HeavyBallRule {
 
   /// ∂v_{t+1}/∂g_t = 1.
   template <class B, class C>
-  static void direction(B& b, const C&) {
+  static void direction(B& b, const C& /*c*/) {
     b.direction() = b.adjoint(Velocity);
   }
 

@@ -47,7 +47,8 @@ struct OptimizerOptions {
   Quantization ratios = Quantization::Dyadic;
 
   OptimizerOptions() = default;
-  OptimizerOptions(Index blockSize_) : blockSize(blockSize_) {}  // NOLINT: implicit on purpose (see above)
+  /// The default options with another block size (implicit on purpose, see above).
+  OptimizerOptions(Index elementsPerBlock) : blockSize(elementsPerBlock) {}  // NOLINT(google-explicit-constructor)
   /// The same options with exact fractions.
   OptimizerOptions exactFractions() const {
     OptimizerOptions o = *this;
@@ -90,8 +91,8 @@ struct OptimizerOptions {
 template <class Rule, class Format = FixedFormat<52>, class Rounding = BitsBackRounding, int RatioBits = 16,
           int PrecisionBits = 24>
 class ReversibleOptimizer
-    : public detail::RuleInterfaceOf<Rule, ReversibleOptimizer<Rule, Format, Rounding, RatioBits, PrecisionBits>>::type {
-  static_assert((checkRule<Rule>(), true), "");
+    : public detail::RuleInterfaceOf<Rule, ReversibleOptimizer<Rule, Format, Rounding, RatioBits, PrecisionBits>>::Type {
+  static_assert((checkRule<Rule>(), true));  // checkRule's own static_asserts name what is missing
   static_assert(PrecisionBits >= RatioBits + 8,
                 "hypergrad::ReversibleOptimizer: PrecisionBits must exceed RatioBits by at least 8 for the coder to "
                 "reach the entropy bound (e.g. RatioBits = 16, PrecisionBits = 24)");

@@ -32,10 +32,10 @@ namespace hypergrad {
 template <class Rule, class RatioT>
 class ScheduleSet {
  public:
-  static constexpr int numSchedules = Rule::numSchedules;
+  static constexpr int numSchedules = Rule::numSchedules;  ///< J
   /// The entries of every schedule at one (iteration, group).
   using Coefficients = std::array<ScheduleEntry<RatioT>, static_cast<std::size_t>(numSchedules)>;
-  using Numerators = Eigen::Matrix<std::uint32_t, Eigen::Dynamic, Eigen::Dynamic>;
+  using Numerators = Eigen::Matrix<std::uint32_t, Eigen::Dynamic, Eigen::Dynamic>;  ///< T × G integers
 
   /// How far the ratios of one schedule moved from the values requested.
   struct QuantizationReport {
@@ -44,12 +44,17 @@ class ScheduleSet {
     double maxAbsolute = 0.0;      ///< max |γ − γ_used|
     double maxRelativeDecay = 0.0; ///< max |γ − γ_used| / (1 − γ): the relative change of the decay rate
     Index worstIteration = -1;     ///< where maxRelativeDecay occurs (−1 when every entry is exact)
-    Index worstGroup = -1;
+    Index worstGroup = -1;         ///< and in which group
   };
 
   ScheduleSet() = default;
 
-  /// \param owner names the caller in messages (e.g. "SGD with momentum")
+  /// \param layout         the parameter groups (G columns)
+  /// \param schedules      the rule's schedules in its order
+  /// \param quantizeRatios whether ratio schedules become exact ratios (the exact optimizer) or
+  ///                       are used as given (the reference optimizer)
+  /// \param owner          names the caller in messages (e.g. "SGD with momentum")
+  /// \param quantization   how ratios are chosen (exact/ratio.hpp)
   ScheduleSet(const ParameterLayout& layout, std::array<Schedule, static_cast<std::size_t>(numSchedules)> schedules,
               bool quantizeRatios, const char* owner, Quantization quantization = Quantization::Dyadic)
       : m_requested(std::move(schedules)) {
@@ -97,15 +102,16 @@ class ScheduleSet {
     m_numGroups = layout.numGroups();
   }
 
-  Index numIterations() const noexcept { return m_used[0].rows(); }
-  Index numGroups() const noexcept { return m_numGroups; }
+  Index numIterations() const noexcept { return m_used[0].rows(); }  ///< T
+  Index numGroups() const noexcept { return m_numGroups; }  ///< G
 
   /// Schedule j as given.
   const Schedule& requested(Index j) const { return m_requested.at(static_cast<std::size_t>(j)); }
   /// The values schedule j's element code uses: as given, or the quantised ratios n/d.
   const Eigen::MatrixXd& used(Index j) const { return m_used.at(static_cast<std::size_t>(j)); }
-  /// Numerators and denominators of a quantised ratio schedule (empty for the others).
+  /// Numerators of a quantised ratio schedule (empty for the others).
   const Numerators& numerators(Index j) const { return m_numerators.at(static_cast<std::size_t>(j)); }
+  /// Denominators of a quantised ratio schedule (empty for the others).
   const Numerators& denominators(Index j) const { return m_denominators.at(static_cast<std::size_t>(j)); }
   /// How far ratio schedule j moved from the requested values (all zero for real schedules).
   const QuantizationReport& quantization(Index j) const { return m_reports.at(static_cast<std::size_t>(j)); }

@@ -125,7 +125,7 @@ class RunReader {
   }
 
  private:
-  void need(std::size_t n, const char* what) {
+  void need(std::size_t n, const char* what) const {
     if (n > m_n - m_pos) throw error(detail::message("truncated: the file ends inside ", what));
   }
   const char* m_p;

@@ -23,9 +23,9 @@ class ReferenceElement {
     m_state[s][m_i] *= c.value;
   }
   /// x_s ← x_s + x.
-  void add(int s, double x, const char* = "") noexcept { m_state[s][m_i] += x; }
+  void add(int s, double x, const char* /*what*/ = "") noexcept { m_state[s][m_i] += x; }
   /// x_s ← x_s − x.
-  void subtract(int s, double x, const char* = "") noexcept { m_state[s][m_i] -= x; }
+  void subtract(int s, double x, const char* /*what*/ = "") noexcept { m_state[s][m_i] -= x; }
   double value(int s) const noexcept { return m_state[s][m_i]; }
 
  private:

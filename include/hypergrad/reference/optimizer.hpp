@@ -44,7 +44,7 @@ enum class TrajectoryStorage {
 /// schedule entries the element code reads; ratio schedules are not quantised.
 template <class Rule, class RatioT = Ratio<16>>
 class ReferenceOptimizer {
-  static_assert((checkRule<Rule>(), true), "");
+  static_assert((checkRule<Rule>(), true));
 
  public:
   using RuleType = Rule;                                 ///< The update rule.

@@ -42,7 +42,7 @@ constexpr bool schedulesThen() {
 
 /// The first J arguments as an array of schedules.
 template <std::size_t J, class Tuple, std::size_t... K>
-std::array<Schedule, J> takeSchedules(Tuple&& args, std::index_sequence<K...>) {
+std::array<Schedule, J> takeSchedules(Tuple&& args, std::index_sequence<K...> /*indices*/) {
   return {{Schedule(std::get<K>(std::forward<Tuple>(args)))...}};
 }
 
