@@ -117,14 +117,14 @@ struct HasOnReverseEnd<C, Opt, Result,
     : std::true_type {};
 
 template <class C, class = void>
-struct HasCallbackStopReason : std::false_type {};
+struct HasStopReason : std::false_type {};
 template <class C>
-struct HasCallbackStopReason<C, std::void_t<decltype(std::string(std::declval<const C&>().stopReason()))>> : std::true_type {};
+struct HasStopReason<C, std::void_t<decltype(std::string(std::declval<const C&>().stopReason()))>> : std::true_type {};
 
 /// The stop reason of a callback that returned true.
 template <class C>
 std::string stopReasonOf(const C& cb) {
-  if constexpr (HasCallbackStopReason<C>::value) return std::string(cb.stopReason());
+  if constexpr (HasStopReason<C>::value) return std::string(cb.stopReason());
   else return "stopped by a callback";
 }
 

@@ -2,9 +2,12 @@
 #pragma once
 
 /// \file exact.hpp
-/// \brief The exact arithmetic layer: fixed point, ratios, the information buffer and the
-/// reversible multiply-by-ratio. Forward and reverse passes both go through it.
+/// \brief The exact arithmetic layer: fixed point, ratios, the information buffer, the reversible
+/// multiply-by-ratio, the fused per-block kernel that runs an update rule exactly (forward and
+/// backwards) and the gradient fingerprints of the run record.
 
+#include "exact/arithmetic.hpp"
+#include "exact/fingerprint.hpp"
 #include "exact/fixed_point.hpp"
 #include "exact/information_buffer.hpp"
 #include "exact/ratio.hpp"

@@ -50,6 +50,7 @@
 
 #include <Eigen/Core>
 
+#include "../callbacks.hpp"
 #include "../config.hpp"
 #include "../errors.hpp"
 #include "parameters.hpp"
@@ -155,19 +156,12 @@ struct HasOnMetaEnd : std::false_type {};
 template <class C>
 struct HasOnMetaEnd<C, std::void_t<decltype(std::declval<C&>().onMetaEnd(std::declval<const MetaResult&>()))>>
     : std::true_type {};
-template <class, class = void>
-struct HasStopReason : std::false_type {};
-template <class C>
-struct HasStopReason<C, std::void_t<decltype(std::string(std::declval<const C&>().stopReason()))>> : std::true_type {};
 
 template <class C>
 bool metaIteration(C& cb, const MetaIterationInfo& info, std::string& reason) {
   if constexpr (HasOnMetaIteration<C>::value) {
     if (cb.onMetaIteration(info)) {
-      if (reason.empty()) {
-        if constexpr (HasStopReason<C>::value) reason = cb.stopReason();
-        else reason = "stopped by a callback";
-      }
+      if (reason.empty()) reason = stopReasonOf(cb);  // the protocol's, as train() reads it
       return true;
     }
   }
