@@ -148,10 +148,14 @@ class ChunkedWordStack {
     }
   }
 
-  /// Frees the chunks more than one above the top (what pops and reserve() left), keeping one
-  /// spare. Never allocates.
-  void trim() noexcept {
-    const std::size_t keep = m_used + 1;
+  /// Frees the chunks above the top (what pops and reserve() left) beyond those needed for
+  /// `keepWords` more pushes, keeping at least one spare chunk. Never allocates.
+  void trim(std::size_t keepWords = 0) noexcept {
+    std::size_t keep = m_used + 1, room = static_cast<std::size_t>(m_end - m_top);
+    for (std::size_t k = m_used; k < m_chunks.size() && room < keepWords; ++k) {
+      room += capacity(k);
+      keep = std::max(keep, k + 1);
+    }
     if (m_chunks.size() > keep) m_chunks.resize(keep);
   }
 
@@ -317,9 +321,13 @@ class InformationBuffer {
   }
 
   /// Frees what pops and reserve() left above each stack's top, keeping one spare chunk per
-  /// stack. Never allocates.
-  void trim() noexcept {
-    for (auto& s : m_stacks) s.trim();
+  /// stack, or room for `wordsPerElement` more words per element (a reservation a pass will ask
+  /// for again: keeping it saves allocating and freeing those chunks at every step; it is address
+  /// space, not resident memory). Never allocates.
+  void trim(Index wordsPerElement = 0) noexcept {
+    for (Index b = 0; b < numBlocks(); ++b)
+      m_stacks[static_cast<std::size_t>(b)].trim(
+          static_cast<std::size_t>(std::max<Index>(wordsPerElement, 0)) * static_cast<std::size_t>(blockEnd(b) - blockBegin(b)));
   }
 
   /// Number of spilled 32-bit words in all blocks.

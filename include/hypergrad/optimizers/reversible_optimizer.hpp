@@ -203,7 +203,7 @@ class ReversibleOptimizer
       throw InvalidState(detail::message(Rule::name, ": restepWeights(): there is no unstepWeights() to undo"));
     m_schedules.fill(m_t - 1, m_coefficients);
     runKernel(true, detail::StepPart::Weights, m_t - 1, nullptr);
-    m_buffer.trim();
+    m_buffer.trim(m_multiplies);
     m_halfStep = false;
   }
 
@@ -254,7 +254,7 @@ class ReversibleOptimizer
     }
     m_schedules.fill(t, m_coefficients);
     runKernel(false, detail::StepPart::State, t, g.data());
-    m_buffer.trim();
+    m_buffer.trim(m_multiplies);
     m_fingerprints[static_cast<std::size_t>(t)] = 0;  // a step not taken has no record
     m_halfStep = false;
     --m_t;
@@ -417,7 +417,7 @@ class ReversibleOptimizer
     const std::uint64_t print = fingerprint(g.data(), g.size());
     m_schedules.fill(t, m_coefficients);
     runKernel(true, detail::StepPart::Both, t, g.data());
-    m_buffer.trim();
+    m_buffer.trim(m_multiplies);
     m_fingerprints[static_cast<std::size_t>(t)] = print;
     ++m_t;
   }
@@ -450,13 +450,13 @@ class ReversibleOptimizer
       if (forwardDirection) Kernel::forward(call, part);
       else Kernel::inverse(call, part);
     } catch (const detail::ElementFailure& f) {
-      m_buffer.trim();
+      m_buffer.trim(m_multiplies);
       throwFailure(f, t, forwardDirection);
     } catch (const InvalidState&) {
       m_broken = true;
       throw;
     } catch (...) {  // std::bad_alloc from the reservation, before anything changed
-      m_buffer.trim();
+      m_buffer.trim(m_multiplies);
       throw;
     }
   }
