@@ -144,6 +144,9 @@ class ExactElement {
     static_assert(Mode == ElementMode::Record, "undo() needs the log of Record mode");
     int k = m_count;
     // No exceptions inside the loop: it stays a short straight-line sequence once inlined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 16
+#endif
     for (; k > 0; --k) {
       const ElementOp& op = m_log[k - 1];
       std::int64_t& x = m_x[op.state];
