@@ -75,6 +75,19 @@ inline bool takeLongFlag(int& argc, char** argv) {
   return found;
 }
 
+/// The main() of every benchmark binary: takes "--hypergrad_long", registers the cases
+/// (`registerAll(longCases)`), then runs Google Benchmark on the remaining arguments.
+template <class Register>
+int runBenchmarks(int argc, char** argv, Register&& registerAll) {
+  const bool longCases = takeLongFlag(argc, argv);
+  registerAll(longCases);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
 // ---- Workload -----------------------------------------------------------------------------------
 
 /// Shape of an MLP training workload.

@@ -273,11 +273,6 @@ void registerAll() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bench::takeLongFlag(argc, argv);  // accepted for symmetry with bench_hypergrad; no long cases here
-  registerAll();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  // "--hypergrad_long" is accepted for symmetry; there are no long cases here.
+  return bench::runBenchmarks(argc, argv, [](bool) { registerAll(); });
 }

@@ -422,11 +422,5 @@ void registerAll(bool longCases) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool longCases = bench::takeLongFlag(argc, argv);
-  registerAll(longCases);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return bench::runBenchmarks(argc, argv, registerAll);
 }
