@@ -7,6 +7,7 @@
 /// runs, and the plain-double reference optimizer that runs the same rules without exact
 /// arithmetic.
 
+#include "optimizers/adam.hpp"
 #include "optimizers/concept.hpp"
 #include "optimizers/heavy_ball.hpp"
 #include "optimizers/momentum.hpp"

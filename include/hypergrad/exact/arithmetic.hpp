@@ -88,7 +88,14 @@ enum class ElementMode {
 /// the same addend. The same argument makes Record mode at the post-step state recompute the
 /// forward's addends, and undoing the operations last first never changes a value an earlier
 /// operation read.
-template <class Format, class Rounding, int DBits, class Buffer, int S, ElementMode Mode>
+/// Scaling of an element whose states are all in the format's units.
+struct UnitScaling {
+  static constexpr bool identity() { return true; }
+  static constexpr double up(int /*s*/) { return 1.0; }
+  static constexpr double down(int /*s*/) { return 1.0; }
+};
+
+template <class Format, class Rounding, int DBits, class Buffer, int S, ElementMode Mode, class Scaling = UnitScaling>
 class ExactElement {
  public:
   using RatioType = Ratio<DBits>;
@@ -134,7 +141,7 @@ class ExactElement {
   /// naming x itself.
   void subtract(int s, double x, const char* what = "subtrahend") { addRounded(s, x, -1, what); }
 
-  double value(int s) const noexcept { return Format::toDouble(m_x[s]); }
+  double value(int s) const noexcept { return toValue(s, m_x[s]); }
 
   /// Record mode: undoes the logged operations, last first. If an undo fails (a division
   /// leaving the int64 range, or a subtraction leaving the fixed-point range: the state is not
@@ -172,7 +179,7 @@ class ExactElement {
       if (m_count >= m_limit) return;
     }
     std::int64_t d;
-    if (!Format::tryFromDouble(x, d)) fail(ElementFailure::Kind::AddendOutOfRange, s, what, x);
+    if (!Format::tryFromDouble(scaled(s, x), d)) fail(ElementFailure::Kind::AddendOutOfRange, s, what, x);
     if (sign < 0) d = -d;  // |d| < 2^63: no overflow
     if constexpr (Mode == ElementMode::Apply) {
       std::int64_t r;
@@ -202,11 +209,22 @@ class ExactElement {
     }
     throw ElementFailure(op.numerator != 0 ? ElementFailure::Kind::DivisionOutOfRange : ElementFailure::Kind::SumOutOfRange,
                          op.state, m_i, op.numerator != 0 ? "division by the ratio" : "recorded addend",
-                         Format::toDouble(op.addend), Format::toDouble(m_x[op.state]));
+                         toValue(op.state, op.addend), toValue(op.state, m_x[op.state]));
+  }
+
+  // A state value of state s from its integer, and the double whose fixed point is stored (the
+  // rule's stateExponents: powers of two, exact).
+  static double toValue(int s, std::int64_t c) noexcept {
+    if constexpr (Scaling::identity()) return Format::toDouble(c);
+    else return Format::toDouble(c) * Scaling::down(s);
+  }
+  static double scaled(int s, double x) noexcept {
+    if constexpr (Scaling::identity()) return x;
+    else return x * Scaling::up(s);
   }
 
   [[noreturn]] void fail(ElementFailure::Kind kind, int s, const char* what, double operand) const {
-    throw ElementFailure(kind, s, m_i, what, operand, Format::toDouble(m_x[s]));
+    throw ElementFailure(kind, s, m_i, what, operand, toValue(s, m_x[s]));
   }
 
   std::int64_t m_x[S];
@@ -274,12 +292,14 @@ int ruleMultiplies(const Coefficients& c) {
 enum class StepPart { State, Weights, Both };
 
 /// The fused per-block kernel of an update rule in exact arithmetic.
-template <class Rule, class Format, class Rounding, int DBits, class Buffer>
+/// `Scaling` (UnitScaling, or the driver's StateScaling of the rule) gives each state's power of
+/// two between its values and the format's units.
+template <class Rule, class Format, class Rounding, int DBits, class Buffer, class Scaling = UnitScaling>
 class ExactKernel {
  public:
   static constexpr int S = Rule::numStates;
-  using Applier = ExactElement<Format, Rounding, DBits, Buffer, S, ElementMode::Apply>;
-  using Recorder = ExactElement<Format, Rounding, DBits, Buffer, S, ElementMode::Record>;
+  using Applier = ExactElement<Format, Rounding, DBits, Buffer, S, ElementMode::Apply, Scaling>;
+  using Recorder = ExactElement<Format, Rounding, DBits, Buffer, S, ElementMode::Record, Scaling>;
 
   /// Arguments of one kernel call. `coefficients[k]` are group k's step coefficients; `gradient`
   /// is g_t (needed by the state half, forward and inverse).

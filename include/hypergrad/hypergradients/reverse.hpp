@@ -60,14 +60,15 @@ template <class Reader, int S>
 class AdjointElement {
  public:
   AdjointElement(const Reader& reader, Eigen::VectorXd* adjoints, Index i, double* u, const double* g,
-                 double* scheduleSums) noexcept
-      : m_reader(reader), m_adjoints(adjoints), m_i(i), m_u(u), m_g(g), m_sums(scheduleSums) {}
+                 double* scheduleSums, double* productSums) noexcept
+      : m_reader(reader), m_adjoints(adjoints), m_i(i), m_u(u), m_g(g), m_sums(scheduleSums), m_products(productSums) {}
 
   double value(int s) const noexcept { return m_reader.value(s, m_i); }
   double& adjoint(int s) noexcept { return m_adjoints[s].data()[m_i]; }
   double gradient() const noexcept { return m_g[m_i]; }
   double& direction() noexcept { return m_u[m_i]; }
   double& scheduleGradient(int j) noexcept { return m_sums[j]; }
+  double& productGradient(int j) noexcept { return m_products[j]; }
 
  private:
   const Reader& m_reader;
@@ -76,24 +77,27 @@ class AdjointElement {
   double* m_u;
   const double* m_g;
   double* m_sums;
+  double* m_products;
 };
 
 enum class AdjointPhase { Weights, Direction, State };
 
 /// One adjoint phase of step t over every element, group by group: the per-group schedule sums
-/// accumulate in element order into column k of `sums` (J × G), a fixed summation order.
+/// accumulate in element order into column k of `sums` (J × G), those of the running products
+/// into column k of `productSums` (J × G): a fixed summation order.
 template <class Rule, class Reader, class Coefficients>
 void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, const ParameterLayout& layout,
                  const std::vector<Coefficients>& coefficients, Eigen::VectorXd* adjoints,
                  double* u,  // NOLINT(readability-non-const-parameter): the rule's direction() writes it
                  const double* g,
-                 Eigen::MatrixXd& sums) {
+                 Eigen::MatrixXd& sums, Eigen::MatrixXd& productSums) {
   for (Index k = 0; k < layout.numGroups(); ++k) {
     const ParameterGroup& grp = layout.group(k);
     const Coefficients& c = coefficients[static_cast<std::size_t>(k)];
     double* sum = sums.col(k).data();
+    double* productSum = productSums.col(k).data();
     for (Index i = grp.offset; i < grp.offset + grp.size; ++i) {
-      AdjointElement<Reader, Rule::numStates> b(reader, adjoints, i, u, g, sum);
+      AdjointElement<Reader, Rule::numStates> b(reader, adjoints, i, u, g, sum, productSum);
       if (phase == AdjointPhase::Weights) {
         Rule::adjointWeights(b, c);
         if (withDirection) Rule::direction(b, c);
@@ -104,6 +108,20 @@ void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, c
       }
     }
   }
+}
+
+/// The running products' share of step t's schedule sums: tails += P_t ⊙ ∂f/∂P_t, then
+/// sums += tails / β_t (entries whose tail is zero are left alone, so rules that read no product
+/// get bit-identical results).
+template <class Coefficients>
+void chainProducts(const std::vector<Coefficients>& coefficients, const Eigen::MatrixXd& productSums,
+                   Eigen::MatrixXd& tails, Eigen::MatrixXd& sums) {
+  for (Index k = 0; k < sums.cols(); ++k)
+    for (Index j = 0; j < sums.rows(); ++j) {
+      const auto& c = coefficients[static_cast<std::size_t>(k)][static_cast<std::size_t>(j)];
+      tails(j, k) += c.product * productSums(j, k);
+      if (tails(j, k) != 0.0) sums(j, k) += tails(j, k) / c.value;
+    }
 }
 
 /// After a failed reverse step: back to iteration T, exactly (the steps already reversed are
@@ -182,6 +200,9 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
 
   Eigen::VectorXd u(n), w(n), g(n), hu(n), mixed(numHyper);
   Eigen::MatrixXd sums(Rule::numSchedules, numGroups);  // per-group schedule sums of one step
+  // ∂f/∂ (running product of ratio schedule j at t) per group, and Σ_{t' ≥ t} P_{t'} ∂f/∂P_{t'},
+  // which becomes ∂f/∂ schedule j at t after division by its value (∂P_{t'}/∂β_t = P_{t'}/β_t).
+  Eigen::MatrixXd productSums(Rule::numSchedules, numGroups), productTails = Eigen::MatrixXd::Zero(Rule::numSchedules, numGroups);
   std::vector<Coefficients> coefficients;
   const ParameterLayout& layout = opt.layout();
   try {
@@ -189,9 +210,10 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
     for (Index t = T; t-- > 0;) {
       opt.coefficients(t, coefficients);
       sums.setZero();
+      productSums.setZero();
       // Adjoint of the weights half at the post-step state (and u, unless it needs g_t).
       detail::adjointPass<Rule>(detail::AdjointPhase::Weights, !Rule::directionNeedsGradient, opt.stateReader(),
-                                layout, coefficients, adjoints.data(), u.data(), nullptr, sums);
+                                layout, coefficients, adjoints.data(), u.data(), nullptr, sums, productSums);
       opt.unstepWeights();  // w_t, exact
       opt.weights(w);
       if constexpr (!Rule::directionNeedsGradient) {
@@ -203,7 +225,7 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
                                                 " entries, expected ", n));
         }
         detail::adjointPass<Rule>(detail::AdjointPhase::Direction, true, opt.stateReader(), layout, coefficients,
-                                  adjoints.data(), u.data(), g.data(), sums);
+                                  adjoints.data(), u.data(), g.data(), sums, productSums);
         f.hessianVectorProduct(w, t, u, hu);
         f.mixedProduct(w, t, u, mixed);
       }
@@ -218,9 +240,10 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
       opt.unstepOptimizerState(g);  // the other states at t, exact (checks g_t against the record)
       // Adjoint of the state half at the pre-step state.
       detail::adjointPass<Rule>(detail::AdjointPhase::State, false, opt.stateReader(), layout, coefficients,
-                                adjoints.data(), u.data(), g.data(), sums);
+                                adjoints.data(), u.data(), g.data(), sums, productSums);
       dw += hu;
       dtheta += mixed;
+      detail::chainProducts(coefficients, productSums, productTails, sums);
       for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j).row(t) = sums.row(j);
       [[maybe_unused]] const ReverseState state{g, dw, u, adjoints.data(), S};
       (detail::callReverseStep(callbacks, opt, t, state), ...);

@@ -52,6 +52,8 @@
 /// | `R::adjointWeights(b, c)`          | adjoint of forwardWeights at the post-step state (see below)           |
 /// | `R::direction(b, c)`               | u = (∂ state_{t+1} / ∂ g_t)ᵀ d state_{t+1}: sets `b.direction()`          |
 /// | `R::adjointState(b, c)`            | adjoint of forwardState at the pre-step state, given g_t                |
+/// | `R::stateDomains`                  | optional: `std::array<StateDomain, S>`; start() rejects a negative entry of a NonNegative state |
+/// | `R::stateExponents`                | optional: `std::array<int, S>`, e_s: state s is stored in units of 2^-(R + e_s) (range ±2^(63−R−e_s)) instead of the format's 2^-R; e_0 must be 0 |
 /// | `R::HypergradientFields`           | a struct of named result members (e.g. `learningRates`, `initialVelocity`) |
 /// | `R::scheduleFields`                | `std::array<Eigen::MatrixXd Fields::*, J>`: schedule j's T × G result   |
 /// | `R::stateFields`                   | `std::array<Eigen::VectorXd Fields::*, S−1>`: ∂f/∂(state s at t = 1), s ≥ 1 |
@@ -63,10 +65,13 @@
 /// adjointState), `b.adjoint(s)` (`double&`, ∂f/∂ state s), `b.gradient()` (g_t; in adjointState,
 /// and in direction when directionNeedsGradient), `b.direction()` (`double&`, u) and
 /// `b.scheduleGradient(j)` (`double&`, the running sum of ∂f/∂ schedule j over the element's group at
-/// this iteration). With u so defined, the generic reverse pass does dw ← dw + H_t u and
+/// this iteration) and `b.productGradient(j)` (`double&`, the same for the running product
+/// `c[j].product` of a ratio schedule, which the reverse pass chains into ∂f/∂ schedule j at every
+/// earlier iteration: Adam's bias corrections). With u so defined, the generic reverse pass does dw ← dw + H_t u and
 /// dθ ← dθ + (∂_θ g_t)ᵀ u (one Hessian-vector product and one mixed product per step).
 
 #include <array>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -80,8 +85,15 @@ namespace hypergrad {
 
 /// Domain of a schedule's entries.
 enum class ScheduleDomain {
-  Real,  ///< any finite value (learning rates)
-  Ratio  ///< (0, 1], quantised to a ratio n/d and applied exactly through the information buffer
+  Real,      ///< any finite value (learning rates)
+  Ratio,     ///< (0, 1], quantised to a ratio n/d and applied exactly through the information buffer
+  Positive   ///< finite and > 0 (Adam's ε)
+};
+
+/// Domain of a state vector's entries, checked by start().
+enum class StateDomain {
+  Real,        ///< any value in the fixed-point range
+  NonNegative  ///< ≥ 0 (a running mean of squares); the rule's update keeps it so
 };
 
 /// One named schedule of an update rule.
@@ -94,8 +106,11 @@ struct ScheduleSpec {
 /// The value of one schedule at one (iteration, group), as the element code sees it.
 template <class RatioT>
 struct ScheduleEntry {
-  double value = 0.0;  ///< the value used: as given (real schedules) or the ratio n/d (ratio schedules)
-  RatioT ratio{};      ///< the ratio itself (ratio schedules only)
+  double value = 0.0;    ///< the value used: as given (real schedules) or the ratio n/d (ratio schedules)
+  RatioT ratio{};        ///< the ratio itself (ratio schedules only)
+  /// Ratio schedules: the running product of the values used at iterations 0 … t (this one
+  /// included), multiplied in that order in double; 1 for the other domains.
+  double product = 1.0;
 };
 
 namespace detail {
@@ -142,6 +157,7 @@ class ConceptAdjoint {
   double gradient() const { return 0.0; }
   double& direction() { return m_x; }
   double& scheduleGradient(int /*j*/) { return m_x; }
+  double& productGradient(int /*j*/) { return m_x; }
 
  private:
   double m_x = 0.0;
@@ -216,6 +232,50 @@ template <class, class, class = void>
 struct HasRuleInterface : std::false_type {};
 template <class R, class Opt>
 struct HasRuleInterface<R, Opt, std::void_t<typename R::template Interface<Opt>>> : std::true_type {};
+
+template <class, class = void>
+struct HasStateDomains : std::false_type {};
+template <class R>
+struct HasStateDomains<R, std::void_t<decltype(static_cast<StateDomain>(R::stateDomains[0]))>> : std::true_type {};
+
+/// The domain of rule R's state s: R::stateDomains[s] when the rule declares them, else Real.
+template <class R>
+constexpr StateDomain stateDomain(int s) {
+  if constexpr (HasStateDomains<R>::value) return R::stateDomains[static_cast<std::size_t>(s)];
+  else return StateDomain::Real;
+}
+
+template <class, class = void>
+struct HasStateExponents : std::false_type {};
+template <class R>
+struct HasStateExponents<R, std::void_t<decltype(static_cast<int>(R::stateExponents[0]))>> : std::true_type {};
+
+/// e_s of rule R's state s (R::stateExponents[s] when declared, else 0).
+template <class R>
+constexpr int stateExponent(int s) {
+  if constexpr (HasStateExponents<R>::value) return R::stateExponents[static_cast<std::size_t>(s)];
+  else return 0;
+}
+
+/// The power-of-two factors between rule R's state values and the format's units: a state
+/// value x is stored as the format's fixed-point of x · up(s), read back as double · down(s).
+/// Multiplying by a power of two is exact, so the conversions stay bit-reproducible.
+template <class R>
+struct StateScaling {
+  static constexpr bool identity() {
+    for (int s = 0; s < R::numStates; ++s)
+      if (stateExponent<R>(s) != 0) return false;
+    return true;
+  }
+  static constexpr double pow2(int e) {
+    double x = 1.0;
+    for (int k = 0; k < e; ++k) x *= 2.0;
+    for (int k = 0; k > e; --k) x *= 0.5;
+    return x;
+  }
+  static constexpr double up(int s) { return pow2(stateExponent<R>(s)); }
+  static constexpr double down(int s) { return pow2(-stateExponent<R>(s)); }
+};
 
 /// The optimizer's base: the rule's named accessors when it has them, else nothing.
 struct NoRuleInterface {};

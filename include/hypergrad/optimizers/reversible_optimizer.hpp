@@ -306,9 +306,20 @@ class ReversibleOptimizer
   /// State s (0 = weights) in fixed point, the exact stored values.
   const Fixed& fixedState(Index s) const { return m_state.at(static_cast<std::size_t>(s)); }
   /// State s as doubles.
-  Eigen::VectorXd state(Index s) const { return fixedState(s).toDouble(); }
+  Eigen::VectorXd state(Index s) const {
+    Eigen::VectorXd out;
+    state(s, out);
+    return out;
+  }
   /// State s as doubles into `out` (resized if needed).
-  void state(Index s, Eigen::VectorXd& out) const { fixedState(s).toDouble(out); }
+  void state(Index s, Eigen::VectorXd& out) const {
+    fixedState(s).toDouble(out);
+    if (stateScaleDown(s) != 1.0) out *= stateScaleDown(s);
+  }
+  /// The factor from state s's fixed-point values (in the format's units) to its values:
+  /// 2^-e_s for the rule's stateExponents (1 for the weights). State s's resolution is
+  /// Format::resolution times this, its range ±Format::maxMagnitude times this.
+  static double stateScaleDown(Index s) { return Scaling::down(static_cast<int>(s)); }
   /// The state start() received (the exact start snapshot).
   const Fixed& startState(Index s) const { return m_start.at(static_cast<std::size_t>(s)); }
 
@@ -375,7 +386,11 @@ class ReversibleOptimizer
   struct StateReader {
     std::array<const std::int64_t*, static_cast<std::size_t>(numStates)> x;  ///< each state's integers
     /// Element i of state s as a double.
-    double value(int s, Index i) const noexcept { return Format::toDouble(x[static_cast<std::size_t>(s)][i]); }
+    double value(int s, Index i) const noexcept {
+      const double v = Format::toDouble(x[static_cast<std::size_t>(s)][i]);
+      if constexpr (Scaling::identity()) return v;
+      else return v * Scaling::down(s);
+    }
   };
   /// A reader of the current state; valid until the state next changes.
   StateReader stateReader() const noexcept {
@@ -432,11 +447,24 @@ class ReversibleOptimizer
   Fixed toFixed(const Eigen::MatrixBase<Derived>& x, int s) const {
     const std::string what = detail::message("initial ", Rule::stateNames[static_cast<std::size_t>(s)]);
     checkSize(x.size(), (std::string("start: ") + what).c_str());
-    return Fixed::fromDouble(x, what.c_str());
+    Fixed f = Scaling::up(s) == 1.0 ? Fixed::fromDouble(x, what.c_str())
+                                    : Fixed::fromDouble((x * Scaling::up(s)).eval(), what.c_str());
+    checkDomain(f, s);
+    return f;
   }
   Fixed toFixed(const Fixed& x, int s) const {
     checkSize(x.size(), detail::message("start: initial ", Rule::stateNames[static_cast<std::size_t>(s)]).c_str());
+    checkDomain(x, s);
     return x;
+  }
+  void checkDomain(const Fixed& x, int s) const {
+    if (detail::stateDomain<Rule>(s) != StateDomain::NonNegative) return;
+    for (Index i = 0; i < x.size(); ++i)
+      if (x[i] < 0) {
+        throw InvalidArgument(detail::message(Rule::name, ": start: initial ", Rule::stateNames[static_cast<std::size_t>(s)],
+                                              " at element ", i, " is ", Format::toDouble(x[i]) * Scaling::down(s),
+                                              "; this state is a running mean of squares and must be >= 0"));
+      }
   }
 
   // One pass of the exact kernel over every element; failures become typed exceptions naming
@@ -483,8 +511,9 @@ class ReversibleOptimizer
             : detail::message(state, " ", f.current, (f.operand >= 0 ? " + " : " - "), std::fabs(f.operand), " (",
                               f.what, ")");
     throw FixedPointOverflow(detail::message(
-        Rule::name, where, ": ", detailText, " leaves the fixed-point range ±", Format::maxMagnitude, " (Q",
-        63 - Format::radixBits, ".", Format::radixBits,
+        Rule::name, where, ": ", detailText, " leaves the fixed-point range of the ", state, ", ±",
+        Format::maxMagnitude * Scaling::down(f.state), " (Q", 63 - Format::radixBits - detail::stateExponent<Rule>(f.state),
+        ".", Format::radixBits + detail::stateExponent<Rule>(f.state),
         "). The state is unchanged. Use a smaller learning rate, or a FixedFormat with fewer fractional bits "
         "for more range"));
   }
@@ -539,7 +568,9 @@ class ReversibleOptimizer
     return -1;
   }
 
-  using Kernel = detail::ExactKernel<Rule, Format, Rounding, RatioBits, Buffer>;
+  using Scaling = detail::StateScaling<Rule>;
+  static_assert(detail::stateExponent<Rule>(0) == 0, "hypergrad: the weights (state 0) must be in the format's units");
+  using Kernel = detail::ExactKernel<Rule, Format, Rounding, RatioBits, Buffer, Scaling>;
 
   ParameterLayout m_layout;
   Schedules m_schedules;

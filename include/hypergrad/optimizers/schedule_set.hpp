@@ -67,7 +67,12 @@ class ScheduleSet {
       const Schedule& s = m_requested[j];
       s.validate(T, layout, detail::message(owner, ": ", spec.description).c_str());
       m_used[j] = s.values();
-      if (spec.domain != ScheduleDomain::Ratio || !quantizeRatios) continue;
+      if (spec.domain == ScheduleDomain::Positive) checkPositive(s, layout, owner, spec.description);
+      if (spec.domain != ScheduleDomain::Ratio) continue;
+      if (!quantizeRatios) {
+        m_products[j] = runningProducts(m_used[j]);
+        continue;
+      }
       m_numerators[j].resize(T, layout.numGroups());
       m_denominators[j].resize(T, layout.numGroups());
       QuantizationReport& report = m_reports[j];
@@ -98,6 +103,7 @@ class ScheduleSet {
             report.worstGroup = k;
           }
         }
+      m_products[j] = runningProducts(m_used[j]);
     }
     m_numGroups = layout.numGroups();
   }
@@ -122,6 +128,7 @@ class ScheduleSet {
     for (std::size_t j = 0; j < c.size(); ++j) {
       c[j].value = m_used[j](t, k);
       if (m_numerators[j].size() != 0) c[j].ratio = RatioT{m_numerators[j](t, k), m_denominators[j](t, k)};
+      if (m_products[j].size() != 0) c[j].product = m_products[j](t, k);
     }
     return c;
   }
@@ -141,7 +148,27 @@ class ScheduleSet {
   }
 
  private:
+  // Column-wise running products of the values used, in iteration order (ScheduleEntry::product).
+  static Eigen::MatrixXd runningProducts(const Eigen::MatrixXd& used) {
+    Eigen::MatrixXd p(used.rows(), used.cols());
+    for (Index k = 0; k < used.cols(); ++k) {
+      double running = 1.0;
+      for (Index t = 0; t < used.rows(); ++t) p(t, k) = running *= used(t, k);
+    }
+    return p;
+  }
+
+  static void checkPositive(const Schedule& s, const ParameterLayout& layout, const char* owner, const char* what) {
+    for (Index k = 0; k < s.numGroups(); ++k)
+      for (Index t = 0; t < s.numIterations(); ++t)
+        if (!(s(t, k) > 0.0)) {
+          throw InvalidArgument(detail::message(owner, ": ", what, " at iteration ", t, ", group '",
+                                                layout.group(k).name, "' is ", s(t, k), "; it must be > 0"));
+        }
+  }
+
   std::array<Schedule, static_cast<std::size_t>(numSchedules)> m_requested;
+  std::array<Eigen::MatrixXd, static_cast<std::size_t>(numSchedules)> m_products;  // ratio schedules only
   std::array<Eigen::MatrixXd, static_cast<std::size_t>(numSchedules)> m_used;
   std::array<Numerators, static_cast<std::size_t>(numSchedules)> m_numerators, m_denominators;
   std::array<QuantizationReport, static_cast<std::size_t>(numSchedules)> m_reports;

@@ -202,6 +202,13 @@ class ReferenceOptimizer {
                                             Rule::stateNames[static_cast<std::size_t>(s)], " has ", x.size(),
                                             " entries but the parameter layout has ", size()));
     }
+    if (detail::stateDomain<Rule>(s) == StateDomain::NonNegative)
+      for (Index i = 0; i < x.size(); ++i)
+        if (!(x(i) >= 0.0)) {
+          throw InvalidArgument(detail::message(Rule::name, " (reference): start: initial ",
+                                                Rule::stateNames[static_cast<std::size_t>(s)], " at element ", i,
+                                                " is ", x(i), "; it must be >= 0"));
+        }
     return x;
   }
 
