@@ -12,6 +12,7 @@
 #include "optimizers/heavy_ball.hpp"
 #include "optimizers/momentum.hpp"
 #include "optimizers/reversible_optimizer.hpp"
+#include "optimizers/rmsprop.hpp"
 #include "optimizers/schedule_set.hpp"
 #include "optimizers/snapshot.hpp"
 #include "reference/optimizer.hpp"

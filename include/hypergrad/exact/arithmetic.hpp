@@ -88,6 +88,18 @@ enum class ElementMode {
 /// the same addend. The same argument makes Record mode at the post-step state recompute the
 /// forward's addends, and undoing the operations last first never changes a value an earlier
 /// operation read.
+/// v, rounded to a double the compiler must materialise: a state value read by the element code
+/// cannot be fused with what the rule does with it (x·y + z contracted to one multiply-add
+/// under -ffp-contract=fast with FMA), so the forward and the recorded inverse see the same bits.
+inline double materialized(double v) noexcept {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __asm__("" : "+x"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(v));
+#endif
+  return v;
+}
+
 /// Scaling of an element whose states are all in the format's units.
 struct UnitScaling {
   static constexpr bool identity() { return true; }
@@ -141,7 +153,7 @@ class ExactElement {
   /// naming x itself.
   void subtract(int s, double x, const char* what = "subtrahend") { addRounded(s, x, -1, what); }
 
-  double value(int s) const noexcept { return toValue(s, m_x[s]); }
+  double value(int s) const noexcept { return materialized(toValue(s, m_x[s])); }
 
   /// Record mode: undoes the logged operations, last first. If an undo fails (a division
   /// leaving the int64 range, or a subtraction leaving the fixed-point range: the state is not

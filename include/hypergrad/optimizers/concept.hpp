@@ -34,6 +34,11 @@
 /// code at the post-step state and undoes the recorded operations in reverse order; under this
 /// contract every addend it recomputes sees the values the forward saw. The driver checks the
 /// contract (and that forwardWeights writes only w, forwardState never w) when it is constructed.
+/// The addends must also come out bit-identical when recomputed: values from `a.value(s)` are
+/// materialised doubles, but an expression of the rule's own such as `x * y + z` may be contracted
+/// into a fused multiply-add differently in the two passes when built with FMA and
+/// -ffp-contract=fast; write it so it has no such pattern (a reversal that did not recover the
+/// start is reported by checkRecoveredStart(), never silent).
 ///
 /// **Rule concept** — `R` a rule type, `a` an element arithmetic, `c` the step's coefficients
 /// (`const std::array<ScheduleEntry<RatioT>, R::numSchedules>&`: entry j of schedule j at
@@ -50,7 +55,7 @@
 /// | `R::forwardWeights(a, c)`          | w ← w + addend computed from states 1 … S−1                             |
 /// | `R::directionNeedsGradient`        | `bool`: whether the Hessian direction u needs g_t (Adam: yes)           |
 /// | `R::adjointWeights(b, c)`          | adjoint of forwardWeights at the post-step state (see below)           |
-/// | `R::direction(b, c)`               | u = (∂ state_{t+1} / ∂ g_t)ᵀ d state_{t+1}: sets `b.direction()`          |
+/// | `R::direction(b, c)`               | u = (∂ state_{t+1} / ∂ g_t)ᵀ d state_{t+1}: sets `b.direction()`; once per step, after adjointWeights, at the post-step state; when directionNeedsGradient it may also add the adjoint terms that need both g_t and the post-step state (RMSprop) |
 /// | `R::adjointState(b, c)`            | adjoint of forwardState at the pre-step state, given g_t                |
 /// | `R::stateDomains`                  | optional: `std::array<StateDomain, S>`; start() rejects a negative entry of a NonNegative state |
 /// | `R::stateExponents`                | optional: `std::array<int, S>`, e_s: state s is stored in units of 2^-(R + e_s) (range ±2^(63−R−e_s)) instead of the format's 2^-R; e_0 must be 0 |
