@@ -29,7 +29,7 @@ done
 
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DHYPERGRAD_BUILD_TESTS=OFF -DHYPERGRAD_BUILD_EXAMPLES=OFF \
       -DHYPERGRAD_BUILD_BENCHMARKS=ON >/dev/null
-cmake --build "$BUILD_DIR" -j "$JOBS" --target bench_exact bench_hypergrad bench_threads
+cmake --build "$BUILD_DIR" -j "$JOBS" --target bench_exact bench_hypergrad bench_threads bench_adam
 mkdir -p "$OUT_DIR"
 
 case "$MODE" in
@@ -40,7 +40,7 @@ esac
 
 bin="$BUILD_DIR/benchmarks"
 files=()
-for b in bench_exact bench_hypergrad bench_threads; do
+for b in bench_exact bench_hypergrad bench_threads bench_adam; do
   out="$OUT_DIR/$b.json"
   echo "== $b" >&2
   "$bin/$b" "--benchmark_filter=$FILTER" "${COMMON[@]}" "${LONG[@]}" ${EXTRA_ARGS:-} \

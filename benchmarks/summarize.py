@@ -248,6 +248,33 @@ def main():
         t.row(f"bit-exact at 1 vs 2 threads: {what}", "yes" if b.get("bit_exact") == 1 else "NO",
               "bit-identical, start recovered", ok if b.get("openmp") == 1 else None)
 
+    # ---- Exactly reversible Adam / RMSprop (bench_adam) ---------------------------------------------
+    if any(n.startswith("adam_") for n in runs):
+        t.section(f"Exactly reversible Adam and RMSprop with momentum ({wl})")
+        for rule in ("adam", "rmsprop"):
+            b = runs.get(f"{rule}_step/interleaved/{wl}")
+            if b is not None:
+                t.row(f"{rule} step: exact / plain double (same rule in reference arithmetic)",
+                      f"{fmt(b['ratio'])}× ({fmt(b['exact_ms'])} / {fmt(b['double_ms'])} ms)", "≤ 1.10×",
+                      b["ratio"] <= 1.10)
+        b = runs.get(f"adam_update/interleaved/{wl}")
+        if b is not None:
+            t.row("adam update alone: exact / double, ns/element",
+                  f"{fmt(b['exact_ns_per_element'])} / {fmt(b['double_ns_per_element'])}", "(informative)")
+        for name in sorted(n for n in runs if n.startswith(f"adam_hypergradients/interleaved/{wl}/")):
+            b = runs[name]
+            T = name.split("/T:")[1].split("/")[0]
+            t.row(f"adam hypergradients T = {T}: forward + reverse / plain double training",
+                  f"{fmt(b['ratio_vs_double_train'])}× (forward {fmt(b['exact_forward_s'])} s, reverse "
+                  f"{fmt(b['exact_reverse_s'])} s, double {fmt(b['double_train_s'])} s)", "≤ 3.5×",
+                  b["ratio_vs_double_train"] <= 3.5)
+        for name in sorted(n for n in runs if n.startswith(f"adam_bits/{wl}/")):
+            b = runs[name]
+            what = name.replace(f"adam_bits/{wl}/", "").split("/iterations")[0]
+            t.row(f"adam bits/weight/step {what} (× bound)",
+                  f"{fmt(b['bits_per_weight_step'], 4)} ({fmt(b['ratio_to_bound'], 4)}×)", "≤ 1.02×",
+                  b["ratio_to_bound"] <= 1.02)
+
     print(t.render())
     host = ctx.get("host_name", "?")
     print(f"\n_{ctx.get('date', '')} on {host}, {ctx.get('num_cpus', '?')} CPUs at "
