@@ -346,3 +346,127 @@ TEST_CASE("10,000 Adam steps of a small MLP with per-group schedules reverse bit
   for (int s = 0; s < AdamRule::numStates; ++s) CHECK(opt.fixedState(s) == start.start[static_cast<std::size_t>(s)]);
   CHECK(opt.buffer().empty());
 }
+
+TEST_CASE("AdamW steps follow torch.optim.AdamW's decoupled weight decay", "[optimizer][adamw]") {
+  // torch: p = p (1 - lr wd), then Adam's step with bias corrections.
+  const Logistic f(40, 6, 8, 55);
+  const auto layout = ParameterLayout::single(6);
+  const Index T = 12;
+  const double lr = 0.05, b1 = 0.875, b2 = 0.99609375, eps = 1e-8, wd = 0.02;  // 1 - lr wd = 999/1000
+  ReversibleAdamW<> opt(layout, Schedule::constant(T, 1, lr), Schedule::constant(T, 1, b1), Schedule::constant(T, 1, b2),
+                        Schedule::constant(T, 1, eps), Schedule::constant(T, 1, wd));
+  CHECK(opt.schedules().derivedValues(0)(0, 0) == 0.999);  // the closest fraction is the exact one
+  CHECK(opt.schedules().derivedQuantization(0).rounded == 0);
+  VectorXd w = VectorXd::LinSpaced(6, -1, 1), m = VectorXd::Zero(6), v = VectorXd::Zero(6), g;
+  opt.start(w);
+  for (Index t = 0; t < T; ++t) {
+    f.gradient(w, t, g);
+    w *= 1 - lr * wd;
+    m = b1 * m + (1 - b1) * g;
+    v = b2 * v + (1 - b2) * g.cwiseProduct(g);
+    const double k = double(t + 1);
+    w -= lr * ((m / (1 - std::pow(b1, k))).array() / ((v / (1 - std::pow(b2, k))).array().sqrt() + eps)).matrix();
+  }
+  train(opt, f);
+  CHECK((opt.weights() - w).norm() <= 1e-12 * w.norm());
+}
+
+TEST_CASE("AdamW reverses exactly and its hypergradients, weight decays included, match central differences",
+          "[optimizer][adamw][reverse]") {
+  const Logistic f(50, 8, 10, 56);
+  const fixture::Validation valid(f, 57);
+  ParameterLayout layout;
+  layout.addGroup("a", 5);
+  layout.addGroup("b", 3);
+  const Index T = 40;
+  const AdamSchedules s = twoGroupSchedules(T);
+  MatrixXd lambda(T, 2);
+  lambda.col(0).setConstant(0.1);                                   // αλ = 1e-3
+  for (Index t = 0; t < T; ++t) lambda(t, 1) = t < 20 ? 0.0 : 0.37;  // none, then a general αλ
+  std::array<Schedule, 5> all{Schedule(s.alpha), Schedule(s.beta1), Schedule(s.beta2), Schedule(s.eps), Schedule(lambda)};
+  ReversibleAdamW<> opt(layout, all);
+  CHECK(opt.schedules().derivedQuantization(0).maxRelativeDecay < 1e-6);
+  const VectorXd w1 = VectorXd::LinSpaced(8, -0.3, 0.3), m1 = VectorXd::Constant(8, 0.01),
+                 s1 = VectorXd::LinSpaced(8, 1e-4, 3e-4);
+  opt.start(w1, m1, s1);
+  const auto start = opt.exportRun();
+  train(opt, f);
+  const AdamWHypergradients hg = reverse(opt, f, valid);
+  for (int st = 0; st < AdamWRule::numStates; ++st) CHECK(opt.fixedState(st) == start.start[static_cast<std::size_t>(st)]);
+  CHECK(opt.buffer().empty());
+
+  auto loss = [&](std::array<Schedule, 5> x, const VectorXd& w) {
+    ReferenceOptimizer<AdamWRule> r(layout, std::move(x));
+    r.start(w, m1, s1);
+    while (r.iteration() < T) r.step(f);
+    return valid.value(r.weights());
+  };
+  const std::array<MatrixXd, 5> used{s.alpha, opt.quantizedBeta1(), opt.quantizedBeta2(), s.eps, lambda};
+  auto shifted = [&](Index j, Index t, Index k, double h) {
+    std::array<Schedule, 5> p;
+    for (std::size_t i = 0; i < 5; ++i) {
+      MatrixXd a = used[i];
+      if (Index(i) == j) a(t, k) += h;
+      p[i] = Schedule(a);
+    }
+    return loss(p, w1);
+  };
+  // Central differences; one-sided second-order ones at λ = 0, the edge of λ's domain.
+  auto fd = [&](Index j, Index t, Index k, double h) {
+    if (j == AdamWRule::WeightDecay && used[4](t, k) == 0.0)
+      return (-3 * shifted(j, t, k, 0) + 4 * shifted(j, t, k, h) - shifted(j, t, k, 2 * h)) / (2 * h);
+    return (shifted(j, t, k, h) - shifted(j, t, k, -h)) / (2 * h);
+  };
+  const std::array<double, 5> steps{1e-6, 1e-6, 1e-7, 1e-7, 1e-5};
+  for (Index t : {Index(0), Index(25), Index(T - 1)})
+    for (Index k = 0; k < 2; ++k)
+      for (Index j = 0; j < 5; ++j) {
+        CAPTURE(t, k, AdamWRule::schedules[static_cast<std::size_t>(j)].key);
+        CHECK(fixture::relErr(fd(j, t, k, steps[static_cast<std::size_t>(j)]), hg.schedule(j)(t, k)) < 1e-5);
+      }
+  for (Index i : {Index(0), Index(6)}) {
+    VectorXd p = w1, q = w1;
+    p(i) += 1e-6;
+    q(i) -= 1e-6;
+    std::array<Schedule, 5> u;
+    for (std::size_t j = 0; j < 5; ++j) u[j] = Schedule(used[j]);
+    CHECK(fixture::relErr((loss(u, p) - loss(u, q)) / 2e-6, hg.initialWeights(i)) < 1e-5);
+  }
+}
+
+TEST_CASE("AdamW refuses a decay 1 - alpha*lambda too close to 1 to be resolved, and stores the bound",
+          "[optimizer][adamw][errors][memory]") {
+  const Index T = 3;
+  const auto layout = ParameterLayout::single(4);
+  auto make = [&](double lambda) {
+    return ReversibleAdamW<>(layout, Schedule::constant(T, 1, 1e-4), Schedule::constant(T, 1, 0.9),
+                             Schedule::constant(T, 1, 0.999), Schedule::constant(T, 1, 1e-8),
+                             Schedule::constant(T, 1, lambda));
+  };
+  CHECK_NOTHROW(make(0.0));  // λ = 0: the identity
+  // αλ = 6e-7 is below 2^-20: the closest ratio is 1 − 2^-20, 59% off.
+  CHECK_THROWS_WITH(make(6e-3), Catch::Contains("weight-decay factor") && Catch::Contains("cannot resolve"));
+  CHECK_THROWS_WITH(make(3e-3), Catch::Contains("weight-decay factor") && Catch::Contains("exactly 1"));
+  CHECK_NOTHROW(make(1.3e-2));  // αλ = 1.3e-6: 1 − 1/769231, 2e-7 off
+  CHECK_THROWS_AS(make(-0.1), InvalidArgument);
+  CHECK_THROWS_AS(make(2e4), InvalidArgument);  // 1 − αλ < 0
+
+  // Bits: log2(1/β1) + log2(1/β2) + log2(1/ρ) per weight per step, within 1.02×.
+  const Index n = 4096, steps = 120;
+  CounterRng rng(58);
+  ReversibleAdamW<> opt(ParameterLayout::single(n), Schedule::constant(steps, 1, 1e-2), Schedule::constant(steps, 1, 0.9),
+                        Schedule::constant(steps, 1, 0.999), Schedule::constant(steps, 1, 1e-8),
+                        Schedule::constant(steps, 1, 1.0));
+  VectorXd w1(n), g(n);
+  for (Index i = 0; i < n; ++i) w1(i) = rng.normal();
+  opt.start(w1);
+  for (Index t = 0; t < steps; ++t) {
+    for (Index i = 0; i < n; ++i) g(i) = 0.1 * rng.normal();
+    opt.stepWithGradient(g);
+  }
+  const double bound = -std::log2(opt.quantizedBeta1()(0, 0)) - std::log2(opt.quantizedBeta2()(0, 0)) -
+                       std::log2(opt.schedules().derivedValues(0)(0, 0));
+  const double perStep = opt.buffer().informationBits() / (double(n) * double(steps));
+  CHECK(perStep <= 1.02 * bound);
+  CHECK(perStep >= 0.98 * bound);
+}

@@ -14,7 +14,10 @@
 ///    (only a convergent can be that close). Its multiply takes integer divisions where the dyadic
 ///    one shifts: about 2.5× the exact update's time per element (the gradient dominates a
 ///    training step: see benchmarks/README.md).
-/// 3. Any other γ: rounded to the nearest n/2^DBits, |γ − n/2^DBits| ≤ 2^-(DBits+1) (7.6e-6 at
+/// 3. With Quantization::BestFraction (AdamW's decay factor 1 − αλ, whose distance from 1 is what
+///    matters): the closest fraction with d ≤ 2^DBits among γ's continued-fraction convergents and
+///    the nearest dyadic ratio, |γ − n/d| < 1/(d·2^DBits); the general-denominator multiply.
+/// 4. Any other γ: rounded to the nearest n/2^DBits, |γ − n/2^DBits| ≤ 2^-(DBits+1) (7.6e-6 at
 ///    DBits = 16); the optimizer reports how far each schedule moved
 ///    (ScheduleSet::quantization()). A γ below 1 that this would round to 1 is refused (the
 ///    momentum decay would silently vanish): pass 1 for no decay, or a finer Ratio<DBits>.
@@ -33,7 +36,8 @@ namespace hypergrad {
 /// How Ratio::quantize treats a γ that is not a multiple of 2^-DBits (see the file comment).
 enum class Quantization {
   Dyadic,         ///< round to the nearest n/2^DBits (the default: the fastest exact multiply)
-  ExactFractions  ///< use a fraction n/d with d ≤ 2^DBits exactly when γ is one; round the rest
+  ExactFractions, ///< use a fraction n/d with d ≤ 2^DBits exactly when γ is one; round the rest
+  BestFraction    ///< the closest fraction with d ≤ 2^DBits (convergents and the nearest dyadic)
 };
 
 /// A ratio n/d in (0, 1] with 1 ≤ n ≤ d ≤ 2^DBits. Dyadic ratios are kept as n/2^DBits (d equal to
@@ -69,6 +73,9 @@ struct Ratio {
     Ratio exact;
     if (quantization == Quantization::ExactFractions && exactFraction(gamma, exact)) return exact;
     const double rounded = std::round(scaled);
+    if (quantization == Quantization::BestFraction && bestFraction(gamma, exact) &&
+        std::fabs(exact.value() - gamma) < std::fabs(rounded / maxDenominator - gamma) && !exact.one())
+      return exact;
     if (rounded < 1.0) {
       throw InvalidArgument(detail::message(where, " = ", gamma, " is below the smallest representable momentum 1/",
                                             maxDenominator, " = ", 1.0 / maxDenominator,
@@ -123,6 +130,35 @@ struct Ratio {
   constexpr bool operator!=(const Ratio& o) const noexcept { return !(*this == o); }  ///< Different values.
 
  private:
+  // The last convergent p/q of gamma's continued fraction with 1 ≤ p ≤ q ≤ 2^DBits (the best
+  // approximation with such a denominator but for semiconvergents), if there is one.
+  static bool bestFraction(double gamma, Ratio& out) {
+    int exponent = 0;
+    const double mantissa = std::frexp(gamma, &exponent);
+    const int shift = 53 - exponent;
+    if (shift > 120) return false;
+    detail::UInt128 a = static_cast<detail::UInt128>(std::ldexp(mantissa, 53));
+    detail::UInt128 b = detail::UInt128(1) << shift;
+    detail::UInt128 p0 = 0, q0 = 1, p1 = 1, q1 = 0;
+    bool found = false;
+    while (b != 0) {
+      const detail::UInt128 k = a / b, r = a % b;
+      const detail::UInt128 p2 = k * p1 + p0, q2 = k * q1 + q0;
+      if (q2 > maxDenominator) break;
+      if (p2 >= 1 && p2 <= q2) {
+        out = fromFraction(static_cast<std::uint32_t>(p2), static_cast<std::uint32_t>(q2));
+        found = true;
+      }
+      p0 = p1;
+      q0 = q1;
+      p1 = p2;
+      q1 = q2;
+      a = b;
+      b = r;
+    }
+    return found;
+  }
+
   // The fraction n/d, d ≤ 2^DBits, whose correctly rounded quotient is gamma, if there is one.
   // Two such fractions would differ by at least 2^-2·DBits, far more than the half ulp of gamma
   // that each is within, so there is at most one, and (being within 1/(2d²) of gamma) it is a

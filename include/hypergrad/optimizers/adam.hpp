@@ -210,10 +210,84 @@ struct AdamRule {
   }
 };
 
+/// AdamW (Loshchilov & Hutter 2019, decoupled weight decay, as torch.optim.AdamW): Adam with
+/// w ← (1 − α_t λ_t) w − α_t m̂ / (√ŝ + ε), λ_t ≥ 0 a fifth schedule "weightDecays".
+///
+/// The decay is one more exact multiplication through the information buffer, by the derived
+/// ratio ρ = 1 − αλ (+ log2(1/ρ) bits per weight per step; λ = 0 is an exact identity). ρ is
+/// typically within 1e-4 of 1, far finer than 2^-20, so it is quantised to the closest fraction
+/// with a denominator ≤ 2^20 (Quantization::BestFraction: αλ = 1e-5 is 1 − 99999/100000 exactly,
+/// and any αλ from 2^-20 ≈ 9.5e-7 up is resolved to better than 1e-6 relative) and refused when
+/// that moves αλ by more than 0.1% (ScheduleSet::derivedTolerance: αλ below 2^-20). The hypergradients refer to
+/// the ρ used, chained into α and λ as if it were 1 − αλ exactly: ∂f/∂α gains −λ dw·w_t and
+/// ∂f/∂λ is −α dw·w_t, summed over the group (w_t recomputed from the post-step state).
+struct AdamWRule : AdamRule {
+  static constexpr const char* name = "AdamW";  ///< For messages and saved runs.
+
+  enum : int { WeightDecay = 4, DecayFactor = 5 };
+  static constexpr int numSchedules = 5;  ///< α, β1, β2, ε, λ.
+  /// Keys, descriptions and domains of the schedules: Adam's, then λ.
+  static constexpr std::array<ScheduleSpec, 5> schedules{{
+      {"learningRates", "learning-rate schedule", ScheduleDomain::Real},
+      {"beta1", "first-moment decay (beta1) schedule", ScheduleDomain::Ratio},
+      {"beta2", "second-moment decay (beta2) schedule", ScheduleDomain::Ratio},
+      {"epsilons", "epsilon schedule", ScheduleDomain::Positive},
+      {"weightDecays", "weight-decay (lambda) schedule", ScheduleDomain::NonNegative},
+  }};
+
+  static constexpr int numDerived = 1;  ///< ρ = 1 − αλ, entry c[DecayFactor].
+  /// The derived decay factor.
+  static constexpr std::array<ScheduleSpec, 1> derived{
+      {{"decayFactors", "weight-decay factor 1 - learning rate * lambda", ScheduleDomain::Ratio}}};
+  /// ρ = 1 − αλ.
+  static double derive(int /*d*/, const std::array<double, 5>& v) { return 1.0 - v[LearningRate] * v[WeightDecay]; }
+
+  /// w ← ρ w − α m̂ / (√ŝ + ε).
+  template <class A, class C>
+  static void forwardWeights(A& a, const C& c) {
+    a.multiply(Weights, c[DecayFactor]);
+    AdamRule::forwardWeights(a, c);
+  }
+
+  /// Adam's adjoint, then the decay: ∂f/∂ρ = dw · w_t into α and λ, dw ← ρ dw.
+  template <class B, class C>
+  static void adjointWeights(B& b, const C& c) {
+    const double dw = b.adjoint(Weights);
+    if (dw == 0.0) return;
+    AdamRule::adjointWeights(b, c);
+    const double alpha = c[LearningRate].value, rho = c[DecayFactor].value;
+    const double wt = (b.value(Weights) + alpha * normalizedMoment(b.value(FirstMoment), b.value(SecondMoment), c)) / rho;
+    const double dRho = dw * wt;
+    b.scheduleGradient(LearningRate) -= c[WeightDecay].value * dRho;
+    b.scheduleGradient(WeightDecay) -= alpha * dRho;
+    b.adjoint(Weights) = rho * dw;
+  }
+
+  /// The rule's members of the result (AdamWHypergradients): Adam's and ∂f/∂λ.
+  struct HypergradientFields : AdamRule::HypergradientFields {
+    Eigen::MatrixXd weightDecays;  ///< ∂f/∂λ, T × G
+  };
+  /// The result member of each schedule's hypergradient.
+  static constexpr std::array<Eigen::MatrixXd HypergradientFields::*, 5> scheduleFields{
+      {&HypergradientFields::learningRates, &HypergradientFields::beta1, &HypergradientFields::beta2,
+       &HypergradientFields::epsilons, &HypergradientFields::weightDecays}};
+  /// The result members of ∂f/∂(m at t = 1) and ∂f/∂(s at t = 1).
+  static constexpr std::array<Eigen::VectorXd HypergradientFields::*, 2> stateFields{
+      {&HypergradientFields::initialFirstMoment, &HypergradientFields::initialSecondMoment}};
+};
+
 /// Exactly reversible Adam: AdamRule on the shared driver, ratios at n / 2^20 (see the file
 /// comment). Construct as `ReversibleAdam<>(layout, alpha, beta1, beta2, epsilon)`.
 template <class Format = FixedFormat<52>, class Rounding = BitsBackRounding, int RatioBits = 20, int PrecisionBits = 28>
 using ReversibleAdam = ReversibleOptimizer<AdamRule, Format, Rounding, RatioBits, PrecisionBits>;
+
+/// Exactly reversible AdamW: AdamWRule on the shared driver. Construct as
+/// `ReversibleAdamW<>(layout, alpha, beta1, beta2, epsilon, lambda)`.
+template <class Format = FixedFormat<52>, class Rounding = BitsBackRounding, int RatioBits = 20, int PrecisionBits = 28>
+using ReversibleAdamW = ReversibleOptimizer<AdamWRule, Format, Rounding, RatioBits, PrecisionBits>;
+
+/// The result of a reverse pass through AdamW: Adam's members and `weightDecays` (∂f/∂λ).
+using AdamWHypergradients = HypergradientResult<AdamWRule>;
 
 /// The result of a reverse pass through Adam: `learningRates`, `beta1`, `beta2`, `epsilons`,
 /// `initialWeights`, `initialFirstMoment`, `initialSecondMoment`, `hyperparameters`, ….

@@ -41,7 +41,7 @@
 /// start is reported by checkRecoveredStart(), never silent).
 ///
 /// **Rule concept** — `R` a rule type, `a` an element arithmetic, `c` the step's coefficients
-/// (`const std::array<ScheduleEntry<RatioT>, R::numSchedules>&`: entry j of schedule j at
+/// (`const std::array<ScheduleEntry<RatioT>, R::numSchedules + D>&`: entry j of schedule j at
 /// (iteration t, the element's group)), `g` the element's g_t (a double):
 ///
 /// | expression                         | meaning                                                                 |
@@ -57,6 +57,7 @@
 /// | `R::adjointWeights(b, c)`          | adjoint of forwardWeights at the post-step state (see below)           |
 /// | `R::direction(b, c)`               | u = (∂ state_{t+1} / ∂ g_t)ᵀ d state_{t+1}: sets `b.direction()`; once per step, after adjointWeights, at the post-step state; when directionNeedsGradient it may also add the adjoint terms that need both g_t and the post-step state (RMSprop) |
 /// | `R::adjointState(b, c)`            | adjoint of forwardState at the pre-step state, given g_t                |
+/// | `R::numDerived`, `R::derived`, `R::derive(d, v)` | optional: D ≥ 0 derived entries `c[J + d]`, computed per (iteration, group) from the J schedules' values `v` (`std::array<double, J>`) by `derive(d, v)`, with domain and description in `derived[d]` (a ScheduleSpec; its key names it in reports). A derived ratio (AdamW's 1 − αλ) is quantised to the closest fraction with d ≤ 2^RatioBits (Quantization::BestFraction) and refused when that moves 1 − value by more than 0.1%. Its hypergradient is the rule's to chain into the schedules it comes from |
 /// | `R::stateDomains`                  | optional: `std::array<StateDomain, S>`; start() rejects a negative entry of a NonNegative state |
 /// | `R::stateExponents`                | optional: `std::array<int, S>`, e_s: state s is stored in units of 2^-(R + e_s) (range ±2^(63−R−e_s)) instead of the format's 2^-R; e_0 must be 0 |
 /// | `R::HypergradientFields`           | a struct of named result members (e.g. `learningRates`, `initialVelocity`) |
@@ -91,8 +92,9 @@ namespace hypergrad {
 /// Domain of a schedule's entries.
 enum class ScheduleDomain {
   Real,      ///< any finite value (learning rates)
-  Ratio,     ///< (0, 1], quantised to a ratio n/d and applied exactly through the information buffer
-  Positive   ///< finite and > 0 (Adam's ε)
+  Ratio,       ///< (0, 1], quantised to a ratio n/d and applied exactly through the information buffer
+  Positive,    ///< finite and > 0 (Adam's ε)
+  NonNegative  ///< finite and ≥ 0 (AdamW's weight decay λ)
 };
 
 /// Domain of a state vector's entries, checked by start().
@@ -172,13 +174,29 @@ struct ConceptRatio {
   double value() const { return 1.0; }
 };
 
+template <class, class = void>
+struct HasDerived : std::false_type {};
+template <class R>
+struct HasDerived<R, std::void_t<decltype(std::integral_constant<int, R::numDerived>{}),
+                                 decltype(static_cast<ScheduleSpec>(R::derived[0])),
+                                 decltype(static_cast<double>(R::derive(
+                                     0, std::declval<const std::array<double, static_cast<std::size_t>(R::numSchedules)>&>())))>>
+    : std::true_type {};
+
+/// D, the rule's derived entries (0 unless it declares them).
+template <class R>
+constexpr int numDerived() {
+  if constexpr (HasDerived<R>::value) return R::numDerived;
+  else return 0;
+}
+
 template <class R, class = void>
 struct ConceptCoefficients {
   using Type = std::array<ScheduleEntry<ConceptRatio>, 1>;
 };
 template <class R>
 struct ConceptCoefficients<R, std::enable_if_t<HasRuleSchedules<R>::value>> {
-  using Type = std::array<ScheduleEntry<ConceptRatio>, static_cast<std::size_t>(R::numSchedules)>;
+  using Type = std::array<ScheduleEntry<ConceptRatio>, static_cast<std::size_t>(R::numSchedules + numDerived<R>())>;
 };
 template <class R>
 using ConceptCoefficientsT = typename ConceptCoefficients<R>::Type;

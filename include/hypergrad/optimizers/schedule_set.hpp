@@ -33,8 +33,11 @@ template <class Rule, class RatioT>
 class ScheduleSet {
  public:
   static constexpr int numSchedules = Rule::numSchedules;  ///< J
-  /// The entries of every schedule at one (iteration, group).
-  using Coefficients = std::array<ScheduleEntry<RatioT>, static_cast<std::size_t>(numSchedules)>;
+  static constexpr int numDerived = detail::numDerived<Rule>();  ///< D, the rule's derived entries
+  /// The entries of every schedule at one (iteration, group), then the D derived ones.
+  using Coefficients = std::array<ScheduleEntry<RatioT>, static_cast<std::size_t>(numSchedules + numDerived)>;
+  /// A derived ratio whose 1 − value moves by more than this when quantised is refused.
+  static constexpr double derivedTolerance = 1e-3;
   using Numerators = Eigen::Matrix<std::uint32_t, Eigen::Dynamic, Eigen::Dynamic>;  ///< T × G integers
 
   /// How far the ratios of one schedule moved from the values requested.
@@ -67,7 +70,8 @@ class ScheduleSet {
       const Schedule& s = m_requested[j];
       s.validate(T, layout, detail::message(owner, ": ", spec.description).c_str());
       m_used[j] = s.values();
-      if (spec.domain == ScheduleDomain::Positive) checkPositive(s, layout, owner, spec.description);
+      if (spec.domain == ScheduleDomain::Positive || spec.domain == ScheduleDomain::NonNegative)
+        checkSign(s, layout, owner, spec.description, spec.domain == ScheduleDomain::Positive);
       if (spec.domain != ScheduleDomain::Ratio) continue;
       if (!quantizeRatios) {
         m_products[j] = runningProducts(m_used[j]);
@@ -106,6 +110,7 @@ class ScheduleSet {
       m_products[j] = runningProducts(m_used[j]);
     }
     m_numGroups = layout.numGroups();
+    if constexpr (numDerived > 0) deriveEntries(layout, quantizeRatios, owner);
   }
 
   Index numIterations() const noexcept { return m_used[0].rows(); }  ///< T
@@ -122,10 +127,20 @@ class ScheduleSet {
   /// How far ratio schedule j moved from the requested values (all zero for real schedules).
   const QuantizationReport& quantization(Index j) const { return m_reports.at(static_cast<std::size_t>(j)); }
 
+  /// The values derived entry d uses (T × G): the quantised ratios for a derived ratio.
+  const Eigen::MatrixXd& derivedValues(Index d) const { return m_derivedUsed.at(static_cast<std::size_t>(d)); }
+  /// How far derived ratio d moved from its exact value (as quantization(j) for schedules).
+  const QuantizationReport& derivedQuantization(Index d) const { return m_derivedReports.at(static_cast<std::size_t>(d)); }
+
   /// The entries of every schedule at (t, k).
   Coefficients at(Index t, Index k) const {
     Coefficients c;
-    for (std::size_t j = 0; j < c.size(); ++j) {
+    for (std::size_t d = 0; d < static_cast<std::size_t>(numDerived); ++d) {
+      ScheduleEntry<RatioT>& e = c[static_cast<std::size_t>(numSchedules) + d];
+      e.value = m_derivedUsed[d](t, k);
+      if (m_derivedNumerators[d].size() != 0) e.ratio = RatioT{m_derivedNumerators[d](t, k), m_derivedDenominators[d](t, k)};
+    }
+    for (std::size_t j = 0; j < static_cast<std::size_t>(numSchedules); ++j) {
       c[j].value = m_used[j](t, k);
       if (m_numerators[j].size() != 0) c[j].ratio = RatioT{m_numerators[j](t, k), m_denominators[j](t, k)};
       if (m_products[j].size() != 0) c[j].product = m_products[j](t, k);
@@ -148,6 +163,68 @@ class ScheduleSet {
   }
 
  private:
+  // The derived entries from the values used (see the concept's numDerived): validated in their
+  // domain, derived ratios quantised to the best fraction and refused beyond derivedTolerance.
+  void deriveEntries(const ParameterLayout& layout, bool quantizeRatios, const char* owner) {
+    const Index T = numIterations(), G = m_numGroups;
+    for (std::size_t d = 0; d < static_cast<std::size_t>(numDerived); ++d) {
+      const ScheduleSpec& spec = Rule::derived[d];
+      Eigen::MatrixXd& used = m_derivedUsed[d];
+      used.resize(T, G);
+      const bool quantize = spec.domain == ScheduleDomain::Ratio && quantizeRatios;
+      if (quantize) {
+        m_derivedNumerators[d].resize(T, G);
+        m_derivedDenominators[d].resize(T, G);
+      }
+      QuantizationReport& report = m_derivedReports[d];
+      for (Index k = 0; k < G; ++k)
+        for (Index t = 0; t < T; ++t) {
+          std::array<double, static_cast<std::size_t>(numSchedules)> v;
+          for (std::size_t j = 0; j < v.size(); ++j) v[j] = m_used[j](t, k);
+          const double x = Rule::derive(static_cast<int>(d), v);
+          const std::string where = detail::message(owner, ": ", spec.description, " at iteration ", t, ", group '",
+                                                    layout.group(k).name, "'");
+          if (!std::isfinite(x) || (spec.domain == ScheduleDomain::Ratio && !(x > 0.0 && x <= 1.0)) ||
+              (spec.domain == ScheduleDomain::Positive && !(x > 0.0)) ||
+              (spec.domain == ScheduleDomain::NonNegative && !(x >= 0.0))) {
+            throw InvalidArgument(detail::message(where, " is ", x, ", outside its domain",
+                                                  spec.domain == ScheduleDomain::Ratio ? " (0, 1]" : "",
+                                                  "; change the schedules it is computed from"));
+          }
+          used(t, k) = x;
+          if (!quantize) continue;
+          RatioT r;
+          try {
+            r = RatioT::quantize(x, "value", Quantization::BestFraction);
+          } catch (const InvalidArgument& e) {
+            throw InvalidArgument(detail::message(where, ": ", e.what()));
+          }
+          const double moved = std::fabs(x - r.value());
+          const double relative = x < 1.0 ? moved / (1.0 - x) : 0.0;
+          if (relative > derivedTolerance) {
+            throw InvalidArgument(detail::message(
+                where, " = 1 - ", 1.0 - x, " becomes 1 - ", 1.0 - r.value(), " as the closest fraction with a denominator <= ",
+                RatioT::maxDenominator, " (", 100.0 * relative, "% off, more than ", 100.0 * derivedTolerance,
+                "%): the exact multiply cannot resolve so small a decay. Use a larger decay, or 0"));
+          }
+          m_derivedNumerators[d](t, k) = r.numerator;
+          m_derivedDenominators[d](t, k) = r.denominator;
+          used(t, k) = r.value();
+          if (moved == 0.0) {
+            ++report.exact;
+            continue;
+          }
+          ++report.rounded;
+          report.maxAbsolute = std::max(report.maxAbsolute, moved);
+          if (relative > report.maxRelativeDecay) {
+            report.maxRelativeDecay = relative;
+            report.worstIteration = t;
+            report.worstGroup = k;
+          }
+        }
+    }
+  }
+
   // Column-wise running products of the values used, in iteration order (ScheduleEntry::product).
   static Eigen::MatrixXd runningProducts(const Eigen::MatrixXd& used) {
     Eigen::MatrixXd p(used.rows(), used.cols());
@@ -158,17 +235,23 @@ class ScheduleSet {
     return p;
   }
 
-  static void checkPositive(const Schedule& s, const ParameterLayout& layout, const char* owner, const char* what) {
+  static void checkSign(const Schedule& s, const ParameterLayout& layout, const char* owner, const char* what,
+                        bool strict) {
     for (Index k = 0; k < s.numGroups(); ++k)
       for (Index t = 0; t < s.numIterations(); ++t)
-        if (!(s(t, k) > 0.0)) {
+        if (strict ? !(s(t, k) > 0.0) : !(s(t, k) >= 0.0)) {
           throw InvalidArgument(detail::message(owner, ": ", what, " at iteration ", t, ", group '",
-                                                layout.group(k).name, "' is ", s(t, k), "; it must be > 0"));
+                                                layout.group(k).name, "' is ", s(t, k), "; it must be ",
+                                                strict ? "> 0" : ">= 0"));
         }
   }
 
   std::array<Schedule, static_cast<std::size_t>(numSchedules)> m_requested;
   std::array<Eigen::MatrixXd, static_cast<std::size_t>(numSchedules)> m_products;  // ratio schedules only
+  static constexpr std::size_t kDerivedSlots = numDerived > 0 ? static_cast<std::size_t>(numDerived) : 1;
+  std::array<Eigen::MatrixXd, kDerivedSlots> m_derivedUsed;
+  std::array<Numerators, kDerivedSlots> m_derivedNumerators, m_derivedDenominators;
+  std::array<QuantizationReport, kDerivedSlots> m_derivedReports;
   std::array<Eigen::MatrixXd, static_cast<std::size_t>(numSchedules)> m_used;
   std::array<Numerators, static_cast<std::size_t>(numSchedules)> m_numerators, m_denominators;
   std::array<QuantizationReport, static_cast<std::size_t>(numSchedules)> m_reports;
