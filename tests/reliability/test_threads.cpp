@@ -10,6 +10,7 @@
 #include <hypergrad/exact.hpp>
 #include <hypergrad/init.hpp>
 #include <hypergrad/objectives/mlp.hpp>
+#include <hypergrad/optimizers/adam.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/random.hpp>
 #include <hypergrad/reverse.hpp>
@@ -323,6 +324,44 @@ TEST_CASE("the blocked exact multiply by a ratio is bit-identical at 1 and 2 thr
     CHECK(c[k] == c0);
     CHECK(buf[k].empty());
   }
+}
+
+TEST_CASE("an AdamW run with 1 and 2 threads gives bit-identical states, buffers and hypergradients, and reverses "
+          "exactly",
+          "[threads][mlp][exact][adam]") {
+  // 784-50-10: N = 39,760 ≥ 32,768, so the exact kernel runs its blocks in parallel.
+  const MlpArchitecture arch({784, 50, 10}, Activation::Tanh);
+  const MlpObjective f(arch, syntheticData(600, 784, 10, 21), SeededBatches(22, 600, 200));
+  const MlpLoss valid(arch, syntheticData(300, 784, 10, 23));
+  const ParameterLayout layout = arch.layout();
+  const Index T = 30, G = layout.numGroups();
+  const Eigen::VectorXd w1 = initialWeights(arch, 24);
+  struct Run {
+    ReversibleAdamW<>::Fixed w, m, s;
+    ReversibleAdamW<>::Buffer buffer;
+    AdamWHypergradients hg;
+  };
+  Run r[2];
+  for (int k = 0; k < 2; ++k) {
+    const Threads scope(k + 1);
+    ReversibleAdamW<> opt(layout, Schedule::constant(T, G, 1e-3), Schedule(momentumSchedule(T, G)),
+                          Schedule::constant(T, G, 0.999), Schedule::constant(T, G, 1e-8),
+                          Schedule::constant(T, G, 1e-2), 1024);
+    opt.start(w1);
+    train(opt, f);
+    r[k].w = opt.fixedWeights();
+    r[k].m = opt.fixedFirstMoment();
+    r[k].s = opt.fixedSecondMoment();
+    r[k].buffer = opt.buffer();
+    r[k].hg = reverse(opt, f, valid);  // throws unless the start is recovered exactly
+    CHECK(opt.buffer().empty());
+  }
+  CHECK(r[0].w == r[1].w);
+  CHECK(r[0].m == r[1].m);
+  CHECK(r[0].s == r[1].s);
+  CHECK(r[0].buffer == r[1].buffer);
+  for (Index j = 0; j < AdamWRule::numSchedules; ++j) CHECK(sameBits(r[0].hg.schedule(j), r[1].hg.schedule(j)));
+  for (Index st = 0; st < AdamWRule::numStates; ++st) CHECK(sameBits(r[0].hg.initialState(st), r[1].hg.initialState(st)));
 }
 
 #endif  // _OPENMP
