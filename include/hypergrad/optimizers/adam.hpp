@@ -89,8 +89,6 @@ class MomentsInterface {
 };
 
 namespace detail {
-/// The denominator of a bias correction: 1 − P, or 1 when P = 1 (no correction; see adam.hpp).
-inline double biasCorrection(double product) noexcept { return product == 1.0 ? 1.0 : 1.0 - product; }
 /// Slope of √x used at x = 0: the secant from 0 to 2^-52 (see adam.hpp), 2^26.
 constexpr double kSqrtSecantAtZero = 67108864.0;
 }  // namespace detail
@@ -140,23 +138,24 @@ struct AdamRule {
 
   static constexpr bool directionNeedsGradient = true;  ///< u = (1 − β1) dm + 2 (1 − β2) g ds.
 
-  /// Adjoint of the weights half at (m_{t+1}, s_{t+1}); see the file comment.
+  /// Adjoint of the weights half at (m_{t+1}, s_{t+1}); see the file comment. k_i = 1/c_i
+  /// (ScheduleEntry::debias).
   template <class B, class C>
   static void adjointWeights(B& b, const C& c) {
     const double dw = b.adjoint(Weights);
     if (dw == 0.0) return;
     const double alpha = c[LearningRate].value, eps = c[Epsilon].value;
-    const double c1 = detail::biasCorrection(c[Beta1].product), c2 = detail::biasCorrection(c[Beta2].product);
+    const double k1 = c[Beta1].debias, k2 = c[Beta2].debias;
     const double m = b.value(FirstMoment), s = b.value(SecondMoment);
-    const double q = m / c1, r = std::sqrt(s / c2), d = r + eps;
+    const double q = m * k1, r = std::sqrt(s * k2), d = r + eps;
     const double qOverD2 = q / (d * d);
-    const double rPrime = s > 0.0 ? 1.0 / (2.0 * r * c2) : detail::kSqrtSecantAtZero / std::sqrt(c2);
+    const double rPrime = s > 0.0 ? k2 / (2.0 * r) : detail::kSqrtSecantAtZero * std::sqrt(k2);
     b.scheduleGradient(LearningRate) -= dw * (q / d);
-    b.adjoint(FirstMoment) -= dw * (alpha / (c1 * d));
+    b.adjoint(FirstMoment) -= dw * (alpha * k1 / d);
     b.adjoint(SecondMoment) += dw * (alpha * qOverD2 * rPrime);
     b.scheduleGradient(Epsilon) += dw * (alpha * qOverD2);
-    if (c[Beta1].product != 1.0) b.productGradient(Beta1) -= dw * (alpha * q / d) / c1;
-    if (c[Beta2].product != 1.0) b.productGradient(Beta2) += dw * (alpha * qOverD2 * r / (2.0 * c2));
+    if (c[Beta1].product != 1.0) b.productGradient(Beta1) -= dw * (alpha * q / d) * k1;
+    if (c[Beta2].product != 1.0) b.productGradient(Beta2) += dw * (alpha * qOverD2 * r * k2 / 2.0);
   }
 
   /// u = (1 − β1) dm + 2 (1 − β2) g ds.
@@ -202,11 +201,11 @@ struct AdamRule {
   template <class Optimizer>
   using Interface = MomentsInterface<Optimizer>;
 
-  /// m̂ / (√ŝ + ε) for one element at the post-step state.
+  /// m̂ / (√ŝ + ε) for one element at the post-step state: (m k1) / (√(s k2) + ε), one division
+  /// (the bias corrections' reciprocals k_i = 1/c_i come per group with the schedules).
   template <class C>
   static double normalizedMoment(double m, double s, const C& c) {
-    const double c1 = detail::biasCorrection(c[Beta1].product), c2 = detail::biasCorrection(c[Beta2].product);
-    return (m / c1) / (std::sqrt(s / c2) + c[Epsilon].value);
+    return (m * c[Beta1].debias) / (std::sqrt(s * c[Beta2].debias) + c[Epsilon].value);
   }
 };
 

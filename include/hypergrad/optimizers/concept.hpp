@@ -118,6 +118,9 @@ struct ScheduleEntry {
   /// Ratio schedules: the running product of the values used at iterations 0 … t (this one
   /// included), multiplied in that order in double; 1 for the other domains.
   double product = 1.0;
+  /// Ratio schedules: 1 / (1 − product), the bias correction of a running mean started at zero
+  /// (Adam's m̂ = m · debias), or 1 when product is 1 (nothing averaged yet); 1 for the others.
+  double debias = 1.0;
 };
 
 namespace detail {

@@ -143,7 +143,10 @@ class ScheduleSet {
     for (std::size_t j = 0; j < static_cast<std::size_t>(numSchedules); ++j) {
       c[j].value = m_used[j](t, k);
       if (m_numerators[j].size() != 0) c[j].ratio = RatioT{m_numerators[j](t, k), m_denominators[j](t, k)};
-      if (m_products[j].size() != 0) c[j].product = m_products[j](t, k);
+      if (m_products[j].size() != 0) {
+        c[j].product = m_products[j](t, k);
+        c[j].debias = c[j].product == 1.0 ? 1.0 : 1.0 / (1.0 - c[j].product);
+      }
     }
     return c;
   }
