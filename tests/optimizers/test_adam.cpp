@@ -470,3 +470,32 @@ TEST_CASE("AdamW refuses a decay 1 - alpha*lambda too close to 1 to be resolved,
   CHECK(perStep <= 1.02 * bound);
   CHECK(perStep >= 0.98 * bound);
 }
+
+TEST_CASE("AdamW reverses bit for bit over runs long enough to spill the buffer's words", "[optimizer][adamw][exact]") {
+  // The decay multiplies in the weights half; the word stack of each block must still be popped
+  // in exactly the reverse order of the pushes (the forward runs each block's state half, then
+  // its weights half).
+  const Index n = 64, T = 1500;
+  CounterRng rng(59);
+  ReversibleAdamW<> opt(ParameterLayout::single(n), Schedule::constant(T, 1, 1e-2), Schedule::constant(T, 1, 0.5),
+                        Schedule::constant(T, 1, 0.9), Schedule::constant(T, 1, 1e-8), Schedule::constant(T, 1, 30.0),
+                        16);
+  VectorXd w1(n);
+  for (Index i = 0; i < n; ++i) w1(i) = rng.normal();
+  opt.start(w1);
+  const auto start = opt.exportRun();
+  std::vector<VectorXd> grads;
+  for (Index t = 0; t < T; ++t) {
+    VectorXd g(n);
+    for (Index i = 0; i < n; ++i) g(i) = 0.1 * rng.normal();
+    opt.stepWithGradient(g);
+    grads.push_back(g);
+  }
+  CHECK(opt.buffer().spilledWords() > 0);
+  for (Index t = T; t-- > 0;) {
+    opt.unstepWeights();
+    opt.unstepOptimizerState(grads[static_cast<std::size_t>(t)]);
+  }
+  opt.checkRecoveredStart();
+  for (int s = 0; s < AdamWRule::numStates; ++s) CHECK(opt.fixedState(s) == start.start[static_cast<std::size_t>(s)]);
+}

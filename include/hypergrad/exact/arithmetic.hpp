@@ -16,8 +16,9 @@
 /// parallel are undone after the loop. A kernel call therefore either completes or leaves the
 /// state and the buffer bit-identical to what they were.
 ///
-/// Bits: the forward visits each block's elements in increasing order and the inverse in
-/// decreasing order, exactly as multiplyByRatio / divideByRatio do, and the conversions are those
+/// Bits: a step runs per block as two passes (the state half of every element, then the weights
+/// half; see forwardBoth). The forward visits each block's elements in increasing order and the
+/// inverse in decreasing order, exactly as multiplyByRatio / divideByRatio do, and the conversions are those
 /// of FixedFormat; for the momentum rule the result is bit-identical to the multi-pass update this
 /// layer replaced (tests/optimizers/test_exact_kernel.cpp pins a recorded run).
 
@@ -468,8 +469,48 @@ class ExactKernel {
     e.store(call.state);
   }
 
+  // A whole step on one block runs as two passes, the state half of every element, then the
+  // weights half: so the block's word stack receives the state half's words first, and the
+  // reverse pass — which undoes the weights half of every element (unstepWeights) before it can
+  // recompute g_t and undo the state half — pops them in exactly the reverse order, also when
+  // the weights half multiplies through the buffer (AdamW's decay). The second pass also has no
+  // buffer dependence between elements when the weights half has no multiplication, so the
+  // processor overlaps the elements' square roots and divisions (Adam).
+  template <class Coefficients>
+  static void forwardBoth(const Call<Coefficients>& call, Index b) {
+    forwardBlock<StepPart::State>(call, b);
+    try {
+      forwardBlock<StepPart::Weights>(call, b);
+    } catch (...) {
+      inverseBlock<StepPart::State>(call, b);  // exact: the state the pass just produced
+      throw;
+    }
+  }
+  template <class Coefficients>
+  static void inverseBoth(const Call<Coefficients>& call, Index b) {
+    inverseBlock<StepPart::Weights>(call, b);
+    try {
+      inverseBlock<StepPart::State>(call, b);
+    } catch (...) {
+      forwardBlock<StepPart::Weights>(call, b);
+      throw;
+    }
+  }
+
   template <StepPart Part, class Coefficients>
   static void forwardBlock(const Call<Coefficients>& call, Index b) {
+    if constexpr (Part == StepPart::Both) forwardBoth(call, b);
+    else forwardPass<Part>(call, b);
+  }
+  template <StepPart Part, class Coefficients>
+  static void inverseBlock(const Call<Coefficients>& call, Index b) {
+    if constexpr (Part == StepPart::Both) inverseBoth(call, b);
+    else inversePass<Part>(call, b);
+  }
+
+  // One half of the step over one block, element by element.
+  template <StepPart Part, class Coefficients>
+  static void forwardPass(const Call<Coefficients>& call, Index b) {
     const ParameterLayout& layout = *call.layout;
     const Index lo = call.buffer->blockBegin(b), hi = call.buffer->blockEnd(b);
     Index done = lo;  // elements [lo, done) are stepped
@@ -490,7 +531,7 @@ class ExactKernel {
   }
 
   template <StepPart Part, class Coefficients>
-  static void inverseBlock(const Call<Coefficients>& call, Index b) {
+  static void inversePass(const Call<Coefficients>& call, Index b) {
     const ParameterLayout& layout = *call.layout;
     const Index lo = call.buffer->blockBegin(b), hi = call.buffer->blockEnd(b);
     Index undone = hi;  // elements [undone, hi) are inverted

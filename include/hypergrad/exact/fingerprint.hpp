@@ -35,7 +35,10 @@ inline std::uint64_t fingerprint(const double* x, Index n) noexcept {
     h[2] = mix(h[2], x[i + 2]);
     h[3] = mix(h[3], x[i + 3]);
   }
-  for (; i < n; ++i) h[i & 3] = mix(h[i & 3], x[i]);
+  // The last n mod 4 values, into lanes 0, 1, 2 (i is a multiple of 4: lane (i + r) & 3 = r).
+  // Written with r < 4 so that GCC's loop analysis does not warn about a huge n.
+  const Index rest = n - i;
+  for (Index r = 0; r < rest && r < 4; ++r) h[r] = mix(h[r], x[i + r]);
   std::uint64_t z = static_cast<std::uint64_t>(n);
   for (std::uint64_t lane : h) {
     z = (z ^ lane) * K;
