@@ -5,12 +5,15 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include <hypergrad/hypergradients.hpp>
 #include <hypergrad/init.hpp>
 #include <hypergrad/objectives/mlp.hpp>
 #include <hypergrad/optimizers/adam.hpp>
+#include <hypergrad/optimizers/snapshot.hpp>
 #include <hypergrad/random.hpp>
 #include <hypergrad/reference/optimizer.hpp>
 
@@ -498,4 +501,52 @@ TEST_CASE("AdamW reverses bit for bit over runs long enough to spill the buffer'
   }
   opt.checkRecoveredStart();
   for (int s = 0; s < AdamWRule::numStates; ++s) CHECK(opt.fixedState(s) == start.start[static_cast<std::size_t>(s)]);
+}
+
+TEST_CASE("an AdamW run saved to a stream reverses exactly in another optimizer; a failing objective in its reverse "
+          "pass loses nothing",
+          "[optimizer][adamw][snapshot][errors]") {
+  const Logistic f(50, 8, 10, 60);
+  const fixture::Validation valid(f, 61);
+  const auto layout = ParameterLayout::single(8);
+  const Index T = 30;
+  const std::array<Schedule, 5> schedules{Schedule::constant(T, 1, 0.01), Schedule::constant(T, 1, 0.9),
+                                          Schedule::constant(T, 1, 0.999), Schedule::constant(T, 1, 1e-3),
+                                          Schedule::constant(T, 1, 0.05)};
+  ReversibleAdamW<> opt(layout, schedules);
+  const VectorXd w1 = VectorXd::LinSpaced(8, -0.3, 0.3);
+  opt.start(w1);
+  const auto start = opt.exportRun();
+  train(opt, f);
+  std::stringstream file;
+  saveRun(opt, file);
+
+  // A Hessian-vector product that fails once, at reverse iteration 12: reverse() throws, and the
+  // optimizer is back at iteration T with the run intact.
+  struct Flaky {
+    const Logistic* f;
+    mutable int calls = 0;
+    Index numParameters() const { return f->numParameters(); }
+    Index numHyperparameters() const { return f->numHyperparameters(); }
+    void gradient(const VectorXd& w, Index t, VectorXd& g) const { f->gradient(w, t, g); }
+    void hessianVectorProduct(const VectorXd& w, Index t, const VectorXd& u, VectorXd& hu) const {
+      if (t == 12 && calls++ == 0) throw std::runtime_error("transient failure");
+      f->hessianVectorProduct(w, t, u, hu);
+    }
+    void mixedProduct(const VectorXd& w, Index t, const VectorXd& u, VectorXd& d) const { f->mixedProduct(w, t, u, d); }
+  };
+  const Flaky flaky{&f};
+  const auto trained = opt.exportRun();
+  CHECK_THROWS_WITH(reverse(opt, flaky, valid), Catch::Contains("transient failure"));
+  CHECK(opt.iteration() == T);
+  for (int s = 0; s < AdamWRule::numStates; ++s) CHECK(opt.fixedState(s) == trained.state[static_cast<std::size_t>(s)]);
+  CHECK(opt.buffer() == trained.buffer);
+  const AdamWHypergradients hg = reverse(opt, flaky, valid);  // the second attempt succeeds
+
+  ReversibleAdamW<> other(layout, schedules);
+  loadRun(other, file, "stream");
+  const AdamWHypergradients again = reverse(other, f, valid);
+  for (int s = 0; s < AdamWRule::numStates; ++s) CHECK(other.fixedState(s) == start.start[static_cast<std::size_t>(s)]);
+  for (Index j = 0; j < AdamWRule::numSchedules; ++j) CHECK(again.schedule(j) == hg.schedule(j));
+  CHECK(again.initialWeights == hg.initialWeights);
 }
