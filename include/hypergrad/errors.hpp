@@ -19,7 +19,7 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
-/// An argument is malformed: a wrong size, a value out of its domain (e.g.\ gamma outside (0, 1]),
+/// An argument is malformed: a wrong size, a value out of its domain (e.g.\ gamma outside [0, 1]),
 /// a schedule whose shape does not match T or the parameter layout.
 class InvalidArgument : public Error {
  public:

@@ -19,7 +19,7 @@
 //    d = 2^8, M = 2^16, on a layout of 1..64 elements in 1..4 groups with any block size and
 //    T = 1..8. The α and γ schedules come from the input (any double, so also NaN, ±inf, γ <= 0,
 //    γ > 1, γ below the smallest ratio): construction must succeed exactly when every α is finite
-//    and every γ quantises to a ratio in (0, 1], and throw InvalidArgument otherwise. start()
+//    and every γ quantises to a ratio in [0, 1], and throw InvalidArgument otherwise. start()
 //    takes input doubles (it must throw FixedPointOverflow exactly when one is not finite or out
 //    of the fixed-point range, InvalidArgument for a wrong size) or raw fixed vectors. Then up to
 //    64 operations from the input: stepWithGradient(g) (g any doubles, NaN, inf, huge, or the
@@ -533,10 +533,10 @@ struct OptimizerProgram {
         gamma(t, k) = anyMomentum(in);
         valid = valid && std::isfinite(alpha(t, k));
         const double g = gamma(t, k);
-        // In (0, 1] and not below 1/2^(RatioBits+1); a γ below 1 that rounds to 1 is refused (no
+        // In [0, 1], 0 or not below 1/2^(RatioBits+1); a γ below 1 that rounds to 1 is refused (no
         // fraction with a denominator <= 2^RatioBits lies that close to 1: exact/ratio.hpp).
         const double scaled = g * double(1u << RatioBits);
-        const bool domain = std::isfinite(g) && g > 0.0 && g <= 1.0 && std::round(scaled) >= 1.0;
+        const bool domain = std::isfinite(g) && g >= 0.0 && g <= 1.0 && (g == 0.0 || std::round(scaled) >= 1.0);
         const bool toOne = domain && g < 1.0 && std::round(scaled) >= double(1u << RatioBits);
         valid = valid && domain && !toOne;
       }

@@ -227,7 +227,8 @@ TEST_CASE("Adam rejects what it cannot run exactly, with messages that say what 
   };
   CHECK_THROWS_AS(make(0.9, 0.999, 0.0), InvalidArgument);  // ε = 0 would divide by √s = 0
   CHECK_THROWS_WITH(make(0.9, 0.999, -1e-8), Catch::Contains("epsilon schedule") && Catch::Contains("> 0"));
-  CHECK_THROWS_AS(make(0.0, 0.999, 1e-8), InvalidArgument);  // β1 = 0 destroys m_t: not invertible
+  CHECK_NOTHROW(make(0.0, 0.999, 1e-8));  // β1 = 0: m_t is stored whole (64 bits) to be restored
+  CHECK_THROWS_AS(make(-0.1, 0.999, 1e-8), InvalidArgument);
   CHECK_THROWS_AS(make(0.9, 1.5, 1e-8), InvalidArgument);
   ReversibleAdam<> opt = make(0.9, 0.999, 1e-8);
   VectorXd s1 = VectorXd::Zero(4);
@@ -549,4 +550,44 @@ TEST_CASE("an AdamW run saved to a stream reverses exactly in another optimizer;
   for (int s = 0; s < AdamWRule::numStates; ++s) CHECK(other.fixedState(s) == start.start[static_cast<std::size_t>(s)]);
   for (Index j = 0; j < AdamWRule::numSchedules; ++j) CHECK(again.schedule(j) == hg.schedule(j));
   CHECK(again.initialWeights == hg.initialWeights);
+}
+
+TEST_CASE("Adam with beta1 = 0 in a group reverses exactly and its beta1 hypergradients, bias corrections included, "
+          "match differences",
+          "[optimizer][adam][zero-ratio]") {
+  const Logistic f(50, 8, 10, 73);
+  const fixture::Validation valid(f, 74);
+  ParameterLayout layout;
+  layout.addGroup("a", 5);
+  layout.addGroup("b", 3);
+  const Index T = 30;
+  AdamSchedules s = twoGroupSchedules(T);
+  for (Index t = 0; t < T; ++t) s.beta1(t, 1) = t % 4 == 1 ? 0.0 : 0.8;  // RMSprop-like steps in group b
+  ReversibleAdam<> opt(layout, s.all());
+  const VectorXd w1 = VectorXd::LinSpaced(8, -0.3, 0.3), m1 = VectorXd::Constant(8, 0.01);
+  opt.start(w1, m1);
+  const auto start = opt.exportRun();
+  train(opt, f);
+  const AdamHypergradients hg = reverse(opt, f, valid);
+  for (int st = 0; st < AdamRule::numStates; ++st) CHECK(opt.fixedState(st) == start.start[static_cast<std::size_t>(st)]);
+  const AdamSchedules used{s.alpha, opt.quantizedBeta1(), opt.quantizedBeta2(), s.eps};
+  auto loss = [&](const MatrixXd& beta1) {
+    AdamSchedules x = used;
+    x.beta1 = beta1;
+    ReferenceOptimizer<AdamRule> r(layout, x.all());
+    r.start(w1, m1);
+    while (r.iteration() < T) r.step(f);
+    return valid.value(r.weights());
+  };
+  const double h = 1e-6;
+  for (Index t : {Index(1), Index(2), Index(13), Index(25)})
+    for (Index k = 0; k < 2; ++k) {
+      CAPTURE(t, k);
+      MatrixXd p = used.beta1, q = used.beta1;
+      p(t, k) += h;
+      q(t, k) += 2 * h;
+      // One-sided (second order) at β1 = 0, the edge of the domain; the same formula elsewhere.
+      const double d = (-3 * loss(used.beta1) + 4 * loss(p) - loss(q)) / (2 * h);
+      CHECK(fixture::relErr(d, hg.beta1(t, k)) < 1e-5);
+    }
 }

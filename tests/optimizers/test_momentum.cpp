@@ -73,7 +73,7 @@ TEST_CASE("misuse of the optimizer raises typed exceptions with actionable messa
   Eigen::MatrixXd gamma = Eigen::MatrixXd::Constant(10, 2, 0.9);
   gamma(4, 1) = 1.5;
   CHECK_THROWS_WITH(SgdMomentum<>(layout, Schedule::constant(10, 2, 0.1), Schedule(gamma)),
-                    Catch::Contains("iteration 4") && Catch::Contains("'b'") && Catch::Contains("(0, 1]"));
+                    Catch::Contains("iteration 4") && Catch::Contains("'b'") && Catch::Contains("[0, 1]"));
   Eigen::MatrixXd alpha = Eigen::MatrixXd::Constant(10, 2, 0.1);
   alpha(2, 0) = std::numeric_limits<double>::quiet_NaN();
   CHECK_THROWS_WITH(SgdMomentum<>(layout, Schedule(alpha), Schedule::constant(10, 2, 0.9)),
@@ -173,5 +173,70 @@ TEST_CASE("with exact fractions gamma = 0.9 is used exactly; the default rounds 
     p(t, 0) += eps;
     m(t, 0) -= eps;
     CHECK(fixture::relErr((loss(p) - loss(m)) / (2 * eps), hg.momenta(t, 0)) < 1e-5);
+  }
+}
+
+TEST_CASE("gamma = 0 (plain SGD) reverses bit for bit by storing the velocity whole, and its hypergradients match "
+          "one-sided differences",
+          "[optimizer][exact][zero-ratio]") {
+  // Long enough, with small blocks, that the stored velocities spill words and interleave with
+  // the other group's bits-back words on the same block stacks.
+  const Index n = 40, T = 300;
+  ParameterLayout layout;
+  layout.addGroup("plain", 24);
+  layout.addGroup("momentum", 16);
+  Eigen::MatrixXd gamma(T, 2);
+  for (Index t = 0; t < T; ++t) gamma.row(t) << (t % 7 == 3 ? 0.5 : 0.0), 0.9;
+  SgdMomentum<> opt(layout, Schedule::constant(T, 2, 0.01), Schedule(gamma), 16);
+  CHECK(opt.schedules().hasZeroRatio());
+  CounterRng rng(70);
+  VectorXd w1(n), v1(n);
+  for (Index i = 0; i < n; ++i) w1(i) = rng.normal(), v1(i) = 0.1 * rng.normal();
+  opt.start(w1, v1);
+  const auto start = opt.exportRun();
+  std::vector<VectorXd> grads;
+  for (Index t = 0; t < T; ++t) {
+    VectorXd g(n);
+    for (Index i = 0; i < n; ++i) g(i) = rng.normal();
+    opt.stepWithGradient(g);
+    grads.push_back(g);
+  }
+  CHECK(opt.buffer().spilledWords() > 0);
+  // About 64 bits per plain element per γ = 0 step: the buffer holds what a stored v would.
+  CHECK(opt.buffer().informationBits() > 0.9 * 64.0 * 24 * (T - T / 7));
+  for (Index t = T; t-- > 0;) {
+    opt.unstepWeights();
+    opt.unstepOptimizerState(grads[static_cast<std::size_t>(t)]);
+  }
+  opt.checkRecoveredStart();
+  CHECK(opt.fixedVelocity() == start.start[1]);
+
+  // Hypergradients through γ = 0 steps (one-sided differences: γ cannot go below 0).
+  const Logistic f(50, 8, 10, 71);
+  const fixture::Validation valid(f, 72);
+  const auto one = ParameterLayout::single(8);
+  const Index Ts = 30;
+  Eigen::MatrixXd alpha = Eigen::MatrixXd::Constant(Ts, 1, 0.05), g0(Ts, 1);
+  for (Index t = 0; t < Ts; ++t) g0(t, 0) = t % 3 == 0 ? 0.0 : 0.75;
+  SgdMomentum<> sgd(one, Schedule(alpha), Schedule(g0));
+  const VectorXd w0 = VectorXd::LinSpaced(8, -0.3, 0.3), v0 = VectorXd::Constant(8, 0.05);
+  const Hypergradients hg = computeHypergradients(sgd, f, valid, w0, v0);
+  auto loss = [&](const Eigen::MatrixXd& a, const Eigen::MatrixXd& g, const VectorXd& v) {
+    ReferenceOptimizer<MomentumRule> r(one, Schedule(a), Schedule(g));
+    r.start(w0, v);
+    while (r.iteration() < Ts) r.step(f);
+    return valid.value(r.weights());
+  };
+  const double h = 1e-6;
+  for (Index t : {Index(0), Index(1), Index(12), Index(27)}) {
+    CAPTURE(t);
+    Eigen::MatrixXd p = g0, q = g0;
+    p(t, 0) += h;
+    q(t, 0) += 2 * h;
+    const double oneSided = (-3 * loss(alpha, g0, v0) + 4 * loss(alpha, p, v0) - loss(alpha, q, v0)) / (2 * h);
+    CHECK(fixture::relErr(oneSided, hg.momenta(t, 0)) < 1e-5);
+  }
+  for (Index i : {Index(0), Index(5)}) {  // v₁ only reaches the result through γ_0 = 0: ∂f/∂v₁ = 0
+    CHECK(hg.initialVelocity(i) == 0.0);
   }
 }

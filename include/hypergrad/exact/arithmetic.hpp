@@ -47,7 +47,8 @@ struct ElementFailure {
     NonFiniteGradient,  ///< g_i is NaN or infinite
     AddendOutOfRange,   ///< an addend is not finite or does not fit the fixed-point range
     SumOutOfRange,      ///< state + addend leaves the range
-    DivisionOutOfRange  ///< a division by a ratio leaves int64: the state is not from this run
+    DivisionOutOfRange, ///< a division by a ratio leaves int64: the state is not from this run
+    NotZero             ///< undoing a multiplication by 0 finds a non-zero value: not from this run
   };
   Kind kind = Kind::AddendOutOfRange;
   int state = 0;            ///< the state vector concerned
@@ -61,14 +62,41 @@ struct ElementFailure {
       : kind(k), state(s), element(i), what(name), operand(x), current(before) {}
 };
 
-/// One logged operation of an element: an addition of `addend` to state `state`, or (numerator
-/// non-zero) a multiplication of it by numerator/denominator through the buffer.
+/// One logged operation of an element: an addition of `addend` to state `state` (numerator and
+/// denominator 0), a multiplication of it by numerator/denominator through the buffer, or
+/// (numerator 0, denominator not) a multiplication by zero, which stores the whole value.
 struct ElementOp {
   int state;
-  std::uint32_t numerator;    // 0 for an addition
-  std::uint32_t denominator;
+  std::uint32_t numerator;    // 0 for an addition and for the zero ratio
+  std::uint32_t denominator;  // 0 for an addition
   std::int64_t addend;
+
+  bool isAddition() const noexcept { return denominator == 0; }
+  bool isZero() const noexcept { return numerator == 0 && denominator != 0; }
 };
+
+/// Words a multiplication by zero may spill onto its block's stack: the value goes in as 64 bits
+/// of digits (16-bit digits, 8-bit ones for a coder precision below 16), each push spilling at
+/// most one word.
+constexpr int kZeroRatioWords = 8;
+
+/// x ← 0, its 64 bits pushed onto the buffer as digits, low first.
+template <class Buffer>
+void storeWhole(std::int64_t& x, Index i, Buffer& buf) {
+  constexpr int bits = Buffer::precisionBits >= 16 ? 16 : 8;
+  const auto v = static_cast<std::uint64_t>(x);
+  for (int k = 0; k < 64 / bits; ++k)
+    buf.pushPow2(i, static_cast<std::uint32_t>((v >> (bits * k)) & ((std::uint64_t(1) << bits) - 1)), bits);
+  x = 0;
+}
+/// The inverse of storeWhole: x ← the value popped (x was 0).
+template <class Buffer>
+void restoreWhole(std::int64_t& x, Index i, Buffer& buf) noexcept {
+  constexpr int bits = Buffer::precisionBits >= 16 ? 16 : 8;
+  std::uint64_t v = 0;
+  for (int k = 64 / bits; k-- > 0;) v |= static_cast<std::uint64_t>(buf.popPow2(i, bits)) << (bits * k);
+  x = static_cast<std::int64_t>(v);
+}
 
 /// Most operations one element's step may perform (the rule's forwardState + forwardWeights).
 constexpr int kMaxElementOps = 16;
@@ -140,7 +168,8 @@ class ExactElement {
   void multiply(int s, const Entry& c) {
     const RatioType& r = c.ratio;
     if constexpr (Mode == ElementMode::Apply) {
-      if (!r.one()) Rounding::template multiplyRatio<DBits>(m_x[s], r, m_i, *m_buf);
+      if (r.zero()) storeWhole(m_x[s], m_i, *m_buf);
+      else if (!r.one()) Rounding::template multiplyRatio<DBits>(m_x[s], r, m_i, *m_buf);
       ++m_count;
     } else {
       if (m_count < m_limit) log(ElementOp{s, r.numerator, r.denominator, 0});
@@ -170,7 +199,10 @@ class ExactElement {
     for (; k > 0; --k) {
       const ElementOp& op = m_log[k - 1];
       std::int64_t& x = m_x[op.state];
-      if (op.numerator != 0) {
+      if (op.isZero()) {
+        if (x != 0) break;  // not the zero the multiplication left: not this run's state
+        restoreWhole(x, m_i, *m_buf);
+      } else if (!op.isAddition()) {
         if (op.numerator != op.denominator &&
             !Rounding::template tryDivideRatio<DBits>(x, RatioType{op.numerator, op.denominator}, m_i, *m_buf))
           break;
@@ -215,13 +247,18 @@ class ExactElement {
     const ElementOp& op = m_log[k - 1];
     for (int j = k; j < m_count; ++j) {
       const ElementOp& redo = m_log[j];
-      if (redo.numerator != 0 && redo.numerator == redo.denominator) continue;
-      if (redo.numerator != 0)
+      if (redo.isZero()) storeWhole(m_x[redo.state], m_i, *m_buf);
+      else if (!redo.isAddition() && redo.numerator == redo.denominator) continue;
+      else if (!redo.isAddition())
         Rounding::template multiplyRatio<DBits>(m_x[redo.state], RatioType{redo.numerator, redo.denominator}, m_i, *m_buf);
       else m_x[redo.state] += redo.addend;  // restores a value that was stored before: cannot overflow
     }
-    throw ElementFailure(op.numerator != 0 ? ElementFailure::Kind::DivisionOutOfRange : ElementFailure::Kind::SumOutOfRange,
-                         op.state, m_i, op.numerator != 0 ? "division by the ratio" : "recorded addend",
+    throw ElementFailure(op.isAddition() ? ElementFailure::Kind::SumOutOfRange
+                         : op.isZero()    ? ElementFailure::Kind::NotZero
+                                          : ElementFailure::Kind::DivisionOutOfRange,
+                         op.state, m_i,
+                         op.isAddition() ? "recorded addend"
+                                         : (op.isZero() ? "restoring a value multiplied by 0" : "division by the ratio"),
                          toValue(op.state, op.addend), toValue(op.state, m_x[op.state]));
   }
 

@@ -5,7 +5,8 @@
 /// \brief Momentum factors as exact ratios n/d: the exact multiply works on the integer pair, and
 /// the hypergradient refers to the ratio actually used.
 ///
-/// **Which ratio a γ becomes** (Ratio::quantize):
+/// **Which ratio a γ becomes** (Ratio::quantize): 0 is the zero ratio (no memory: the exact
+/// multiply stores the value it destroys, 64 bits, log2(1/0) being unbounded); otherwise
 /// 1. γ·2^DBits is an integer (0.5, 0.875, any multiple of 2^-16): the dyadic ratio n/2^DBits,
 ///    exact, on the fastest path (shifts instead of divisions).
 /// 2. With Quantization::ExactFractions, a γ that is, in double precision, a fraction n/d with
@@ -40,7 +41,8 @@ enum class Quantization {
   BestFraction    ///< the closest fraction with d ≤ 2^DBits (convergents and the nearest dyadic)
 };
 
-/// A ratio n/d in (0, 1] with 1 ≤ n ≤ d ≤ 2^DBits. Dyadic ratios are kept as n/2^DBits (d equal to
+/// A ratio n/d in [0, 1] with 0 ≤ n ≤ d ≤ 2^DBits (n = 0: the exact multiply stores the whole
+/// value it destroys, 64 bits, and restores it on the way back). Dyadic ratios are kept as n/2^DBits (d equal to
 /// maxDenominator), so that every power-of-two denominator takes the fast path.
 template <int DBits = 16>
 struct Ratio {
@@ -49,7 +51,7 @@ struct Ratio {
   /// 2^DBits: the largest denominator, and the one of every dyadic ratio.
   static constexpr std::uint32_t maxDenominator = std::uint32_t(1) << DBits;
 
-  std::uint32_t numerator = maxDenominator;    ///< n, in [1, d]
+  std::uint32_t numerator = maxDenominator;    ///< n, in [0, d]
   std::uint32_t denominator = maxDenominator;  ///< d, in [1, 2^DBits]
 
   /// The value n/d actually used.
@@ -58,16 +60,19 @@ struct Ratio {
   constexpr bool dyadic() const noexcept { return denominator == maxDenominator; }
   /// True for 1 (an exact identity: multiplying stores nothing).
   constexpr bool one() const noexcept { return numerator == denominator; }
+  /// True for 0 (multiplying stores the whole value: 64 bits).
+  constexpr bool zero() const noexcept { return numerator == 0; }
 
   /// The ratio for gamma (see the file comment): exact when gamma is dyadic (or, with
   /// Quantization::ExactFractions, a fraction with a denominator ≤ 2^DBits), else the nearest
-  /// n/2^DBits. Throws InvalidArgument when gamma is not
-  /// finite, not in (0, 1], rounds to zero, or rounds to 1 although it is below 1. `where` names
-  /// the caller's context in the message.
+  /// n/2^DBits; 0 is the zero ratio. Throws InvalidArgument when gamma is not finite, not in
+  /// [0, 1], rounds to zero although it is not 0, or rounds to 1 although it is below 1. `where`
+  /// names the caller's context in the message.
   static Ratio quantize(double gamma, const char* where = "gamma", Quantization quantization = Quantization::Dyadic) {
-    if (!std::isfinite(gamma) || gamma <= 0.0 || gamma > 1.0) {
-      throw InvalidArgument(detail::message(where, " = ", gamma, ": a momentum factor must be a finite number in (0, 1]"));
+    if (!std::isfinite(gamma) || gamma < 0.0 || gamma > 1.0) {
+      throw InvalidArgument(detail::message(where, " = ", gamma, ": a momentum factor must be a finite number in [0, 1]"));
     }
+    if (gamma == 0.0) return Ratio{0, maxDenominator};
     const double scaled = gamma * maxDenominator;  // exact: a power of two
     if (scaled == std::floor(scaled)) return Ratio{static_cast<std::uint32_t>(scaled), maxDenominator};
     Ratio exact;
@@ -79,7 +84,8 @@ struct Ratio {
     if (rounded < 1.0) {
       throw InvalidArgument(detail::message(where, " = ", gamma, " is below the smallest representable momentum 1/",
                                             maxDenominator, " = ", 1.0 / maxDenominator,
-                                            "; use a larger gamma or a finer Ratio<DBits>"));
+                                            "; use a larger gamma, a finer Ratio<DBits>, or 0 (no memory: the exact "
+                                            "multiply then stores the whole state, 64 bits per element and step)"));
     }
     if (rounded >= maxDenominator) {
       throw InvalidArgument(detail::message(

@@ -110,17 +110,20 @@ void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, c
   }
 }
 
-/// The running products' share of step t's schedule sums: tails += P_t ⊙ ∂f/∂P_t, then
-/// sums += tails / β_t (entries whose tail is zero are left alone, so rules that read no product
-/// get bit-identical results).
+/// The running products' share of step t's schedule sums. With P_t = β_0 ⋯ β_t and pg_t =
+/// ∂f/∂P_t, ∂f/∂β_t gains Σ_{t' ≥ t} pg_{t'} ∂P_{t'}/∂β_t = P_{t−1} U_t, where
+/// U_t = pg_t + β_{t+1} U_{t+1} (`tails`, carried down from t + 1 with `next` = β_{t+1}): no
+/// division, so a β of 0 gets its derivative too. Entries whose U is zero are left alone, so
+/// rules that read no product get bit-identical results.
 template <class Coefficients>
 void chainProducts(const std::vector<Coefficients>& coefficients, const Eigen::MatrixXd& productSums,
-                   Eigen::MatrixXd& tails, Eigen::MatrixXd& sums) {
+                   Eigen::MatrixXd& tails, Eigen::MatrixXd& next, Eigen::MatrixXd& sums) {
   for (Index k = 0; k < sums.cols(); ++k)
     for (Index j = 0; j < sums.rows(); ++j) {
       const auto& c = coefficients[static_cast<std::size_t>(k)][static_cast<std::size_t>(j)];
-      tails(j, k) += c.product * productSums(j, k);
-      if (tails(j, k) != 0.0) sums(j, k) += tails(j, k) / c.value;
+      tails(j, k) = productSums(j, k) + next(j, k) * tails(j, k);
+      next(j, k) = c.value;
+      if (tails(j, k) != 0.0) sums(j, k) += c.previousProduct * tails(j, k);
     }
 }
 
@@ -200,9 +203,9 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
 
   Eigen::VectorXd u(n), w(n), g(n), hu(n), mixed(numHyper);
   Eigen::MatrixXd sums(Rule::numSchedules, numGroups);  // per-group schedule sums of one step
-  // ∂f/∂ (running product of ratio schedule j at t) per group, and Σ_{t' ≥ t} P_{t'} ∂f/∂P_{t'},
-  // which becomes ∂f/∂ schedule j at t after division by its value (∂P_{t'}/∂β_t = P_{t'}/β_t).
-  Eigen::MatrixXd productSums(Rule::numSchedules, numGroups), productTails = Eigen::MatrixXd::Zero(Rule::numSchedules, numGroups);
+  // ∂f/∂ (running product of ratio schedule j at t) per group, and the recursion of chainProducts.
+  Eigen::MatrixXd productSums(Rule::numSchedules, numGroups), productTails = Eigen::MatrixXd::Zero(Rule::numSchedules, numGroups),
+      nextValues = Eigen::MatrixXd::Zero(Rule::numSchedules, numGroups);
   std::vector<Coefficients> coefficients;
   const ParameterLayout& layout = opt.layout();
   try {
@@ -243,7 +246,7 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
                                 adjoints.data(), u.data(), g.data(), sums, productSums);
       dw += hu;
       dtheta += mixed;
-      detail::chainProducts(coefficients, productSums, productTails, sums);
+      detail::chainProducts(coefficients, productSums, productTails, nextValues, sums);
       for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j).row(t) = sums.row(j);
       [[maybe_unused]] const ReverseState state{g, dw, u, adjoints.data(), S};
       (detail::callReverseStep(callbacks, opt, t, state), ...);

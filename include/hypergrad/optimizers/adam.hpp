@@ -23,7 +23,9 @@
 /// inverse cannot recompute before it has that point.
 ///
 /// **Information.** ×β1 and ×β2 store log2(1/β1) + log2(1/β2) bits per weight per step
-/// (0.152 + 0.0014 at 0.9 / 0.999); β = 1 stores nothing.
+/// (0.152 + 0.0014 at 0.9 / 0.999); β = 1 stores nothing; β = 0 stores the moment itself (64
+/// bits), and its hypergradient through the bias corrections is still defined (the reverse pass
+/// chains the running products without dividing by β).
 ///
 /// **Ratio resolution.** ReversibleAdam quantises β to n / 2^20 (not momentum's 2^16): 0.999
 /// becomes 1047527/2^20, so 1 − β2 is within 0.05% of the request (at 2^16 it would be 0.8% off).
@@ -94,7 +96,7 @@ constexpr double kSqrtSecantAtZero = 67108864.0;
 }  // namespace detail
 
 /// The Adam update rule (see the file comment). States: weights, first moment m, second moment
-/// s (non-negative). Schedules: "learningRates" (real), "beta1", "beta2" (ratios in (0, 1]),
+/// s (non-negative). Schedules: "learningRates" (real), "beta1", "beta2" (ratios in [0, 1]),
 /// "epsilons" (> 0).
 struct AdamRule {
   static constexpr const char* name = "Adam";  ///< For messages and saved runs.

@@ -92,7 +92,7 @@ namespace hypergrad {
 /// Domain of a schedule's entries.
 enum class ScheduleDomain {
   Real,      ///< any finite value (learning rates)
-  Ratio,       ///< (0, 1], quantised to a ratio n/d and applied exactly through the information buffer
+  Ratio,       ///< [0, 1], quantised to a ratio n/d and applied exactly through the information buffer (0 stores the whole value: 64 bits)
   Positive,    ///< finite and > 0 (Adam's ε)
   NonNegative  ///< finite and ≥ 0 (AdamW's weight decay λ)
 };
@@ -118,6 +118,8 @@ struct ScheduleEntry {
   /// Ratio schedules: the running product of the values used at iterations 0 … t (this one
   /// included), multiplied in that order in double; 1 for the other domains.
   double product = 1.0;
+  /// Ratio schedules: the running product before this iteration (1 at t = 0).
+  double previousProduct = 1.0;
   /// Ratio schedules: 1 / (1 − product), the bias correction of a running mean started at zero
   /// (Adam's m̂ = m · debias), or 1 when product is 1 (nothing averaged yet); 1 for the others.
   double debias = 1.0;

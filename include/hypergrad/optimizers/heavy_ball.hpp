@@ -16,8 +16,8 @@
 /// \f[ \partial f/\partial\mu_{t,k} = \textstyle\sum_{i\in k} dv_i\, v_{t,i}, \quad dv \mathrel{*}= \mu_t, \f]
 /// and dw += H_t u, dθ += (∂_θ g_t)ᵀ u. ∂f/∂μ refers to the quantised μ actually used.
 ///
-/// **Limits.** μ must be in (0, 1]: μ = 0 (PyTorch's default, plain SGD) updates w from g(w)
-/// itself and is not exactly invertible. The velocity accumulates about g/(1−μ) (10× the
+/// **Limits.** μ is in [0, 1]; μ = 0 (PyTorch's default, plain SGD) destroys v at every step,
+/// so the exact multiply stores v whole (64 bits per weight per step). The velocity accumulates about g/(1−μ) (10× the
 /// gradient at μ = 0.9, against the gradient's own size for MomentumRule), so it needs that much
 /// more fixed-point range. Information: log2(1/μ) bits per weight per step.
 
@@ -34,7 +34,7 @@
 namespace hypergrad {
 
 /// Heavy-ball momentum, PyTorch's convention (see the file comment). States: weights, velocity.
-/// Schedules: "learningRates" (real), "momenta" (ratios in (0, 1]).
+/// Schedules: "learningRates" (real), "momenta" (ratios in [0, 1]).
 struct HeavyBallRule {
   static constexpr const char* name = "SGD with heavy-ball momentum";  ///< For messages and saved runs.
 

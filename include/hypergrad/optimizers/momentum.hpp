@@ -5,7 +5,7 @@
 /// \brief SGD with momentum as an update rule (Maclaurin, Duvenaud & Adams 2015, Alg.\ 1–2):
 /// \f[ v_{t+1} = \gamma_t \odot v_t - (1-\gamma_t) \odot g_t, \qquad
 ///     w_{t+1} = w_t + \alpha_t \odot v_{t+1}, \qquad g_t = \nabla_w L(w_t, \theta, t), \f]
-/// with per-iteration × per-group learning rates α and momenta γ ∈ (0, 1]. `SgdMomentum<>` is
+/// with per-iteration × per-group learning rates α and momenta γ ∈ [0, 1]. `SgdMomentum<>` is
 /// this rule on the shared driver (ReversibleOptimizer), and `Hypergradients` its result.
 ///
 /// **Adjoint** (DESIGN.md §1), for a meta objective f(w_{T+1}) with adjoints dw, dv of the
@@ -19,7 +19,8 @@
 /// groups. ∂f/∂γ refers to the quantised γ actually used (quantizedMomenta()).
 ///
 /// **Information.** Multiplying v by γ = n/d stores log2(d/n) = log2(1/γ) bits per weight per
-/// step in the buffer (0.152 at γ = 0.9); γ = 1 is an exact identity and stores nothing.
+/// step in the buffer (0.152 at γ = 0.9); γ = 1 is an exact identity and stores nothing; γ = 0
+/// (plain SGD) stores v itself, 64 bits per weight per step.
 
 #include <array>
 
@@ -59,7 +60,7 @@ class VelocityInterface {
 };
 
 /// The momentum update rule (see the file comment). States: weights, velocity. Schedules:
-/// "learningRates" (real), "momenta" (ratios in (0, 1]).
+/// "learningRates" (real), "momenta" (ratios in [0, 1]).
 struct MomentumRule {
   static constexpr const char* name = "SGD with momentum";  ///< For messages and saved runs.
 

@@ -125,7 +125,9 @@ class ReversibleOptimizer
       throw InvalidArgument(detail::message("update rule '", Rule::name, "' breaks the reversibility contract: ",
                                             problem, " (see optimizers/concept.hpp)"));
     }
-    m_multiplies = detail::ruleMultiplies<Rule>(m_schedules.at(0, 0));
+    // Words per element a pass may spill: one per multiplication, more when some ratio is 0.
+    m_multiplies = detail::ruleMultiplies<Rule>(m_schedules.at(0, 0)) *
+                   (m_schedules.hasZeroRatio() ? detail::kZeroRatioWords : 1);
   }
 
   /// The same with the schedules as separate arguments: `(layout, α, γ)`, `(layout, α, γ, blockSize)`
@@ -501,7 +503,9 @@ class ReversibleOptimizer
     if (!forwardDirection) {
       throw ExactnessViolation(detail::message(
           Rule::name, ": reversing", where, " failed (", state, " = ", f.current, ", ", f.what,
-          f.kind == Kind::DivisionOutOfRange ? " leaves the int64 range" : " leaves the fixed-point range",
+          f.kind == Kind::DivisionOutOfRange ? " leaves the int64 range"
+          : f.kind == Kind::NotZero          ? " finds a value that is not the 0 the multiplication left"
+                                             : " leaves the fixed-point range",
           "): the state does not come from the forward run being reversed (wrong saved run, schedules or buffer). "
           "Nothing was changed"));
     }

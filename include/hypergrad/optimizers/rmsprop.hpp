@@ -59,7 +59,7 @@ class MeanSquareInterface : public VelocityInterface<Optimizer> {
 
 /// The RMSprop-with-momentum update rule (see the file comment). States: weights, velocity,
 /// mean square (non-negative). Schedules: "learningRates" (real), "momenta", "decays" (ratios in
-/// (0, 1]), "epsilons" (> 0).
+/// [0, 1]), "epsilons" (> 0).
 struct RmspropRule {
   static constexpr const char* name = "RMSprop with momentum";  ///< For messages and saved runs.
 

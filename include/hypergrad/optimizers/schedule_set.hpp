@@ -27,7 +27,7 @@
 namespace hypergrad {
 
 /// The J schedules of rule R (T × G each), checked once: same T, G columns, finite, ratio
-/// schedules in (0, 1] and quantised to RatioT (when `quantizeRatios`; the reference optimizer
+/// schedules in [0, 1] and quantised to RatioT (when `quantizeRatios`; the reference optimizer
 /// uses them as given). coefficients(t) hands the element code its per-group entries.
 template <class Rule, class RatioT>
 class ScheduleSet {
@@ -93,6 +93,7 @@ class ScheduleSet {
           m_numerators[j](t, k) = r.numerator;
           m_denominators[j](t, k) = r.denominator;
           m_used[j](t, k) = r.value();
+          m_hasZeroRatio = m_hasZeroRatio || r.zero();
           const double moved = std::fabs(requested - r.value());
           if (moved == 0.0) {
             ++report.exact;
@@ -124,6 +125,9 @@ class ScheduleSet {
   const Numerators& numerators(Index j) const { return m_numerators.at(static_cast<std::size_t>(j)); }
   /// Denominators of a quantised ratio schedule (empty for the others).
   const Numerators& denominators(Index j) const { return m_denominators.at(static_cast<std::size_t>(j)); }
+  /// True when some quantised ratio is 0 (its multiplication stores the whole value: the
+  /// exact kernel reserves more buffer words per element and step).
+  bool hasZeroRatio() const noexcept { return m_hasZeroRatio; }
   /// How far ratio schedule j moved from the requested values (all zero for real schedules).
   const QuantizationReport& quantization(Index j) const { return m_reports.at(static_cast<std::size_t>(j)); }
 
@@ -145,6 +149,7 @@ class ScheduleSet {
       if (m_numerators[j].size() != 0) c[j].ratio = RatioT{m_numerators[j](t, k), m_denominators[j](t, k)};
       if (m_products[j].size() != 0) {
         c[j].product = m_products[j](t, k);
+        c[j].previousProduct = t > 0 ? m_products[j](t - 1, k) : 1.0;
         c[j].debias = c[j].product == 1.0 ? 1.0 : 1.0 / (1.0 - c[j].product);
       }
     }
@@ -191,7 +196,7 @@ class ScheduleSet {
               (spec.domain == ScheduleDomain::Positive && !(x > 0.0)) ||
               (spec.domain == ScheduleDomain::NonNegative && !(x >= 0.0))) {
             throw InvalidArgument(detail::message(where, " is ", x, ", outside its domain",
-                                                  spec.domain == ScheduleDomain::Ratio ? " (0, 1]" : "",
+                                                  spec.domain == ScheduleDomain::Ratio ? " [0, 1]" : "",
                                                   "; change the schedules it is computed from"));
           }
           used(t, k) = x;
@@ -210,6 +215,7 @@ class ScheduleSet {
                 RatioT::maxDenominator, " (", 100.0 * relative, "% off, more than ", 100.0 * derivedTolerance,
                 "%): the exact multiply cannot resolve so small a decay. Use a larger decay, or 0"));
           }
+          m_hasZeroRatio = m_hasZeroRatio || r.zero();
           m_derivedNumerators[d](t, k) = r.numerator;
           m_derivedDenominators[d](t, k) = r.denominator;
           used(t, k) = r.value();
@@ -259,6 +265,7 @@ class ScheduleSet {
   std::array<Numerators, static_cast<std::size_t>(numSchedules)> m_numerators, m_denominators;
   std::array<QuantizationReport, static_cast<std::size_t>(numSchedules)> m_reports;
   Index m_numGroups = 0;
+  bool m_hasZeroRatio = false;
 };
 
 }  // namespace hypergrad
