@@ -591,3 +591,29 @@ TEST_CASE("Adam with beta1 = 0 in a group reverses exactly and its beta1 hypergr
       CHECK(fixture::relErr(d, hg.beta1(t, k)) < 1e-5);
     }
 }
+
+TEST_CASE("AdamW hypergradients match the naive store-the-trajectory reverse pass", "[optimizer][adamw][reverse]") {
+  const Logistic f(50, 8, 10, 75);
+  const fixture::Validation valid(f, 76);
+  ParameterLayout layout;
+  layout.addGroup("a", 5);
+  layout.addGroup("b", 3);
+  const Index T = 50;
+  const AdamSchedules s = twoGroupSchedules(T);
+  MatrixXd lambda(T, 2);
+  lambda.col(0).setConstant(0.1);
+  lambda.col(1).setConstant(0.37);
+  ReversibleAdamW<> opt(layout, {Schedule(s.alpha), Schedule(s.beta1), Schedule(s.beta2), Schedule(s.eps), Schedule(lambda)});
+  const VectorXd w1 = VectorXd::LinSpaced(8, -0.3, 0.3);
+  const AdamWHypergradients hg = computeHypergradients(opt, f, valid, w1);
+  ReferenceOptimizer<AdamWRule> naive(layout, {Schedule(s.alpha), Schedule(opt.quantizedBeta1()), Schedule(opt.quantizedBeta2()),
+                                               Schedule(s.eps), Schedule(lambda)},
+                                      TrajectoryStorage::Store);
+  const AdamWHypergradients ref = computeHypergradients(naive, f, valid, w1);
+  for (Index j = 0; j < AdamWRule::numSchedules; ++j) {
+    CAPTURE(AdamWRule::schedules[static_cast<std::size_t>(j)].key);
+    CHECK((hg.schedule(j) - ref.schedule(j)).norm() <= 1e-9 * ref.schedule(j).norm());
+  }
+  for (Index st = 0; st < AdamWRule::numStates; ++st)
+    CHECK((hg.initialState(st) - ref.initialState(st)).norm() <= 1e-9 * ref.initialState(st).norm());
+}
