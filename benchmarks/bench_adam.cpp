@@ -60,27 +60,8 @@ void stepInterleaved(benchmark::State& state, const WorkloadSpec& spec, double r
   const Index T = spec.steps;
   Exact exact(wl.layout, adamSchedules(wl, T, ratio1, ratio2));
   auto plain = doubleTwin<Rule>(exact);
-  double exactSeconds = 0.0, doubleSeconds = 0.0;
-  exact.start(wl.w1);
-  plain.start(wl.w1);
-  for (auto _ : state) {
-    if (exact.iteration() == T) {
-      exact.start(wl.w1);
-      plain.start(wl.w1);
-    }
-    const double t0 = bench::threadSeconds();
-    exact.step(wl.train);
-    const double t1 = bench::threadSeconds();
-    plain.step(wl.train);
-    const double t2 = bench::threadSeconds();
-    exactSeconds += t1 - t0;
-    doubleSeconds += t2 - t1;
-  }
-  const auto iters = static_cast<double>(state.iterations());
-  state.counters["exact_ms"] = 1e3 * exactSeconds / iters;
-  state.counters["double_ms"] = 1e3 * doubleSeconds / iters;
-  state.counters["ratio"] = exactSeconds / doubleSeconds;
-  state.counters["target_ratio_max"] = 1.10;
+  bench::setStepRatio(state, bench::interleavedSteps(state, exact, plain, wl.w1, [&](auto& opt) { opt.step(wl.train); }),
+                      1.10);
 }
 
 void updateInterleaved(benchmark::State& state, const WorkloadSpec& spec) {
@@ -90,22 +71,8 @@ void updateInterleaved(benchmark::State& state, const WorkloadSpec& spec) {
   auto plain = doubleTwin<hypergrad::AdamRule>(exact);
   VectorXd g;
   wl.train.gradient(wl.w1, 0, g);
-  double exactSeconds = 0.0, doubleSeconds = 0.0;
-  exact.start(wl.w1);
-  plain.start(wl.w1);
-  for (auto _ : state) {
-    if (exact.iteration() == T) {
-      exact.start(wl.w1);
-      plain.start(wl.w1);
-    }
-    const double t0 = bench::threadSeconds();
-    exact.stepWithGradient(g);
-    const double t1 = bench::threadSeconds();
-    plain.stepWithGradient(g);
-    const double t2 = bench::threadSeconds();
-    exactSeconds += t1 - t0;
-    doubleSeconds += t2 - t1;
-  }
+  const auto [exactSeconds, doubleSeconds] =
+      bench::interleavedSteps(state, exact, plain, wl.w1, [&](auto& opt) { opt.stepWithGradient(g); });
   const double elements = static_cast<double>(state.iterations()) * static_cast<double>(n);
   state.counters["exact_ns_per_element"] = 1e9 * exactSeconds / elements;
   state.counters["double_ns_per_element"] = 1e9 * doubleSeconds / elements;

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -44,6 +45,40 @@ inline double threadSeconds() {
   timespec ts{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+/// Times two optimizers in the same benchmark iteration, each with the thread CPU clock:
+/// `step(exact)`, then `step(plain)`, both restarted at w1 when the schedules run out, so both sides
+/// see the same t and the same load. Returns the total seconds of each (the interleaved ratios).
+template <class Exact, class Plain, class Step>
+std::pair<double, double> interleavedSteps(benchmark::State& state, Exact& exact, Plain& plain,
+                                           const Eigen::VectorXd& w1, Step&& step) {
+  double exactSeconds = 0.0, plainSeconds = 0.0;
+  exact.start(w1);
+  plain.start(w1);
+  for (auto _ : state) {
+    if (exact.iteration() == exact.numIterations()) {
+      exact.start(w1);
+      plain.start(w1);
+    }
+    const double t0 = threadSeconds();
+    step(exact);
+    const double t1 = threadSeconds();
+    step(plain);
+    const double t2 = threadSeconds();
+    exactSeconds += t1 - t0;
+    plainSeconds += t2 - t1;
+  }
+  return {exactSeconds, plainSeconds};
+}
+
+/// The counters of a per-step ratio: exact_ms, double_ms, ratio, and the target beside it.
+inline void setStepRatio(benchmark::State& state, const std::pair<double, double>& seconds, double target) {
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["exact_ms"] = 1e3 * seconds.first / iters;
+  state.counters["double_ms"] = 1e3 * seconds.second / iters;
+  state.counters["ratio"] = seconds.first / seconds.second;
+  state.counters["target_ratio_max"] = target;
 }
 
 /// CPU seconds consumed by all threads of the process.

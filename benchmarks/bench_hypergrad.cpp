@@ -101,27 +101,8 @@ void trainStepInterleaved(benchmark::State& state, const WorkloadSpec& spec) {
   const Index T = spec.steps;
   ExactSgd exact = exactOptimizer(wl, T, spec.gamma);
   bench::DoubleMomentum plain = doubleOptimizer(wl, T, exact);
-  exact.start(wl.w1);
-  plain.start(wl.w1);
-  double exactSeconds = 0.0, doubleSeconds = 0.0;
-  for (auto _ : state) {
-    if (exact.iteration() == T) {
-      exact.start(wl.w1);
-      plain.start(wl.w1);
-    }
-    const double t0 = bench::threadSeconds();
-    exact.step(wl.train);
-    const double t1 = bench::threadSeconds();
-    plain.step(wl.train);
-    const double t2 = bench::threadSeconds();
-    exactSeconds += t1 - t0;
-    doubleSeconds += t2 - t1;
-  }
-  const auto iters = static_cast<double>(state.iterations());
-  state.counters["exact_ms"] = 1e3 * exactSeconds / iters;
-  state.counters["double_ms"] = 1e3 * doubleSeconds / iters;
-  state.counters["ratio"] = exactSeconds / doubleSeconds;
-  state.counters["target_ratio_max"] = 1.10;
+  bench::setStepRatio(state, bench::interleavedSteps(state, exact, plain, wl.w1, [&](auto& opt) { opt.step(wl.train); }),
+                      1.10);
 }
 
 // ---- 2) Hypergradient cost ------------------------------------------------------------------------
