@@ -145,7 +145,13 @@ struct AdamRule {
   template <class B, class C>
   static void adjointWeights(B& b, const C& c) {
     const double dw = b.adjoint(Weights);
-    if (dw == 0.0) return;
+    if (dw != 0.0) adjointOfStep(b, c, dw);
+  }
+
+  /// The body of adjointWeights for dw ≠ 0; returns q/D = m̂ / (√ŝ + ε), bit-identical to
+  /// normalizedMoment() (AdamW reuses it to recover w_t).
+  template <class B, class C>
+  static double adjointOfStep(B& b, const C& c, double dw) {
     const double alpha = c[LearningRate].value, eps = c[Epsilon].value;
     const double k1 = c[Beta1].debias, k2 = c[Beta2].debias;
     const double m = b.value(FirstMoment), s = b.value(SecondMoment);
@@ -158,6 +164,7 @@ struct AdamRule {
     b.scheduleGradient(Epsilon) += dw * (alpha * qOverD2);
     if (c[Beta1].product != 1.0) b.productGradient(Beta1) -= dw * (alpha * q / d) * k1;
     if (c[Beta2].product != 1.0) b.productGradient(Beta2) += dw * (alpha * qOverD2 * r * k2 / 2.0);
+    return q / d;
   }
 
   /// u = (1 − β1) dm + 2 (1 − β2) g ds.
@@ -255,9 +262,9 @@ struct AdamWRule : AdamRule {
   static void adjointWeights(B& b, const C& c) {
     const double dw = b.adjoint(Weights);
     if (dw == 0.0) return;
-    AdamRule::adjointWeights(b, c);
+    const double normalized = adjointOfStep(b, c, dw);
     const double alpha = c[LearningRate].value, rho = c[DecayFactor].value;
-    const double wt = (b.value(Weights) + alpha * normalizedMoment(b.value(FirstMoment), b.value(SecondMoment), c)) / rho;
+    const double wt = (b.value(Weights) + alpha * normalized) / rho;
     const double dRho = dw * wt;
     b.scheduleGradient(LearningRate) -= c[WeightDecay].value * dRho;
     b.scheduleGradient(WeightDecay) -= alpha * dRho;
