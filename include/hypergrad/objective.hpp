@@ -18,6 +18,7 @@
 /// | `f.hessianVectorProduct(w, t, u, hu)`   | hu = ∇²_w L(w, θ, t) u                                    |
 /// | `f.mixedProduct(w, t, u, dtheta)`       | dtheta = (∂_θ ∇_w L(w, θ, t))ᵀ u, size numHyperparameters |
 /// | `f.reverseStep(w, t, u, g, hu, dtheta)` | optional: all three from one pass (default: the 3 calls)  |
+/// | `f.reverseStepWithDirection(w, t, dir, u, g, hu, dtheta)` | optional: g, then `dir(g, u)` sets u, then hu and dtheta along it, sharing one forward pass (default: the 3 calls around dir) |
 /// | `f.layout()`                            | optional: a ParameterLayout (e.g. an MLP's layers)        |
 ///
 /// `gradient` must be a pure, deterministic function of (w, θ, t): the reverse pass recomputes
@@ -32,6 +33,7 @@
 /// | `m.valueAndGradient(w, g)`      | returns f(w), sets g = ∇_w f(w)                                 |
 /// | `m.hyperGradient(w, dtheta)`    | optional: dtheta = ∂f/∂θ (θ of the training objective)          |
 
+#include <functional>
 #include <type_traits>
 #include <utility>
 
@@ -40,6 +42,12 @@
 #include "config.hpp"
 
 namespace hypergrad {
+
+/// The Hessian direction of a reverse step as a function of the step's gradient: `dir(g, u)`
+/// sets u (N entries) from g = ∇_w L(w_t, θ, t). Rules whose direction needs g (Adam, RMSprop)
+/// pass one to reverseStepWithDirection().
+using DirectionFunction = std::function<void(const Eigen::VectorXd& g, Eigen::VectorXd& u)>;
+
 namespace detail {
 
 template <class, class = void>
@@ -85,6 +93,15 @@ struct HasReverseStep<
            std::declval<const Eigen::VectorXd&>(), Index(0), std::declval<const Eigen::VectorXd&>(),
            std::declval<Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>()))>>
     : std::true_type {};
+
+template <class, class = void>
+struct HasReverseStepWithDirection : std::false_type {};
+template <class F>
+struct HasReverseStepWithDirection<
+    F, std::void_t<decltype(std::declval<const F&>().reverseStepWithDirection(
+           std::declval<const Eigen::VectorXd&>(), Index(0), std::declval<const DirectionFunction&>(),
+           std::declval<Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>(),
+           std::declval<Eigen::VectorXd&>()))>> : std::true_type {};
 
 template <class, class = void>
 struct HasLayout : std::false_type {};
@@ -164,6 +181,25 @@ void reverseStep(const F& f, const Eigen::VectorXd& w, Index t, const Eigen::Vec
     f.reverseStep(w, t, u, g, hu, dtheta);
   } else {
     f.gradient(w, t, g);
+    f.hessianVectorProduct(w, t, u, hu);
+    f.mixedProduct(w, t, u, dtheta);
+  }
+}
+
+/// The reverse step of a rule whose Hessian direction depends on the gradient: g at (w, t), then
+/// `direction(g, u)`, then hu = H u and dtheta = (∂_θ g)ᵀ u — from the objective's
+/// reverseStepWithDirection when it has one (one forward pass for all three), else from
+/// gradient(), direction and the two separate products. Either way g is the objective's
+/// gradient(w, t, g) bit for bit.
+template <class F>
+void reverseStepWithDirection(const F& f, const Eigen::VectorXd& w, Index t, const DirectionFunction& direction,
+                              Eigen::VectorXd& u, Eigen::VectorXd& g, Eigen::VectorXd& hu, Eigen::VectorXd& dtheta) {
+  checkObjective<F>();
+  if constexpr (detail::HasReverseStepWithDirection<F>::value) {
+    f.reverseStepWithDirection(w, t, direction, u, g, hu, dtheta);
+  } else {
+    f.gradient(w, t, g);
+    direction(g, u);
     f.hessianVectorProduct(w, t, u, hu);
     f.mixedProduct(w, t, u, dtheta);
   }

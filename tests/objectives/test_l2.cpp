@@ -337,6 +337,30 @@ TEST_CASE("L2Regularized fused reverseStep equals the separate calls bit for bit
   CHECK(g3 == g1);
 }
 
+TEST_CASE("L2Regularized reverseStepWithDirection: the direction sees the regularised gradient, same bits",
+          "[objectives][l2]") {
+  Eigen::VectorXd innerTheta(2);
+  innerTheta << 0.3, -0.4;
+  const auto f = l2PerWeight(SineBowl(innerTheta), randomVector(6, 54));
+  static_assert(detail::HasReverseStepWithDirection<std::decay_t<decltype(f)>>::value, "L2Regularized forwards it");
+  const Eigen::VectorXd w = randomVector(6, 55);
+  const Eigen::VectorXd u0 = randomVector(6, 56);
+  const DirectionFunction direction = [&](const Eigen::VectorXd& g, Eigen::VectorXd& u) {
+    u = (u0.array() * (1.0 + g.array().square())).matrix();
+  };
+  Eigen::VectorXd g1, u1, hu1, d1, g2, u2, hu2, d2;
+  f.gradient(w, 3, g1);
+  direction(g1, u1);
+  f.hessianVectorProduct(w, 3, u1, hu1);
+  f.mixedProduct(w, 3, u1, d1);
+  f.reverseStepWithDirection(w, 3, direction, u2, g2, hu2, d2);
+  CHECK(g1 == g2);
+  CHECK(u1 == u2);
+  CHECK(hu1 == hu2);
+  CHECK(d1 == d2);
+  CHECK(d2.size() == f.numHyperparameters());
+}
+
 TEST_CASE("L2Regularized accepts a reference to a shared inner objective", "[objectives][l2]") {
   QuadraticSetup s;
   const auto byRef = L2Regularized<const QuadraticObjective&>::uniform(s.objective, -1.0);

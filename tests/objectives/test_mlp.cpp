@@ -373,6 +373,48 @@ TEST_CASE("reverseStep equals the three separate calls bit for bit", "[mlp]") {
   }
 }
 
+TEST_CASE("reverseStepWithDirection equals gradient, the direction and the separate products bit for bit",
+          "[mlp]") {
+  static_assert(hypergrad::detail::HasReverseStepWithDirection<MlpObjective>::value,
+                "MlpObjective has a two-phase reverse step");
+  for (const NetCase& c : netCases()) {
+    for (bool inputsAsTheta : {false, true}) {
+      for (Index shardSize : {Index(2), Index(50)}) {  // 4 shards of the batch of 7, and one
+        INFO(c.name << (inputsAsTheta ? " (inputs as hyperparameters)" : "") << ", shard size " << shardSize);
+        const MlpArchitecture arch(c.sizes, c.act);
+        const Dataset data = randomDataset(13, kExamples, c.sizes.front(), c.sizes.back());
+        MlpObjective f(arch, data, hypergrad::SeededBatches(13, kExamples, kBatch), inputsAsTheta);
+        f.setShardSize(shardSize);
+        const Eigen::VectorXd w = randomVector(13, 2, arch.numParameters(), 0.7);
+        const Eigen::VectorXd u0 = randomVector(13, 3, arch.numParameters(), 1.0);
+        // A direction that depends on g, as Adam's does.
+        const hypergrad::DirectionFunction direction = [&](const Eigen::VectorXd& g, Eigen::VectorXd& u) {
+          u = u0 + (0.5 * g.array() * u0.array()).matrix();
+        };
+        for (Index t : {Index(0), Index(5)}) {
+          Eigen::VectorXd g1, u1, hu1, dt1, g2, u2, hu2, dt2;
+          f.gradient(w, t, g1);
+          direction(g1, u1);
+          f.hessianVectorProduct(w, t, u1, hu1);
+          f.mixedProduct(w, t, u1, dt1);
+          hypergrad::reverseStepWithDirection(f, w, t, direction, u2, g2, hu2, dt2);
+          CHECK(bitIdentical(g1, g2));
+          CHECK(bitIdentical(u1, u2));
+          CHECK(bitIdentical(hu1, hu2));
+          CHECK(bitIdentical(dt1, dt2));
+          CHECK(dt2.size() == f.numHyperparameters());
+          CHECK_FALSE(hu1.isZero());
+        }
+        // A direction of the wrong size is refused.
+        Eigen::VectorXd g, u, hu, dt;
+        CHECK_THROWS_AS(f.reverseStepWithDirection(
+                            w, 0, [](const Eigen::VectorXd&, Eigen::VectorXd& v) { v.resize(1); }, u, g, hu, dt),
+                        InvalidArgument);
+      }
+    }
+  }
+}
+
 TEST_CASE("gradient is deterministic across calls and batches of other sizes in between", "[mlp]") {
   const MlpArchitecture arch({6, 5, 4}, Activation::Tanh);
   const Dataset data = randomDataset(5, 20, 6, 4);

@@ -144,7 +144,7 @@ void restoreAfterFailedReverse(Optimizer& opt, const Objective& f, Index T) noex
 /// weights, and verifies that the initial state was recovered bit for bit with an empty buffer
 /// (throws ExactnessViolation otherwise). Per step: one gradient, one Hessian-vector product and
 /// one mixed product at the recomputed w_t, from the objective's fused reverseStep when it has
-/// one (and the rule's direction does not need g_t).
+/// one, or its reverseStepWithDirection when the rule's direction needs g_t (objective.hpp).
 ///
 /// Failure: if a step fails — the objective throws or returns wrongly sized or non-finite
 /// products, its gradient does not match the forward run's (ExactnessViolation), a callback
@@ -222,15 +222,20 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
       if constexpr (!Rule::directionNeedsGradient) {
         reverseStep(f, w, t, u, g, hu, mixed);  // g_t, H_t u, (∂_θ g_t)ᵀ u from one pass
       } else {
-        f.gradient(w, t, g);
-        if (g.size() != n) {
-          throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective's gradient has ", g.size(),
-                                                " entries, expected ", n));
-        }
-        detail::adjointPass<Rule>(detail::AdjointPhase::Direction, true, opt.stateReader(), layout, coefficients,
-                                  adjoints.data(), u.data(), g.data(), sums, productSums);
-        f.hessianVectorProduct(w, t, u, hu);
-        f.mixedProduct(w, t, u, mixed);
+        // g_t first, then u from it, then H_t u and the mixed product (one forward pass when the
+        // objective has reverseStepWithDirection).
+        reverseStepWithDirection(
+            f, w, t,
+            [&](const Eigen::VectorXd& gt, Eigen::VectorXd& ut) {
+              if (gt.size() != n) {
+                throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective's gradient has ",
+                                                      gt.size(), " entries, expected ", n));
+              }
+              ut.resize(n);
+              detail::adjointPass<Rule>(detail::AdjointPhase::Direction, true, opt.stateReader(), layout,
+                                        coefficients, adjoints.data(), ut.data(), gt.data(), sums, productSums);
+            },
+            u, g, hu, mixed);
       }
       if (g.size() != n || hu.size() != n || mixed.size() != numHyper) {
         throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective returned sizes ", g.size(),

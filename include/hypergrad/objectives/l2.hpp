@@ -140,6 +140,27 @@ class L2Regularized {
     assemble(innerTheta, w, u, dtheta);
   }
 
+  /// The reverse step of a gradient-dependent direction, through the inner objective's
+  /// reverseStepWithDirection when it has one: `direction` sees the regularised gradient, and g,
+  /// hu, dtheta are bit-identical to gradient(), hessianVectorProduct() and mixedProduct().
+  void reverseStepWithDirection(const Eigen::VectorXd& w, Index t, const DirectionFunction& direction,
+                                Eigen::VectorXd& u, Eigen::VectorXd& g, Eigen::VectorXd& hu,
+                                Eigen::VectorXd& dtheta) const {
+    checkSize(w, "reverseStepWithDirection", "w");
+    Eigen::VectorXd innerTheta, innerGradient;
+    hypergrad::reverseStepWithDirection(
+        m_inner, w, t,
+        [&](const Eigen::VectorXd& gInner, Eigen::VectorXd& uOut) {
+          g = gInner;
+          addScaled(g, w);
+          direction(g, uOut);
+          checkSize(uOut, "reverseStepWithDirection", "the direction u");
+        },
+        u, innerGradient, hu, innerTheta);
+    addScaled(hu, u);
+    assemble(innerTheta, w, u, dtheta);
+  }
+
   // --- extras ---------------------------------------------------------------------------------
 
   /// The inner objective's layout (present only when Inner has layout()).

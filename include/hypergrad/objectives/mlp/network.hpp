@@ -198,6 +198,10 @@ class MlpNetwork {
     Scalar* gradient = nullptr;  ///< ∇_w L, numParameters() scalars
     Scalar* hvp = nullptr;       ///< ∇²_w L u, numParameters() scalars
     bool inputMixed = false;     ///< compute ws.rInputGrad = ∂_{A_0}(uᵀ ∇_w L), b × n_0
+    /// ws.delta and ws.da already hold this forward's backward chain (an earlier backward() on
+    /// the same forward and weights): the R-backward reuses them instead of recomputing them.
+    /// The bits are the same, since the chain is the same sequence of operations either way.
+    bool deltasReady = false;
   };
 
   /// \brief Forward pass on `input` (b × n_0) with `labels` (b entries); fills ws.z/a/d1/probs
@@ -246,9 +250,11 @@ class MlpNetwork {
     const auto last = static_cast<std::size_t>(L - 1);
 
     // ∂L/∂Z_L = (P − Y)·scale;  R{∂L/∂Z_L} = (P ⊙ R{Z_L} − P ⊙ rowsum(P ⊙ R{Z_L}))·scale
-    ws.delta[last] = ws.probs;
-    for (Index i = 0; i < b; ++i) ws.delta[last](i, labels[i]) -= Scalar(1);
-    ws.delta[last] *= scale;
+    if (!out.deltasReady) {
+      ws.delta[last] = ws.probs;
+      for (Index i = 0; i < b; ++i) ws.delta[last](i, labels[i]) -= Scalar(1);
+      ws.delta[last] *= scale;
+    }
     if (wantR) {
       const Matrix& p = ws.probs;
       const Matrix& rz = ws.rz[last];
@@ -280,9 +286,11 @@ class MlpNetwork {
       if (l > 0) {
         // Into hidden layer l-1: ∂L/∂A = δ Wᵀ, δ_{l-1} = ∂L/∂A ⊙ σ'(Z_{l-1}).
         const auto km = k - 1;
-        ws.da[km].resize(b, in);
-        serialGemm(viewOf(delta), false, weightsView(w, l), true, ws.da[km].data(), b, false, ws.gemm);
-        ws.delta[km] = ws.da[km].cwiseProduct(ws.d1[km]);
+        if (!out.deltasReady) {
+          ws.da[km].resize(b, in);
+          serialGemm(viewOf(delta), false, weightsView(w, l), true, ws.da[km].data(), b, false, ws.gemm);
+          ws.delta[km] = ws.da[km].cwiseProduct(ws.d1[km]);
+        }
         if (wantR) {
           // R{∂L/∂A} = R{δ} Wᵀ + δ Uᵀ;  R{δ_{l-1}} = R{∂L/∂A} ⊙ σ' + ∂L/∂A ⊙ σ'' ⊙ R{Z_{l-1}}
           ws.rda[km].resize(b, in);

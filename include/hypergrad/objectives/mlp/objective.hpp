@@ -46,6 +46,7 @@
 #include "../../data/dataset.hpp"
 #include "../../errors.hpp"
 #include "../../layout.hpp"
+#include "../../objective.hpp"
 #include "../../parallel/shard_plan.hpp"
 #include "architecture.hpp"
 #include "network.hpp"
@@ -185,6 +186,68 @@ class BasicMlpObjective {
     run(w, t, &u, &g, &hu, m_inputsAreHyperparameters ? &dtheta : nullptr, "reverseStep");
   }
 
+  /// \brief The reverse step of a rule whose Hessian direction needs g (Adam, RMSprop): g, then
+  /// `direction(g, u)` fills u, then H u and the mixed product along it. One forward and one
+  /// backward pass per shard serve both (the R-passes reuse the activations and the backward
+  /// chain, which stay in the shards' workspaces: every shard of the batch is alive at once); the
+  /// results are bit-identical to gradient(), then hessianVectorProduct() and mixedProduct().
+  void reverseStepWithDirection(const Eigen::VectorXd& w, Index t, const DirectionFunction& direction,
+                                Eigen::VectorXd& u, Eigen::VectorXd& g, Eigen::VectorXd& hu,
+                                Eigen::VectorXd& dtheta) const {
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::reverseStepWithDirection", "w");
+    const char* fn = "reverseStepWithDirection";
+    gatherIndices(t, fn);
+    const Index N = numParameters();
+    const auto b = static_cast<Index>(m_batchIndex.size());
+    const ShardPlan plan(b, m_shardSize);
+    const Index numShards = plan.numShards();
+    if (static_cast<Index>(m_shards.size()) < numShards) m_shards.resize(static_cast<std::size_t>(numShards));
+    const double scale = 1.0 / static_cast<double>(b);
+    g.resize(N);
+    detail::runShardWaves(
+        numShards, numShards,
+        [&](Index s, Index slot) {
+          Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+          Workspace& ws = shard.ws;
+          gatherRows(plan.begin(s), plan.size(s), ws);
+          const typename Network::View input = detail::viewOf(ws.input);
+          shard.lossSum = m_net.forward(w.data(), input, ws.labels.data(), ws);
+          typename Network::Outputs out;
+          out.gradient = shardOutput(s, g, shard.gradient);
+          m_net.backward(w.data(), nullptr, input, ws.labels.data(), scale, ws, out);
+        },
+        [&](Index s, Index slot) {
+          if (s > 0) g += m_shards[static_cast<std::size_t>(slot)].gradient;
+        });
+    direction(g, u);
+    detail::checkVectorSize(u, N, "MlpObjective::reverseStepWithDirection", "the direction u");
+    hu.resize(N);
+    if (m_inputsAreHyperparameters) {
+      dtheta.resize(numHyperparameters());
+      dtheta.setZero();
+    } else {
+      dtheta.resize(0);
+    }
+    detail::runShardWaves(
+        numShards, numShards,
+        [&](Index s, Index slot) {
+          Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+          Workspace& ws = shard.ws;
+          const typename Network::View input = detail::viewOf(ws.input);
+          m_net.rForward(w.data(), u.data(), input, ws);
+          typename Network::Outputs out;
+          out.hvp = shardOutput(s, hu, shard.hvp);
+          out.inputMixed = m_inputsAreHyperparameters;
+          out.deltasReady = true;
+          m_net.backward(w.data(), u.data(), input, ws.labels.data(), scale, ws, out);
+        },
+        [&](Index s, Index slot) {
+          const Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+          if (s > 0) hu += shard.hvp;
+          if (m_inputsAreHyperparameters) scatterInputMixed(plan, s, shard, dtheta);
+        });
+  }
+
  private:
   /// Every entry point: shards of batch t, each swept (forward; R-forward when u; backward when
   /// an output is wanted), then the shard results added in shard order. Returns the mean loss.
@@ -201,7 +264,6 @@ class BasicMlpObjective {
     if (hu != nullptr) hu->resize(N);
     const bool wantBackward = g != nullptr || hu != nullptr || dtheta != nullptr;
     const double scale = 1.0 / static_cast<double>(b);
-    const Index F = m_data.numFeatures();
     if (dtheta != nullptr) {
       dtheta->resize(numHyperparameters());
       dtheta->setZero();
@@ -230,16 +292,19 @@ class BasicMlpObjective {
           lossSum += shard.lossSum;
           if (s > 0 && g != nullptr) *g += shard.gradient;
           if (s > 0 && hu != nullptr) *hu += shard.hvp;
-          if (dtheta != nullptr) {
-            // Scatter the shard's rows back to example-major θ, in batch order; += so repeated
-            // examples accumulate.
-            for (Index k = 0; k < plan.size(s); ++k) {
-              const Index e = m_batchIndex[static_cast<std::size_t>(plan.begin(s) + k)];
-              dtheta->segment(e * F, F) += shard.ws.rInputGrad.row(k).transpose();
-            }
-          }
+          if (dtheta != nullptr) scatterInputMixed(plan, s, shard, *dtheta);
         });
     return lossSum / static_cast<double>(b);
+  }
+
+  /// Adds shard s's mixed product (its rows of ∂θ) into example-major θ, in batch order; += so
+  /// repeated examples accumulate.
+  void scatterInputMixed(const ShardPlan& plan, Index s, const Shard& shard, Eigen::VectorXd& dtheta) const {
+    const Index F = m_data.numFeatures();
+    for (Index k = 0; k < plan.size(s); ++k) {
+      const Index e = m_batchIndex[static_cast<std::size_t>(plan.begin(s) + k)];
+      dtheta.segment(e * F, F) += shard.ws.rInputGrad.row(k).transpose();
+    }
   }
 
   /// Shard 0 writes into the caller's vector, the others into their own buffer.
