@@ -10,7 +10,8 @@
 #
 # Environment: BUILD_DIR (default build-bench), JOBS (default 1), OUT_DIR (default
 # $BUILD_DIR/benchmark-results), EXTRA_ARGS (passed to every benchmark binary, e.g.
-# --benchmark_repetitions=3).
+# --benchmark_repetitions=3), NATIVE=1 (compile with -march=native: HYPERGRAD_NATIVE=ON; use its
+# own BUILD_DIR, e.g. BUILD_DIR=build-bench-native).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,13 +23,15 @@ for arg in "$@"; do
   case "$arg" in
     --long) MODE=long ;;
     --smoke) MODE=smoke ;;
-    -h|--help) sed -n '3,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '3,14p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$arg' (use --long, --smoke or nothing)" >&2; exit 2 ;;
   esac
 done
 
+NATIVE_FLAG=OFF
+if [[ "${NATIVE:-0}" == 1 ]]; then NATIVE_FLAG=ON; fi
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DHYPERGRAD_BUILD_TESTS=OFF -DHYPERGRAD_BUILD_EXAMPLES=OFF \
-      -DHYPERGRAD_BUILD_BENCHMARKS=ON >/dev/null
+      -DHYPERGRAD_BUILD_BENCHMARKS=ON "-DHYPERGRAD_NATIVE=$NATIVE_FLAG" >/dev/null
 cmake --build "$BUILD_DIR" -j "$JOBS" --target bench_exact bench_hypergrad bench_threads bench_adam
 mkdir -p "$OUT_DIR"
 
