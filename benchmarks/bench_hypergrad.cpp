@@ -109,6 +109,35 @@ void trainStepInterleaved(benchmark::State& state, const WorkloadSpec& spec) {
 
 /// Exact forward + reverse, double training and the stored-trajectory baseline of the same run,
 /// in the same iteration, each timed with the thread CPU clock.
+/// The exact hypergradient with the MLP computed in float (MlpObjectiveFloat) against the same with
+/// double, in the same iteration: time ratio, and the agreement of dα, dγ and dw₁ (different
+/// recurrences: the float-computed gradient differs by float rounding).
+void hypergradientsFloat32(benchmark::State& state, const WorkloadSpec& spec, Index T) {
+  const Workload& wl = bench::workload(spec);
+  const hypergrad::MlpObjectiveFloat train32(wl.arch, wl.train.data(), wl.train.batches());
+  ExactSgd exact = exactOptimizer(wl, T, spec.gamma);
+  double s64 = 0.0, s32 = 0.0, dAlpha = 0.0, dGamma = 0.0, dW = 0.0;
+  for (auto _ : state) {
+    const double t0 = bench::threadSeconds();
+    const hypergrad::Hypergradients hg64 = hypergrad::computeHypergradients(exact, wl.train, wl.validation, wl.w1);
+    const double t1 = bench::threadSeconds();
+    const hypergrad::Hypergradients hg32 = hypergrad::computeHypergradients(exact, train32, wl.validation, wl.w1);
+    const double t2 = bench::threadSeconds();
+    s64 += t1 - t0;
+    s32 += t2 - t1;
+    dAlpha = (hg32.learningRates - hg64.learningRates).norm() / hg64.learningRates.norm();
+    dGamma = (hg32.momenta - hg64.momenta).norm() / hg64.momenta.norm();
+    dW = (hg32.initialWeights - hg64.initialWeights).norm() / hg64.initialWeights.norm();
+  }
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["float64_s"] = s64 / iters;
+  state.counters["float32_s"] = s32 / iters;
+  state.counters["ratio_float32_vs_float64"] = s32 / s64;
+  state.counters["dalpha_rel_norm_diff"] = dAlpha;
+  state.counters["dgamma_rel_norm_diff"] = dGamma;
+  state.counters["dw1_rel_norm_diff"] = dW;
+}
+
 void hypergradientsInterleaved(benchmark::State& state, const WorkloadSpec& spec, Index T, bool withStored) {
   const Workload& wl = bench::workload(spec);
   ExactSgd exact = exactOptimizer(wl, T, spec.gamma);
@@ -343,6 +372,9 @@ void registerAll(bool longCases) {
     benchmark::RegisterBenchmark(("hypergradients/interleaved" + tT).c_str(),
                                  [spec, T](benchmark::State& st) { hypergradientsInterleaved(st, spec, T, true); })
         ->Unit(ms)->Iterations(smoke ? 1 : 3);
+    benchmark::RegisterBenchmark(("hypergradients/float32" + tT).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradientsFloat32(st, spec, T); })
+        ->Unit(ms)->Iterations(smoke ? 1 : 2);
     benchmark::RegisterBenchmark(("hypergradients/exact" + tT).c_str(),
                                  [spec, T](benchmark::State& st) { hypergradientsExact(st, spec, T); })->Unit(ms);
     benchmark::RegisterBenchmark(("train/exact" + tT).c_str(),

@@ -67,6 +67,34 @@ TEST_CASE("an MLP trained for 1000 steps reverses to its initial weights and vel
   CHECK(hg.learningRates.allFinite());
 }
 
+TEST_CASE("a run on the float32 MLP objective reverses exactly, and its hypergradients are close to float64's",
+          "[reverse][mlp][float]") {
+  const MlpArchitecture arch({30, 20, 20, 10}, Activation::Tanh);
+  const Dataset data = syntheticData(400, 30, 10, 1);
+  const MlpObjective f64(arch, data, SeededBatches(2, 400, 40));
+  const MlpObjectiveFloat f32(arch, data, SeededBatches(2, 400, 40));
+  const MlpLoss valid(arch, syntheticData(200, 30, 10, 3));
+  const Index T = 100;
+  const ParameterLayout layout = arch.layout();
+  const Schedule alpha = Schedule::constant(T, layout.numGroups(), 0.05);
+  const Schedule gamma = Schedule::constant(T, layout.numGroups(), 0.9);
+  SgdMomentum<> opt64(layout, alpha, gamma), opt32(layout, alpha, gamma);
+  const Eigen::VectorXd w1 = initialWeights(arch, 4);
+  const Hypergradients hg64 = computeHypergradients(opt64, f64, valid, w1);
+  opt32.start(w1);
+  const auto w0 = opt32.fixedWeights();
+  train(opt32, f32);
+  const Hypergradients hg32 = reverse(opt32, f32, valid);  // throws unless recovered exactly
+  CHECK(opt32.fixedWeights() == w0);
+  CHECK(opt32.buffer().empty());
+  // Different recurrences (float- vs double-computed gradients), so not equal; close.
+  const auto rel = [](const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) { return (a - b).norm() / b.norm(); };
+  CHECK(rel(hg32.learningRates, hg64.learningRates) < 1e-4);
+  CHECK(rel(hg32.momenta, hg64.momenta) < 1e-4);
+  CHECK(rel(hg32.initialWeights, hg64.initialWeights) < 1e-4);
+  CHECK(hg32.learningRates != hg64.learningRates);
+}
+
 TEST_CASE("MLP hypergradients for learning rates, momenta and training pixels match finite differences",
           "[reverse][mlp][fd]") {
   const double eps = 1e-5;

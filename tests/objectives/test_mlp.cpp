@@ -410,6 +410,52 @@ TEST_CASE("the vectorised tanh is within 2 ulp of std::tanh and its bits do not 
   }
 }
 
+TEST_CASE("MlpObjectiveFloat computes in float behind a double interface: close to double, deterministic, "
+          "fused calls bit-identical", "[mlp][float]") {
+  for (const NetCase& c : netCases()) {
+    for (bool inputsAsTheta : {false, true}) {
+      for (Index shardSize : {Index(2), Index(50)}) {
+        INFO(c.name << (inputsAsTheta ? " (inputs as hyperparameters)" : "") << ", shard size " << shardSize);
+        const MlpArchitecture arch(c.sizes, c.act);
+        const Dataset data = randomDataset(17, kExamples, c.sizes.front(), c.sizes.back());
+        MlpObjective f64(arch, data, hypergrad::SeededBatches(17, kExamples, kBatch), inputsAsTheta);
+        hypergrad::MlpObjectiveFloat f32(arch, data, hypergrad::SeededBatches(17, kExamples, kBatch), inputsAsTheta);
+        f64.setShardSize(shardSize);
+        f32.setShardSize(shardSize);
+        const Eigen::VectorXd w = randomVector(17, 2, arch.numParameters(), 0.7);
+        const Eigen::VectorXd u = randomVector(17, 3, arch.numParameters(), 1.0);
+        for (Index t : {Index(0), Index(3)}) {
+          Eigen::VectorXd g64, hu64, dt64, g32, hu32, dt32;
+          f64.gradient(w, t, g64);
+          f64.hessianVectorProduct(w, t, u, hu64);
+          f64.mixedProduct(w, t, u, dt64);
+          f32.gradient(w, t, g32);
+          f32.hessianVectorProduct(w, t, u, hu32);
+          f32.mixedProduct(w, t, u, dt32);
+          // float rounding (2^-24 = 6e-8 per operation) accumulated over the layers' sums
+          CHECK(relativeError(g32, g64) < 1e-5);
+          CHECK(relativeError(hu32, hu64) < 1e-4);
+          CHECK(dt32.size() == dt64.size());
+          if (inputsAsTheta) CHECK(relativeError(dt32, dt64) < 1e-4);
+          CHECK(std::fabs(f32.value(w, t) - f64.value(w, t)) < 1e-5 * std::max(1.0, std::fabs(f64.value(w, t))));
+          CHECK_FALSE(bitIdentical(g32, g64));  // it really is computed in float
+          // A pure function of (w, t): the same bits again, and from the fused calls.
+          Eigen::VectorXd g2, hu2, dt2, g3, u3, hu3, dt3;
+          f32.reverseStep(w, t, u, g2, hu2, dt2);
+          CHECK(bitIdentical(g2, g32));
+          CHECK(bitIdentical(hu2, hu32));
+          CHECK(bitIdentical(dt2, dt32));
+          f32.reverseStepWithDirection(
+              w, t, [&](const Eigen::VectorXd&, Eigen::VectorXd& v) { v = u; }, u3, g3, hu3, dt3);
+          CHECK(bitIdentical(g3, g32));
+          CHECK(bitIdentical(hu3, hu32));
+          CHECK(bitIdentical(dt3, dt32));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("reverseStepWithDirection equals gradient, the direction and the separate products bit for bit",
           "[mlp]") {
   static_assert(hypergrad::detail::HasReverseStepWithDirection<MlpObjective>::value,

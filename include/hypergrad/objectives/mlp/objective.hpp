@@ -68,12 +68,22 @@ namespace hypergrad {
 /// Use it as hypergrad::MlpObjective (= BasicMlpObjective<double>). It is a template so that
 /// including this header compiles none of the network (network.hpp): only code that uses one
 /// pays for it.
-/// \tparam Scalar the compute type of the network (its matrices and products); the interface
-///         (w, u, gradients, losses, θ) is double. Only double is implemented.
+///
+/// **float32 compute** (`MlpObjectiveFloat` = BasicMlpObjective<float>): the network's matrices,
+/// products and activations are float — about twice the SIMD width, half the memory traffic —
+/// while the interface stays double: w and u are rounded to float on entry, each shard's gradient,
+/// Hessian-vector product and mixed product are converted to double and added in shard order, in
+/// double. Everything stays a deterministic function of (w, θ, t) and the shard size, so the
+/// optimizer's fixed-point state and its reversal are exactly as with double; the hypergradients
+/// are then the exact derivatives of the recurrence with the float-computed gradient, which
+/// differs from the double one by float rounding (about 1e-6 relative per gradient; see
+/// tests/objectives/test_mlp.cpp and benchmarks/README.md for the agreement of whole hypergradients).
+/// \tparam Scalar the compute type of the network: double or float. The interface (w, u,
+///         gradients, losses, θ) is double either way.
 template <class Scalar>
 class BasicMlpObjective {
-  static_assert(std::is_same_v<Scalar, double>,
-                "BasicMlpObjective: only Scalar = double is implemented; use hypergrad::MlpObjective");
+  static_assert(std::is_same_v<Scalar, double> || std::is_same_v<Scalar, float>,
+                "BasicMlpObjective: Scalar must be double (MlpObjective) or float (MlpObjectiveFloat)");
   using Network = detail::MlpNetwork<Scalar>;
   using Workspace = detail::MlpWorkspace<Scalar>;
   using Shard = detail::MlpShard<Scalar>;
@@ -202,7 +212,8 @@ class BasicMlpObjective {
     const ShardPlan plan(b, m_shardSize);
     const Index numShards = plan.numShards();
     if (static_cast<Index>(m_shards.size()) < numShards) m_shards.resize(static_cast<std::size_t>(numShards));
-    const double scale = 1.0 / static_cast<double>(b);
+    const Scalar scale = Scalar(1) / static_cast<Scalar>(b);
+    const Scalar* wc = computeCopy(w, m_wCompute);
     g.resize(N);
     detail::runShardWaves(
         numShards, numShards,
@@ -211,16 +222,15 @@ class BasicMlpObjective {
           Workspace& ws = shard.ws;
           gatherRows(plan.begin(s), plan.size(s), ws);
           const typename Network::View input = detail::viewOf(ws.input);
-          shard.lossSum = m_net.forward(w.data(), input, ws.labels.data(), ws);
+          shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
           typename Network::Outputs out;
           out.gradient = shardOutput(s, g, shard.gradient);
-          m_net.backward(w.data(), nullptr, input, ws.labels.data(), scale, ws, out);
+          m_net.backward(wc, nullptr, input, ws.labels.data(), scale, ws, out);
         },
-        [&](Index s, Index slot) {
-          if (s > 0) g += m_shards[static_cast<std::size_t>(slot)].gradient;
-        });
+        [&](Index s, Index slot) { accumulate(s, g, m_shards[static_cast<std::size_t>(slot)].gradient); });
     direction(g, u);
     detail::checkVectorSize(u, N, "MlpObjective::reverseStepWithDirection", "the direction u");
+    const Scalar* uc = computeCopy(u, m_uCompute);
     hu.resize(N);
     if (m_inputsAreHyperparameters) {
       dtheta.resize(numHyperparameters());
@@ -234,16 +244,16 @@ class BasicMlpObjective {
           Shard& shard = m_shards[static_cast<std::size_t>(slot)];
           Workspace& ws = shard.ws;
           const typename Network::View input = detail::viewOf(ws.input);
-          m_net.rForward(w.data(), u.data(), input, ws);
+          m_net.rForward(wc, uc, input, ws);
           typename Network::Outputs out;
           out.hvp = shardOutput(s, hu, shard.hvp);
           out.inputMixed = m_inputsAreHyperparameters;
           out.deltasReady = true;
-          m_net.backward(w.data(), u.data(), input, ws.labels.data(), scale, ws, out);
+          m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
         },
         [&](Index s, Index slot) {
           const Shard& shard = m_shards[static_cast<std::size_t>(slot)];
-          if (s > 0) hu += shard.hvp;
+          accumulate(s, hu, shard.hvp);
           if (m_inputsAreHyperparameters) scatterInputMixed(plan, s, shard, dtheta);
         });
   }
@@ -263,7 +273,9 @@ class BasicMlpObjective {
     if (g != nullptr) g->resize(N);
     if (hu != nullptr) hu->resize(N);
     const bool wantBackward = g != nullptr || hu != nullptr || dtheta != nullptr;
-    const double scale = 1.0 / static_cast<double>(b);
+    const Scalar scale = Scalar(1) / static_cast<Scalar>(b);
+    const Scalar* wc = computeCopy(w, m_wCompute);
+    const Scalar* uc = u != nullptr ? computeCopy(*u, m_uCompute) : nullptr;
     if (dtheta != nullptr) {
       dtheta->resize(numHyperparameters());
       dtheta->setZero();
@@ -277,21 +289,21 @@ class BasicMlpObjective {
           Workspace& ws = shard.ws;
           gatherRows(plan.begin(s), plan.size(s), ws);
           const typename Network::View input = detail::viewOf(ws.input);
-          shard.lossSum = m_net.forward(w.data(), input, ws.labels.data(), ws);
+          shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
           if (!wantBackward) return;
-          if (u != nullptr) m_net.rForward(w.data(), u->data(), input, ws);
+          if (uc != nullptr) m_net.rForward(wc, uc, input, ws);
           typename Network::Outputs out;
           if (g != nullptr) out.gradient = shardOutput(s, *g, shard.gradient);
           if (hu != nullptr) out.hvp = shardOutput(s, *hu, shard.hvp);
           out.inputMixed = dtheta != nullptr;
-          m_net.backward(w.data(), u != nullptr ? u->data() : nullptr, input, ws.labels.data(), scale, ws, out);
+          m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
         },
         [&](Index s, Index slot) {
           // Fixed order: output = ((shard 0 + shard 1) + shard 2) + ...
           const Shard& shard = m_shards[static_cast<std::size_t>(slot)];
-          lossSum += shard.lossSum;
-          if (s > 0 && g != nullptr) *g += shard.gradient;
-          if (s > 0 && hu != nullptr) *hu += shard.hvp;
+          lossSum += static_cast<double>(shard.lossSum);
+          if (g != nullptr) accumulate(s, *g, shard.gradient);
+          if (hu != nullptr) accumulate(s, *hu, shard.hvp);
           if (dtheta != nullptr) scatterInputMixed(plan, s, shard, *dtheta);
         });
     return lossSum / static_cast<double>(b);
@@ -303,15 +315,44 @@ class BasicMlpObjective {
     const Index F = m_data.numFeatures();
     for (Index k = 0; k < plan.size(s); ++k) {
       const Index e = m_batchIndex[static_cast<std::size_t>(plan.begin(s) + k)];
-      dtheta.segment(e * F, F) += shard.ws.rInputGrad.row(k).transpose();
+      dtheta.segment(e * F, F) += shard.ws.rInputGrad.row(k).transpose().template cast<double>();
     }
   }
 
-  /// Shard 0 writes into the caller's vector, the others into their own buffer.
-  double* shardOutput(Index s, Eigen::VectorXd& output, Eigen::VectorXd& own) const {
-    if (s == 0) return output.data();
+  using ComputeVector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+  /// In double, shard 0 writes into the caller's vector and the others into their own buffer; in
+  /// float every shard writes into its own (converted and added by accumulate()).
+  Scalar* shardOutput(Index s, Eigen::VectorXd& output, ComputeVector& own) const {
+    if constexpr (std::is_same_v<Scalar, double>) {
+      if (s == 0) return output.data();
+    } else {
+      static_cast<void>(output);
+    }
     own.resize(numParameters());
     return own.data();
+  }
+
+  /// Adds shard s's share into the output, in shard order: ((shard 0 + shard 1) + shard 2) + ...,
+  /// in double.
+  static void accumulate(Index s, Eigen::VectorXd& output, const ComputeVector& own) {
+    if constexpr (std::is_same_v<Scalar, double>) {
+      if (s > 0) output += own;
+    } else {
+      if (s == 0) output = own.template cast<double>();
+      else output += own.template cast<double>();
+    }
+  }
+
+  /// x in the compute type: x itself in double, else rounded into `buffer`.
+  static const Scalar* computeCopy(const Eigen::VectorXd& x, ComputeVector& buffer) {
+    if constexpr (std::is_same_v<Scalar, double>) {
+      static_cast<void>(buffer);
+      return x.data();
+    } else {
+      buffer = x.template cast<Scalar>();
+      return buffer.data();
+    }
   }
 
   /// Fetches and validates the example indices of batch t.
@@ -337,7 +378,7 @@ class BasicMlpObjective {
     ws.labels.resize(count);
     for (Index k = 0; k < count; ++k) {
       const Index e = m_batchIndex[static_cast<std::size_t>(begin + k)];
-      ws.input.row(k) = m_examples.col(e).transpose();  // contiguous read (a row of inputs is strided)
+      ws.input.row(k) = m_examples.col(e).transpose().template cast<Scalar>();  // contiguous read
       ws.labels(k) = m_data.labels(e);
     }
   }
@@ -357,10 +398,14 @@ class BasicMlpObjective {
   bool m_inputsAreHyperparameters;
   Index m_shardSize = defaultMlpShardSize;
   mutable std::vector<Shard> m_shards;
+  mutable ComputeVector m_wCompute, m_uCompute;  // w, u in float (unused in double)
   mutable std::vector<Index> m_batchIndex;
 };
 
 /// The training objective of an MLP computed in double: see BasicMlpObjective.
 using MlpObjective = BasicMlpObjective<double>;
+/// The training objective of an MLP computed in float, with a double interface (see
+/// BasicMlpObjective, "float32 compute").
+using MlpObjectiveFloat = BasicMlpObjective<float>;
 
 }  // namespace hypergrad
