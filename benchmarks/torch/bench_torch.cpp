@@ -176,6 +176,7 @@ VectorXd initialWeights(const hypergrad::MlpArchitecture& arch) {
 /// (‖∂f/∂α‖ ≈ 4e6, and the two implementations' hypergradients then differ by 4e-4 relative: the
 /// amplified rounding noise of DESIGN.md §8); at 0.05 they agree to 1e-12 at T = 1000.
 double g_alphaBase = 0.05;  // --alpha: mean learning rate of the schedule
+bool g_float32 = false;     // --dtype float32: the network in float (MlpObjectiveFloat; torch::kFloat32)
 
 MatrixXd alphaSchedule(Index T, Index G) {
   hypergrad::CounterRng rng(kSeed + 5, 0xa1fa);
@@ -265,10 +266,11 @@ std::string comparison(const Result& a, const Result& ref) {
 
 // ---- hypergrad ------------------------------------------------------------------------------------
 
-Result runHypergrad(Index T, int reps, bool profile) {
+template <class Objective>
+Result runHypergradWith(Index T, int reps, bool profile) {
   const hypergrad::MlpArchitecture arch(kSizes, hypergrad::Activation::Tanh);
   const hypergrad::ParameterLayout layout = arch.layout();
-  const hypergrad::MlpObjective train(arch, trainData(), batches());
+  const Objective train(arch, trainData(), batches());
   const hypergrad::MlpLoss valid(arch, validData());
   const VectorXd w1 = initialWeights(arch), v1 = VectorXd::Zero(layout.size());
   hypergrad::SgdMomentum<> opt(layout, hypergrad::Schedule(alphaSchedule(T, layout.numGroups())),
@@ -319,6 +321,13 @@ Result runHypergrad(Index T, int reps, bool profile) {
   return r;
 }
 
+/// hypergrad with the training objective in double or, with --dtype float32, in float (the
+/// optimizer's exact state, the reverse pass and the validation loss stay as they are).
+Result runHypergrad(Index T, int reps, bool profile) {
+  return g_float32 ? runHypergradWith<hypergrad::MlpObjectiveFloat>(T, reps, profile)
+                   : runHypergradWith<hypergrad::MlpObjective>(T, reps, profile);
+}
+
 // ---- libtorch -------------------------------------------------------------------------------------
 
 #if HYPERGRAD_BENCH_WITH_TORCH
@@ -345,6 +354,9 @@ torch::Tensor logits(const std::vector<torch::Tensor>& p, torch::Tensor a) {
 }
 
 Result runTorch(Index T, int reps) {
+  // --dtype float32: every tensor (data, weights, velocities, schedules) in float; results read
+  // back in double.
+  const auto dtype = g_float32 ? torch::kFloat32 : torch::kFloat64;
   const hypergrad::MlpArchitecture arch(kSizes, hypergrad::Activation::Tanh);
   const hypergrad::ParameterLayout layout = arch.layout();
   const Index G = layout.numGroups();
@@ -352,6 +364,8 @@ Result runTorch(Index T, int reps) {
   {
     std::tie(xTrain, yTrain) = toTensors(trainData());  // the Eigen copies die here
     std::tie(xValid, yValid) = toTensors(validData());
+    xTrain = xTrain.to(dtype);
+    xValid = xValid.to(dtype);
   }
   const hypergrad::SeededBatches batchOf = batches();
   const VectorXd w1 = initialWeights(arch);
@@ -363,8 +377,8 @@ Result runTorch(Index T, int reps) {
   markSetupDone();
   for (int rep = 0; rep < reps; ++rep) {
     const double w0 = wallSeconds(), c0 = cpuSeconds();
-    torch::Tensor alpha = torch::from_blob(const_cast<double*>(alphaRows.data()), {T, G}, torch::kFloat64).clone();
-    torch::Tensor gamma = torch::from_blob(const_cast<double*>(gammaRows.data()), {T, G}, torch::kFloat64).clone();
+    torch::Tensor alpha = torch::from_blob(const_cast<double*>(alphaRows.data()), {T, G}, torch::kFloat64).to(dtype);
+    torch::Tensor gamma = torch::from_blob(const_cast<double*>(gammaRows.data()), {T, G}, torch::kFloat64).to(dtype);
     alpha.requires_grad_(true);
     gamma.requires_grad_(true);
     std::vector<torch::Tensor> w1Leaves, p, v;
@@ -375,10 +389,10 @@ Result runTorch(Index T, int reps) {
       if (k % 2 == 0) shape = {arch.fanOut(l), arch.fanIn(l)};  // (out, in): hypergrad's block memory
       else shape = {grp.size};
       torch::Tensor leaf =
-          torch::from_blob(const_cast<double*>(w1.data() + grp.offset), shape, torch::kFloat64).clone().requires_grad_(true);
+          torch::from_blob(const_cast<double*>(w1.data() + grp.offset), shape, torch::kFloat64).to(dtype).requires_grad_(true);
       w1Leaves.push_back(leaf);
       p.push_back(leaf);
-      v.push_back(torch::zeros(shape, torch::kFloat64));
+      v.push_back(torch::zeros(shape, dtype));
     }
     for (Index t = 0; t < T; ++t) {
       std::vector<Index> idx = batchOf(t);
@@ -408,14 +422,15 @@ Result runTorch(Index T, int reps) {
     r.forwardCpu.push_back(c1 - c0);
     r.reverseCpu.push_back(c2 - c1);
     r.metaObjective = meta.item<double>();
-    const torch::Tensor da = alpha.grad().contiguous(), dg = gamma.grad().contiguous();
+    const torch::Tensor da = alpha.grad().to(torch::kFloat64).contiguous(),
+                        dg = gamma.grad().to(torch::kFloat64).contiguous();
     r.dAlpha = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
         da.data_ptr<double>(), T, G);
     r.dGamma = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
         dg.data_ptr<double>(), T, G);
     r.dW1.resize(layout.size());
     for (Index k = 0; k < G; ++k) {
-      const torch::Tensor gw = w1Leaves[static_cast<std::size_t>(k)].grad().contiguous();
+      const torch::Tensor gw = w1Leaves[static_cast<std::size_t>(k)].grad().to(torch::kFloat64).contiguous();
       std::memcpy(r.dW1.data() + layout.group(k).offset, gw.data_ptr<double>(), sizeof(double) * layout.group(k).size);
     }
     // Everything of this repetition (graph included) is released at the end of the scope.
@@ -437,6 +452,7 @@ std::string jsonList(const std::vector<double>& x) {
 
 int usage() {
   std::cerr << "usage: bench_torch --impl torch|hypergrad --steps T --threads k [--reps r] [--out file] [--profile]\n"
+               "                   [--dtype float64|float32]   (float32: MlpObjectiveFloat / torch::kFloat32)\n"
                "       bench_torch --compare file file   (files written with --out; the second is the reference)\n"
                "       bench_torch --check --steps T [--threads k]   (both implementations; exit 1 unless they agree)\n";
   return 2;
@@ -463,6 +479,11 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile = true;
     else if (a == "--check") check = true;
     else if (a == "--alpha") g_alphaBase = std::stod(next());
+    else if (a == "--dtype") {
+      const std::string d = next();
+      if (d != "float64" && d != "float32") return usage();
+      g_float32 = d == "float32";
+    }
     else if (a == "--compare") {
       cmpA = next();
       cmpB = next();
@@ -526,7 +547,7 @@ int main(int argc, char** argv) {
     if (!out.empty()) writeHypergradients(out, r);
     std::cout.precision(6);
     std::cout << "{\"impl\":\"" << impl << "\",\"steps\":" << steps << ",\"threads\":" << threads
-              << ",\"omp_threads\":" << ompThreads << ",\"reps\":" << reps << ",\"time_s\":" << minOf(r.wall)
+              << ",\"dtype\":\"" << (g_float32 ? "float32" : "float64") << "\",\"omp_threads\":" << ompThreads << ",\"reps\":" << reps << ",\"time_s\":" << minOf(r.wall)
               << ",\"wall_s\":" << jsonList(r.wall) << ",\"cpu_s\":" << jsonList(r.cpu)
               << ",\"forward_s\":" << jsonList(r.forward) << ",\"backward_s\":" << jsonList(r.reverse)
               << ",\"forward_cpu_s\":" << jsonList(r.forwardCpu) << ",\"backward_cpu_s\":" << jsonList(r.reverseCpu)

@@ -8,14 +8,17 @@
 # rounds (ratios are taken within one invocation), then compares the hypergradients and prints
 # the table (summarize.py).
 #
-# Environment: BUILD_DIR (default build-torch), OUT_DIR (default $BUILD_DIR/torch-results),
-# ROUNDS (default 3), STEPS (default "100 1000"), THREADS (default "1 2"), REPS100 (repetitions
-# inside one process at T = 100, default 3), JOBS (default 1).
+# Environment: BUILD_DIR (default build-torch), OUT_DIR (default $BUILD_DIR/torch-results, or
+# $BUILD_DIR/torch-results-float32), ROUNDS (default 3), STEPS (default "100 1000"), THREADS
+# (default "1 2"), REPS100 (repetitions inside one process at T = 100, default 3), JOBS (default 1),
+# DTYPE (float64, default, or float32: hypergrad's MLP in float — MlpObjectiveFloat — against
+# libtorch in torch::kFloat32).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 BUILD_DIR=${BUILD_DIR:-build-torch}
-OUT_DIR=${OUT_DIR:-$BUILD_DIR/torch-results}
+DTYPE=${DTYPE:-float64}
+if [[ $DTYPE == float64 ]]; then OUT_DIR=${OUT_DIR:-$BUILD_DIR/torch-results}; else OUT_DIR=${OUT_DIR:-$BUILD_DIR/torch-results-$DTYPE}; fi
 ROUNDS=${ROUNDS:-3}
 STEPS=${STEPS:-"100 1000"}
 THREADS=${THREADS:-"1 2"}
@@ -36,6 +39,7 @@ COMPARE="$OUT_DIR/compare.jsonl"
 
 {
   echo "date: $(date -Is)"
+  echo "dtype: $DTYPE"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs"
   echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "mlp.hpp vs HEAD: $(git diff --stat HEAD -- include/hypergrad/objectives/mlp.hpp 2>/dev/null | tail -n1)"
@@ -52,7 +56,7 @@ run() {  # run BINARY IMPL-LABEL STEPS THREADS ROUND
   [[ $label == torch ]] && impl=torch
   [[ $steps -le 100 ]] && reps=$REPS100
   local line
-  line=$(OMP_NUM_THREADS=$threads "$BUILD_DIR/$bin" --impl "$impl" --steps "$steps" --threads "$threads" --reps "$reps" \
+  line=$(OMP_NUM_THREADS=$threads "$BUILD_DIR/$bin" --impl "$impl" --dtype "$DTYPE" --steps "$steps" --threads "$threads" --reps "$reps" \
            --out "$OUT_DIR/$label.T$steps.k$threads.bin")
   echo "{\"label\":\"$label\",\"round\":$round,\"load\":\"$(cut -d' ' -f1 /proc/loadavg)\",${line#\{}" | tee -a "$RESULTS"
 }

@@ -67,6 +67,37 @@ TEST_CASE("an MLP trained for 1000 steps reverses to its initial weights and vel
   CHECK(hg.learningRates.allFinite());
 }
 
+TEST_CASE("the result carries the run's statistics: buffer content and bytes, forward and reverse time, schedules used",
+          "[reverse][mlp][statistics]") {
+  const MlpArchitecture arch({30, 20, 10}, Activation::Tanh);
+  const MlpObjective f(arch, syntheticData(200, 30, 10, 1), SeededBatches(2, 200, 20));
+  const MlpLoss valid(arch, syntheticData(100, 30, 10, 3));
+  const Index T = 40;
+  const ParameterLayout layout = arch.layout();
+  SgdMomentum<> opt(layout, Schedule::constant(T, layout.numGroups(), 0.05), Schedule::constant(T, layout.numGroups(), 0.9));
+  opt.start(initialWeights(arch, 4));
+  CHECK(opt.forwardSeconds() == 0.0);
+  train(opt, f);
+  const double bits = opt.buffer().informationBits();
+  const std::size_t bytes = opt.buffer().memoryBytes();
+  const double forward = opt.forwardSeconds();
+  CHECK(forward > 0.0);
+  const Hypergradients hg = reverse(opt, f, valid);
+  const RunStatistics& s = hg.statistics;
+  CHECK(s.iterations == T);
+  CHECK(s.informationBits == bits);
+  CHECK(s.informationBits > 0.15 * 0.9 * static_cast<double>(layout.size() * (T - 1)));  // ≈ log2(1/γ) per weight-step
+  CHECK(s.bufferBytes == bytes);
+  CHECK(s.forwardSeconds == forward);
+  CHECK(s.reverseSeconds > 0.0);
+  REQUIRE(s.schedulesUsed.size() == 2);
+  CHECK(s.schedulesUsed[0] == opt.scheduleValues(0));
+  CHECK(s.schedulesUsed[1] == opt.quantizedMomenta());
+  CHECK(s.schedulesUsed[1](0, 0) == 58982.0 / 65536.0);  // 0.9 as quantised
+  opt.start(initialWeights(arch, 4));  // a new run starts a new clock
+  CHECK(opt.forwardSeconds() == 0.0);
+}
+
 TEST_CASE("a run on the float32 MLP objective reverses exactly, and its hypergradients are close to float64's",
           "[reverse][mlp][float]") {
   const MlpArchitecture arch({30, 20, 20, 10}, Activation::Tanh);

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -17,6 +18,21 @@
 #include "../optimizers/concept.hpp"
 
 namespace hypergrad {
+
+/// What a run cost, filled in by reverse(). Fields an optimizer cannot report stay 0 (the
+/// store-the-trajectory ReferenceOptimizer has no buffer and does not time its steps).
+struct RunStatistics {
+  Index iterations = 0;           ///< T, the steps reversed
+  /// The information buffer's content when reverse() began, in bits: what the forward run's
+  /// decays destroyed (the run's peak, up to the fluctuation of one step).
+  double informationBits = 0.0;
+  std::size_t bufferBytes = 0;    ///< the buffer's allocated bytes then
+  double forwardSeconds = 0.0;    ///< wall time of the forward steps since start() (gradients included)
+  double reverseSeconds = 0.0;    ///< wall time of reverse()
+  /// The schedules used, T × G each, in the rule's order (ratios as quantised: the values the
+  /// hypergradients refer to).
+  std::vector<Eigen::MatrixXd> schedulesUsed;
+};
 
 /// Hypergradients of a reverse pass through update rule `Rule`. The rule's HypergradientFields
 /// (e.g. `learningRates`, `momenta`, `initialVelocity`) are members of this struct; the members
@@ -30,6 +46,7 @@ struct HypergradientResult : Rule::HypergradientFields {
   Eigen::VectorXd initialWeights;   ///< ∂f/∂w₁
   Eigen::VectorXd hyperparameters;  ///< ∂f/∂θ (size of the objective's θ; empty when it has none)
   Eigen::VectorXd finalWeights;     ///< w_{T+1}, the trained weights
+  RunStatistics statistics;         ///< what the run cost (buffer, times) and the schedules used
 
   static constexpr Index numSchedules = Rule::numSchedules;  ///< Schedules of the rule (α, γ, …).
   static constexpr Index numStates = Rule::numStates;  ///< States per parameter, the weights included.

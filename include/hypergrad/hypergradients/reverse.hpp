@@ -21,9 +21,11 @@
 /// `restepWeights()`, `unstepOptimizerState(g)`, `step(f)` and `checkRecoveredStart()`.
 
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -127,6 +129,30 @@ void chainProducts(const std::vector<Coefficients>& coefficients, const Eigen::M
     }
 }
 
+template <class, class = void>
+struct HasBuffer : std::false_type {};
+template <class O>
+struct HasBuffer<O, std::void_t<decltype(std::declval<const O&>().buffer().informationBits())>> : std::true_type {};
+
+template <class, class = void>
+struct HasForwardSeconds : std::false_type {};
+template <class O>
+struct HasForwardSeconds<O, std::void_t<decltype(double(std::declval<const O&>().forwardSeconds()))>> : std::true_type {};
+
+/// The statistics reverse() can take before it changes anything.
+template <class Optimizer>
+RunStatistics runStatistics(const Optimizer& opt, Index T) {
+  RunStatistics s;
+  s.iterations = T;
+  if constexpr (HasBuffer<Optimizer>::value) {
+    s.informationBits = opt.buffer().informationBits();
+    s.bufferBytes = opt.buffer().memoryBytes();
+  }
+  if constexpr (HasForwardSeconds<Optimizer>::value) s.forwardSeconds = opt.forwardSeconds();
+  for (Index j = 0; j < Optimizer::RuleType::numSchedules; ++j) s.schedulesUsed.push_back(opt.scheduleValues(j));
+  return s;
+}
+
 /// After a failed reverse step: back to iteration T, exactly (the steps already reversed are
 /// taken again; the objective recomputes their gradients, which the run record checks).
 template <class Optimizer, class Objective>
@@ -176,7 +202,9 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
                                           " parameters but the optimizer has ", n));
   }
 
+  const auto clockStart = std::chrono::steady_clock::now();
   HypergradientResult<Rule> out;
+  out.statistics = detail::runStatistics(opt, T);
   out.finalWeights = opt.weights();
   std::array<Eigen::VectorXd, static_cast<std::size_t>(S)> adjoints;
   Eigen::VectorXd& dw = adjoints[0];
@@ -259,6 +287,8 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
     opt.checkRecoveredStart();
     for (int s = 0; s < S; ++s) out.initialState(s) = std::move(adjoints[static_cast<std::size_t>(s)]);
     out.hyperparameters = std::move(dtheta);
+    out.statistics.reverseSeconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - clockStart).count();
     (detail::callReverseEnd(callbacks, opt, out), ...);
   } catch (...) {
     const std::exception_ptr error = std::current_exception();

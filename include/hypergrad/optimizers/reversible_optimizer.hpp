@@ -10,6 +10,7 @@
 /// were.
 
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -165,19 +166,27 @@ class ReversibleOptimizer
     checkObjective<Objective>();
     requireForward("step");
     checkObjectiveSize(f.numParameters());
+    const auto begin = std::chrono::steady_clock::now();
     m_state[0].toDouble(m_wd);
     f.gradient(m_wd, m_t, m_work);
     applyStep(m_work);
     m_g.swap(m_work);
+    m_forwardSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   }
 
   /// The exact update at iteration t = iteration() with a given gradient g_t (which the reverse
   /// pass must be able to recompute bit for bit). Throws NonFiniteValue for a non-finite g,
   /// FixedPointOverflow when a value leaves the fixed-point range, with the state unchanged.
   void stepWithGradient(const Eigen::VectorXd& g) {
+    const auto begin = std::chrono::steady_clock::now();
     applyStep(g);
     if (&g != &m_g) m_g = g;
+    m_forwardSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   }
+
+  /// Wall seconds spent in step() (gradient included) and stepWithGradient() since start(); 0
+  /// after loadRun(). reverse() reports it in its result's statistics.
+  double forwardSeconds() const noexcept { return m_forwardSeconds; }
 
   /// First half of a reverse step at iteration t = iteration() − 1: restores w_t (exact); the
   /// other states stay at t + 1. Throws ExactnessViolation when the state cannot come from the
@@ -416,6 +425,7 @@ class ReversibleOptimizer
     m_fingerprints = std::move(run.fingerprints);
     m_t = run.iteration;
     m_halfStep = run.halfStep;
+    m_forwardSeconds = 0.0;
     m_coefficients = std::move(coefficients);
     m_blockDone = std::move(blockDone);
     m_blockErrors = std::move(blockErrors);
@@ -592,6 +602,7 @@ class ReversibleOptimizer
 
   // Workspace (not part of the state), sized by commit() so that no operation allocates it.
   std::vector<Coefficients> m_coefficients;
+  double m_forwardSeconds = 0.0;  // see forwardSeconds()
   std::vector<unsigned char> m_blockDone;
   std::vector<std::exception_ptr> m_blockErrors;
   Eigen::VectorXd m_wd, m_g, m_work;
