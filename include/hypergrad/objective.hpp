@@ -18,6 +18,7 @@
 /// | `f.hessianVectorProduct(w, t, u, hu)`   | hu = ∇²_w L(w, θ, t) u                                    |
 /// | `f.mixedProduct(w, t, u, dtheta)`       | dtheta = (∂_θ ∇_w L(w, θ, t))ᵀ u, size numHyperparameters |
 /// | `f.reverseStep(w, t, u, g, hu, dtheta)` | optional: all three from one pass (default: the 3 calls)  |
+/// | `double f.valueAndGradient(w, t, g)`     | optional: returns L(w, θ, t) and sets g exactly as gradient() (the optimizer's step() then reports the loss: lastLoss()) |
 /// | `f.reverseStepWithDirection(w, t, dir, u, g, hu, dtheta)` | optional: g, then `dir(g, u)` sets u, then hu and dtheta along it, sharing one forward pass (default: the 3 calls around dir) |
 /// | `f.layout()`                            | optional: a ParameterLayout (e.g. an MLP's layers)        |
 ///
@@ -102,6 +103,13 @@ struct HasReverseStepWithDirection<
            std::declval<const Eigen::VectorXd&>(), Index(0), std::declval<const DirectionFunction&>(),
            std::declval<Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>(),
            std::declval<Eigen::VectorXd&>()))>> : std::true_type {};
+
+template <class, class = void>
+struct HasStepValueAndGradient : std::false_type {};
+template <class F>
+struct HasStepValueAndGradient<F, std::void_t<decltype(double(std::declval<const F&>().valueAndGradient(
+                                      std::declval<const Eigen::VectorXd&>(), Index(0),
+                                      std::declval<Eigen::VectorXd&>())))>> : std::true_type {};
 
 template <class, class = void>
 struct HasLayout : std::false_type {};

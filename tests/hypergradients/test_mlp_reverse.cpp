@@ -2,7 +2,11 @@
 // (learning rates, momenta, training pixels) against finite differences of a double run.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <vector>
+
 #include <hypergrad/init.hpp>
+#include <hypergrad/objectives/l2.hpp>
 #include <hypergrad/objectives/mlp.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
@@ -38,6 +42,17 @@ Eigen::VectorXd initialWeights(const MlpArchitecture& arch, std::uint64_t seed) 
   for (std::size_t k = 0; k < fanIn.size(); ++k) f(static_cast<Index>(k)) = static_cast<double>(fanIn[k]);
   return ScaledInit(arch.layout(), ScaledInit::logScalesFromFanIn(f), seed).weights();
 }
+
+// Records the weights the steps start from (the callback sees w_{t+1}) and the loss each step reported.
+struct Curve {
+  std::vector<Eigen::VectorXd> weights;
+  std::vector<double> losses;
+  template <class Opt>
+  void onForwardStep(const Opt& opt, Index /*t*/, const Eigen::VectorXd& /*g*/) {
+    losses.push_back(opt.lastLoss());
+    weights.push_back(opt.weights());
+  }
+};
 
 }  // namespace
 
@@ -96,6 +111,35 @@ TEST_CASE("the result carries the run's statistics: buffer content and bytes, fo
   CHECK(s.schedulesUsed[1](0, 0) == 58982.0 / 65536.0);  // 0.9 as quantised
   opt.start(initialWeights(arch, 4));  // a new run starts a new clock
   CHECK(opt.forwardSeconds() == 0.0);
+}
+
+TEST_CASE("step() reports the minibatch loss of objectives that compute it (lastLoss), the training curve for free",
+          "[reverse][mlp][statistics]") {
+  const MlpArchitecture arch({30, 20, 10}, Activation::Tanh);
+  const MlpObjective mlp(arch, syntheticData(200, 30, 10, 1), SeededBatches(2, 200, 20));
+  const auto l2 = L2Regularized<const MlpObjective&>::uniform(mlp, std::log(1e-3));
+  const MlpLoss valid(arch, syntheticData(100, 30, 10, 3));
+  const Index T = 25;
+  const ParameterLayout layout = arch.layout();
+  const auto check = [&](const auto& f) {
+    SgdMomentum<> opt(layout, Schedule::constant(T, layout.numGroups(), 0.05), Schedule::constant(T, layout.numGroups(), 0.9));
+    opt.start(initialWeights(arch, 4));
+    CHECK(std::isnan(opt.lastLoss()));
+    Curve curve;
+    curve.weights.push_back(opt.weights());
+    train(opt, f, curve);
+    REQUIRE(curve.losses.size() == static_cast<std::size_t>(T));
+    for (Index t = 0; t < T; ++t) {
+      const double expected = f.value(curve.weights[static_cast<std::size_t>(t)], t);
+      CHECK(curve.losses[static_cast<std::size_t>(t)] == expected);  // the same bits as value()
+    }
+    CHECK(curve.losses.back() < curve.losses.front());
+    reverse(opt, f, valid);  // the gradients of valueAndGradient were gradient()'s: exact recovery
+    opt.stepWithGradient(Eigen::VectorXd::Zero(layout.size()));
+    CHECK(std::isnan(opt.lastLoss()));  // no objective, no loss
+  };
+  check(mlp);
+  check(l2);
 }
 
 TEST_CASE("a run on the float32 MLP objective reverses exactly, and its hypergradients are close to float64's",

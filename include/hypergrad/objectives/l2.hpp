@@ -110,6 +110,16 @@ class L2Regularized {
     addScaled(g, w);
   }
 
+  /// L_inner + penalty(w) and g = ∇_w L_inner + λ ⊙ w, g bit-identical to gradient() (present only
+  /// when Inner has valueAndGradient(w, t, g)).
+  template <class I = InnerType, std::enable_if_t<detail::HasStepValueAndGradient<I>::value, int> = 0>
+  double valueAndGradient(const Eigen::VectorXd& w, Index t, Eigen::VectorXd& g) const {
+    checkSize(w, "valueAndGradient", "w");
+    const double inner = m_inner.valueAndGradient(w, t, g);
+    addScaled(g, w);
+    return inner + penalty(w);
+  }
+
   /// hu = H_inner u + λ ⊙ u.
   void hessianVectorProduct(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& hu) const {
     checkSize(w, "hessianVectorProduct", "w");

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -168,9 +169,12 @@ class ReversibleOptimizer
     checkObjectiveSize(f.numParameters());
     const auto begin = std::chrono::steady_clock::now();
     m_state[0].toDouble(m_wd);
-    f.gradient(m_wd, m_t, m_work);
+    double loss = std::numeric_limits<double>::quiet_NaN();
+    if constexpr (detail::HasStepValueAndGradient<Objective>::value) loss = f.valueAndGradient(m_wd, m_t, m_work);
+    else f.gradient(m_wd, m_t, m_work);
     applyStep(m_work);
     m_g.swap(m_work);
+    m_lastLoss = loss;
     m_forwardSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   }
 
@@ -180,6 +184,7 @@ class ReversibleOptimizer
   void stepWithGradient(const Eigen::VectorXd& g) {
     const auto begin = std::chrono::steady_clock::now();
     applyStep(g);
+    m_lastLoss = std::numeric_limits<double>::quiet_NaN();
     if (&g != &m_g) m_g = g;
     m_forwardSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   }
@@ -344,6 +349,11 @@ class ReversibleOptimizer
   const std::vector<std::uint64_t>& gradientFingerprints() const noexcept { return m_fingerprints; }
   /// The gradient used by the last forward step (or recomputed by the last reverse step).
   const Eigen::VectorXd& lastGradient() const noexcept { return m_g; }
+  /// The minibatch loss L(w_t, θ, t) of the last forward step(), when its objective reports it
+  /// (valueAndGradient(w, t, g), e.g. MlpObjective and L2Regularized of it): a training curve at no
+  /// extra cost, e.g. from a callback's onForwardStep. NaN otherwise, after stepWithGradient()
+  /// and after start().
+  double lastLoss() const noexcept { return m_lastLoss; }
   bool started() const noexcept { return m_started; }  ///< True once start() has succeeded.
   /// True between unstepWeights() and unstepOptimizerState() (or restepWeights()).
   bool halfStep() const noexcept { return m_halfStep; }
@@ -426,6 +436,7 @@ class ReversibleOptimizer
     m_t = run.iteration;
     m_halfStep = run.halfStep;
     m_forwardSeconds = 0.0;
+    m_lastLoss = std::numeric_limits<double>::quiet_NaN();
     m_coefficients = std::move(coefficients);
     m_blockDone = std::move(blockDone);
     m_blockErrors = std::move(blockErrors);
@@ -603,6 +614,7 @@ class ReversibleOptimizer
   // Workspace (not part of the state), sized by commit() so that no operation allocates it.
   std::vector<Coefficients> m_coefficients;
   double m_forwardSeconds = 0.0;  // see forwardSeconds()
+  double m_lastLoss = std::numeric_limits<double>::quiet_NaN();  // see lastLoss()
   std::vector<unsigned char> m_blockDone;
   std::vector<std::exception_ptr> m_blockErrors;
   Eigen::VectorXd m_wd, m_g, m_work;

@@ -167,6 +167,13 @@ class BasicMlpObjective {
     run(w, t, nullptr, &g, nullptr, nullptr, "gradient");
   }
 
+  /// \brief Returns L(w, θ, t) and sets g = ∇_w L(w, θ, t) from one pass: g bit-identical to
+  /// gradient(), the loss to value().
+  double valueAndGradient(const Eigen::VectorXd& w, Index t, Eigen::VectorXd& g) const {
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::valueAndGradient", "w");
+    return run(w, t, nullptr, &g, nullptr, nullptr, "valueAndGradient");
+  }
+
   /// \brief hu = ∇²_w L(w, θ, t) u by Pearlmutter's R-operator.
   void hessianVectorProduct(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& hu) const {
     detail::checkVectorSize(w, numParameters(), "MlpObjective::hessianVectorProduct", "w");
