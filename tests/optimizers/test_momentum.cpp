@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <limits>
+#include <type_traits>
 
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
@@ -20,6 +21,17 @@ ParameterLayout twoGroups() {
   return layout;
 }
 }  // namespace
+
+TEST_CASE("ReversibleWithRatioBits names a finer ratio without the other template parameters", "[optimizer]") {
+  static_assert(std::is_same_v<ReversibleWithRatioBits<MomentumRule, 16>, SgdMomentum<>>);
+  static_assert(std::is_same_v<ReversibleWithRatioBits<MomentumRule, 20>,
+                               SgdMomentum<FixedFormat<52>, BitsBackRounding, 20, 28>>);
+  const ParameterLayout layout = ParameterLayout::single(3, "w");
+  const ReversibleWithRatioBits<MomentumRule, 20> fine(layout, Schedule::constant(2, 1, 0.1), Schedule::constant(2, 1, 0.999));
+  const SgdMomentum<> coarse(layout, Schedule::constant(2, 1, 0.1), Schedule::constant(2, 1, 0.999));
+  CHECK(fine.quantizedMomenta()(0, 0) == 1047527.0 / 1048576.0);  // 1 − γ within 0.05% of 0.001
+  CHECK(coarse.quantizedMomenta()(0, 0) == 65470.0 / 65536.0);     // 0.7% off at 16 bits
+}
 
 TEST_CASE("the optimizer's fixed-point trajectory follows the double recurrence to rounding noise", "[optimizer]") {
   const Logistic f(50, 8, 10, 5);

@@ -620,4 +620,12 @@ class ReversibleOptimizer
   Eigen::VectorXd m_wd, m_g, m_work;
 };
 
+/// The optimizer of `Rule` with ratios at n / 2^RatioBits (finer ratios: 0.999 is 1047527/2^20 at
+/// 20 bits) and the coder precision that keeps the buffer at the entropy bound, RatioBits + 8;
+/// format and rounding as the defaults. Names the one parameter a user changes without spelling
+/// the other three: `ReversibleWithRatioBits<MomentumRule, 20>` is
+/// `SgdMomentum<FixedFormat<52>, BitsBackRounding, 20, 28>`.
+template <class Rule, int RatioBits>
+using ReversibleWithRatioBits = ReversibleOptimizer<Rule, FixedFormat<52>, BitsBackRounding, RatioBits, RatioBits + 8>;
+
 }  // namespace hypergrad
