@@ -459,3 +459,142 @@ TEST_CASE("subset takes a contiguous range of examples and rejects ranges outsid
   CHECK_THROWS_AS(hypergrad::subset(d, -1, 2), hypergrad::InvalidArgument);
   CHECK_FALSE(hypergrad::hasMnistSplit("/nonexistent-dir", "train"));
 }
+
+namespace {
+
+Bytes bytesOf(const std::string& text) { return Bytes(text.begin(), text.end()); }
+
+/// Test content whose MD5 and CRC-32 were computed independently (Python's hashlib and zlib):
+/// byte i = ((i² + 7i) >> 3) mod 256.
+Bytes patternBytes(std::size_t n) {
+  Bytes out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::uint8_t>(((i * i + 7 * i) >> 3) & 255);
+  return out;
+}
+
+/// The little-endian 32-bit word at `p`.
+std::uint32_t littleEndian32(const std::uint8_t* p) {
+  return std::uint32_t(p[0]) | (std::uint32_t(p[1]) << 8) | (std::uint32_t(p[2]) << 16) | (std::uint32_t(p[3]) << 24);
+}
+
+}  // namespace
+
+TEST_CASE("checksumFile gives the standard MD5 and CRC-32 of a file's bytes and of its decompressed content",
+          "[data][checksum]") {
+  TempDir tmp;
+  // The CRC-32 check value and the RFC 1321 test suite, then lengths around the 56- and 64-byte
+  // padding boundaries and a file longer than the 1 MiB read chunk.
+  struct Known {
+    Bytes content;
+    const char* md5;
+    std::uint32_t crc;
+  };
+  const std::vector<Known> known = {
+      {bytesOf("123456789"), "25f9e794323b453885f5181f1b624d0b", 0xcbf43926u},
+      {bytesOf(""), "d41d8cd98f00b204e9800998ecf8427e", 0x00000000u},
+      {bytesOf("a"), "0cc175b9c0f1b6a831c399e269772661", 0xe8b7be43u},
+      {bytesOf("abc"), "900150983cd24fb0d6963f7d28e17f72", 0x352441c2u},
+      {bytesOf("message digest"), "f96b697d7cb7938d525a2f31aaf161d0", 0x20159d7fu},
+      {bytesOf("abcdefghijklmnopqrstuvwxyz"), "c3fcd3d76192e4007dfb496cca67e13b", 0x4c2750bdu},
+      {bytesOf("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"), "d174ab98d277d9f5a5611c2c9f419d9f",
+       0x1fc2e6d2u},
+      {bytesOf("12345678901234567890123456789012345678901234567890123456789012345678901234567890"),
+       "57edf4a22be3c955ac49da2e2107b67a", 0x7ca94a72u},
+      {patternBytes(55), "4270cf61575b6216a5026514b5c8e1ea", 0xf5ef0ac4u},
+      {patternBytes(56), "bc8c2f6516683526673cb440e662ac87", 0x78fd4cd8u},
+      {patternBytes(63), "facb243a4a6883c41c59b0f6cc8e9885", 0xf0a57266u},
+      {patternBytes(64), "f9bc3ab86ac48282749df4994757c577", 0xd3293bf9u},
+      {patternBytes(65), "194fa90f68f2b0d74c484770fdfc796c", 0x3eb23490u},
+      {patternBytes(3000001), "f4f7a674ed0c82f1b58492f445e7ed50", 0xc0231be3u},
+  };
+  for (std::size_t k = 0; k < known.size(); ++k) {
+    CAPTURE(k, known[k].content.size());
+    const std::string plain = tmp.file("plain" + std::to_string(k)), gz = plain + ".gz";
+    writePlain(plain, known[k].content);
+    writeGzip(gz, known[k].content);
+    const FileChecksums p = checksumFile(plain);
+    CHECK(p.path == plain);
+    CHECK_FALSE(p.gzip);
+    CHECK(p.fileBytes == known[k].content.size());
+    CHECK(p.fileMd5 == known[k].md5);
+    CHECK(p.fileCrc32 == known[k].crc);
+    CHECK(p.contentBytes == p.fileBytes);
+    CHECK(p.contentMd5 == p.fileMd5);
+    CHECK(p.contentCrc32 == p.fileCrc32);
+    // Compressed: the same content checksums; the file's own are those of the .gz bytes, and the
+    // content CRC-32 and size are what the gzip trailer records.
+    const FileChecksums z = checksumFile(gz);
+    const Bytes gzBytes = readAll(gz);
+    REQUIRE(gzBytes.size() >= 18);
+    CHECK(z.gzip);
+    CHECK(z.contentBytes == known[k].content.size());
+    CHECK(z.contentMd5 == known[k].md5);
+    CHECK(z.contentCrc32 == known[k].crc);
+    CHECK(z.fileBytes == gzBytes.size());
+    CHECK(z.fileCrc32 == crc32(crc32(0L, nullptr, 0), gzBytes.data(), static_cast<uInt>(gzBytes.size())));
+    CHECK(z.fileMd5 != z.contentMd5);
+    CHECK(z.contentCrc32 == littleEndian32(gzBytes.data() + gzBytes.size() - 8));
+    CHECK(z.contentBytes == littleEndian32(gzBytes.data() + gzBytes.size() - 4));
+  }
+
+  // Errors: a missing file, a directory, damaged gzip data (a flipped CRC-32 in the trailer), a
+  // truncated gzip file.
+  std::string m = dataErrorMessage([&] { checksumFile(tmp.file("absent.gz")); });
+  CHECK_THAT(m, Contains(tmp.file("absent.gz")) && Contains("cannot open"));
+  m = dataErrorMessage([&] { checksumFile(tmp.dir()); });
+  CHECK_THAT(m, Contains("directory"));
+  Bytes damaged = readAll(tmp.file("plain0.gz"));
+  damaged[damaged.size() - 8] ^= 0x01;
+  writePlain(tmp.file("damaged.gz"), damaged);
+  m = dataErrorMessage([&] { checksumFile(tmp.file("damaged.gz")); });
+  CHECK_THAT(m, Contains(tmp.file("damaged.gz")) && Contains("corrupt gzip data"));
+  Bytes truncated = readAll(tmp.file("plain13.gz"));
+  truncated.resize(truncated.size() / 2);
+  writePlain(tmp.file("truncated.gz"), truncated);
+  m = dataErrorMessage([&] { checksumFile(tmp.file("truncated.gz")); });
+  CHECK_THAT(m, Contains(tmp.file("truncated.gz")) && Contains("truncated"));
+}
+
+TEST_CASE("findMnistFiles returns the files loadMnist reads, and checksumFile verifies them", "[data][checksum]") {
+  TempDir tmp;
+  writeMnistSplit(tmp, "t10k", 4, 2, 2, {0, 1, 2, 3}, true);
+  writeMnistSplit(tmp, "train", 3, 2, 2, {1, 2, 3}, false);
+  const MnistFiles test = findMnistFiles(tmp.dir(), "t10k");
+  CHECK(test.images == tmp.file("t10k-images-idx3-ubyte.gz"));
+  CHECK(test.labels == tmp.file("t10k-labels-idx1-ubyte.gz"));
+  const MnistFiles train = findMnistFiles(tmp.dir(), "train");
+  CHECK(train.images == tmp.file("train-images-idx3-ubyte"));
+  CHECK(train.labels == tmp.file("train-labels-idx1-ubyte"));
+  // The label file's content is the 9-byte IDX file 00 00 08 01 00 00 00 04 + labels 0 1 2 3.
+  const FileChecksums labels = checksumFile(test.labels);
+  const Bytes expected = idxFile(0x08, {4}, {0, 1, 2, 3});
+  CHECK(labels.contentCrc32 == crc32(crc32(0L, nullptr, 0), expected.data(), static_cast<uInt>(expected.size())));
+  CHECK(labels.contentBytes == 12);
+
+  CHECK_THROWS_AS(findMnistFiles(tmp.dir(), "test"), InvalidArgument);
+  fs::remove(tmp.file("t10k-labels-idx1-ubyte.gz"));
+  const std::string m = dataErrorMessage([&] { findMnistFiles(tmp.dir(), "t10k"); });
+  CHECK_THAT(m, Contains("findMnistFiles: missing file") && Contains("t10k-labels-idx1-ubyte") &&
+                    Contains("dataset-fashion-mnist"));
+}
+
+TEST_CASE("checksumFile matches the published MD5s of the MNIST test files where present (else skips)",
+          "[data][checksum][real]") {
+#ifdef HYPERGRAD_SHARED_DATA_DIR
+  const std::string directory = HYPERGRAD_SHARED_DATA_DIR;
+  if (!hasMnistSplit(directory, "t10k") || detail::idx::findFile(directory, "t10k-images-idx3-ubyte") !=
+                                               (fs::path(directory) / "t10k-images-idx3-ubyte.gz").string()) {
+    WARN("skipped: MNIST t10k .gz files not found in " << directory);
+    return;
+  }
+  // The MD5s torchvision's MNIST dataset lists for the original files.
+  const MnistFiles files = findMnistFiles(directory, "t10k");
+  const FileChecksums images = checksumFile(files.images), labels = checksumFile(files.labels);
+  CHECK(images.fileMd5 == "9fb629c4189551a2d022fa330f9573f3");
+  CHECK(labels.fileMd5 == "ec29112dd5afa0611ce80d1b7f02629c");
+  CHECK(images.contentBytes == 16 + 10000 * 784);
+  CHECK(labels.contentBytes == 8 + 10000);
+#else
+  WARN("skipped: HYPERGRAD_SHARED_DATA_DIR not defined");
+#endif
+}

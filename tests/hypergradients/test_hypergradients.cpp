@@ -4,7 +4,9 @@
 // (2) central finite differences of a plain double training run (DESIGN.md §8).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include <hypergrad/init.hpp>
@@ -216,4 +218,99 @@ TEST_CASE("per-group initialisation-scale hypergradients match finite difference
       CHECK(relErr(dLogS(k), fd) < 1e-5);
     }
   }
+}
+
+TEST_CASE("ScaledInit::fromNoise reproduces a given initialisation bit for bit and its chain rule matches finite "
+          "differences; fromWeights round-trips the weights within its documented bound",
+          "[init]") {
+  ParameterLayout layout;
+  layout.addGroup("w", 6);
+  layout.addGroup("b", 3);
+  const Index n = layout.size();
+  CounterRng rng(31, 5);
+  VectorXd eps(n), c(n);
+  for (Index i = 0; i < n; ++i) {
+    eps(i) = rng.normal();
+    c(i) = 0.5 + rng.uniform();
+  }
+  const VectorXd logS = (VectorXd(2) << std::log(0.3), std::log(1.7)).finished();
+  const VectorXd mu = (VectorXd(2) << 0.25, -0.5).finished();
+
+  // Given ε, w₁ is what the plain formula gives, bit for bit; with s = 1 and μ = 0 it is ε itself.
+  const ScaledInit given = ScaledInit::fromNoise(layout, logS, eps, mu);
+  CHECK_FALSE(given.hasSeed());
+  CHECK(given.seed() == 0u);
+  const VectorXd w = given.weights();
+  for (Index i = 0; i < n; ++i) {
+    const Index k = i < 6 ? 0 : 1;
+    CHECK(w(i) == mu(k) + std::exp(logS(k)) * eps(i));
+  }
+  CHECK(ScaledInit::fromNoise(layout, VectorXd::Zero(2), eps).weights() == eps);
+  // A seeded init's own ε, given back, reproduces it exactly.
+  const ScaledInit seeded(layout, logS, 77, mu);
+  CHECK(seeded.hasSeed());
+  CHECK(ScaledInit::fromNoise(layout, logS, seeded.noise(), mu).weights() == seeded.weights());
+
+  // Chain rule: f(w₁) = Σ c_i sin(w₁_i), ∂f/∂w₁ = c ⊙ cos(w₁), against central differences in log s_k.
+  const auto f = [&](const VectorXd& x) { return (c.array() * x.array().sin()).sum(); };
+  const VectorXd dw = (c.array() * w.array().cos()).matrix();
+  const VectorXd dLogS = given.logScaleGradient(dw);
+  const VectorXd dMu = given.meanGradient(dw);
+  const double h = 1e-6;
+  for (Index k = 0; k < 2; ++k) {
+    CAPTURE(k);
+    VectorXd sp = logS, sm = logS, mp = mu, mm = mu;
+    sp(k) += h;
+    sm(k) -= h;
+    mp(k) += h;
+    mm(k) -= h;
+    const double fdS = (f(ScaledInit::fromNoise(layout, sp, eps, mu).weights()) -
+                        f(ScaledInit::fromNoise(layout, sm, eps, mu).weights())) / (2 * h);
+    const double fdMu = (f(ScaledInit::fromNoise(layout, logS, eps, mp).weights()) -
+                         f(ScaledInit::fromNoise(layout, logS, eps, mm).weights())) / (2 * h);
+    CHECK(relErr(dLogS(k), fdS) < 1e-7);
+    CHECK(relErr(dMu(k), fdMu) < 1e-7);
+  }
+
+  // From weights: ε = (w₁ − μ)/s, w₁ back within 2^-52 (|w₁| + 2|w₁ − μ|), and the chain rule is
+  // Σ_{i∈k} (∂f/∂w₁)_i (w₁_i − μ_k), since s_k ε_i = w₁_i − μ_k.
+  VectorXd w1(n);
+  for (Index i = 0; i < n; ++i) w1(i) = 3.0 * rng.normal();
+  const ScaledInit back = ScaledInit::fromWeights(layout, w1, logS, mu);
+  CHECK_FALSE(back.hasSeed());
+  const VectorXd wBack = back.weights();
+  double worst = 0.0;
+  for (Index i = 0; i < n; ++i) {
+    const double d = std::fabs(w1(i) - mu(i < 6 ? 0 : 1));
+    worst = std::max(worst, std::fabs(wBack(i) - w1(i)) / (std::ldexp(1.0, -52) * (std::fabs(w1(i)) + 2 * d)));
+  }
+  CHECK(worst <= 1.0);
+  const VectorXd g = (c.array() * w1.array().cos()).matrix();
+  const VectorXd dBack = back.logScaleGradient(g);
+  for (Index k = 0; k < 2; ++k) {
+    const ParameterGroup& grp = layout.group(k);
+    double expected = 0.0;
+    for (Index i = grp.offset; i < grp.offset + grp.size; ++i) expected += g(i) * (w1(i) - mu(k));
+    CHECK(relErr(dBack(k), expected) < 1e-14);
+  }
+  // With μ = 0 the round trip is within one ulp (measured: never more).
+  const VectorXd w0 = ScaledInit::fromWeights(layout, w1, logS).weights();
+  for (Index i = 0; i < n; ++i) {
+    const double a = std::fabs(w1(i));
+    CHECK(std::fabs(w0(i) - w1(i)) <= std::nextafter(a, 2 * a + 1) - a);
+  }
+
+  // Errors name the first bad element and its group.
+  VectorXd bad = eps;
+  bad(7) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(ScaledInit::fromNoise(layout, logS, VectorXd::Zero(n - 1)), InvalidArgument);
+  CHECK_THROWS_WITH(ScaledInit::fromNoise(layout, logS, VectorXd::Zero(n + 1)),
+                    Catch::Contains("10 entries") && Catch::Contains("9 parameters"));
+  CHECK_THROWS_AS(ScaledInit::fromNoise(layout, logS, bad), InvalidArgument);
+  CHECK_THROWS_WITH(ScaledInit::fromNoise(layout, logS, bad),
+                    Catch::Contains("element 7") && Catch::Contains("group 'b'") && Catch::Contains("nan"));
+  CHECK_THROWS_WITH(ScaledInit::fromWeights(layout, bad, logS),
+                    Catch::Contains("fromWeights") && Catch::Contains("element 7") && Catch::Contains("group 'b'"));
+  CHECK_THROWS_AS(ScaledInit::fromWeights(layout, w1, (VectorXd(2) << -800.0, 0.0).finished()), InvalidArgument);
+  CHECK_THROWS_AS(ScaledInit::fromNoise(layout, VectorXd::Zero(3), eps), InvalidArgument);
 }

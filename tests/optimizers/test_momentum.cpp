@@ -1,9 +1,12 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/reference/optimizer.hpp>
 #include <hypergrad/reverse.hpp>
 
 #include "../support/double_trainer.hpp"
@@ -63,6 +66,72 @@ TEST_CASE("unstep after step restores weights, velocity and buffer bit for bit",
   CHECK(opt.fixedVelocity() == v0);
   CHECK(opt.buffer().empty());
   CHECK_NOTHROW(opt.checkRecoveredStart());
+}
+
+namespace {
+// Generic over the optimizer type: forward T steps, back to the start, and the check without
+// naming Opt::Fixed. Returns whether the weights differed after training and matched at the end.
+template <class Opt>
+std::pair<bool, bool> roundTripWeightsEqual(Opt& opt, const Logistic& f, const VectorXd& w1) {
+  opt.start(w1);
+  train(opt, f);
+  const bool afterSteps = opt.weightsEqual(w1);
+  while (opt.iteration() > 0) opt.unstep(f);
+  return {afterSteps, opt.weightsEqual(w1)};
+}
+}  // namespace
+
+TEST_CASE("weightsEqual compares the weights with the quantisation of a start vector, for generic code",
+          "[optimizer][exact]") {
+  const Logistic f(50, 8, 10, 12);
+  const Index T = 40;
+  const ParameterLayout layout = twoGroups();
+  // 0.1 and 1/3 are not on the 2^-52 grid: start() rounds them, so weights() != w1 there.
+  VectorXd w1 = VectorXd::LinSpaced(8, -1.5, 1.5);
+  w1(1) = 0.1;
+  w1(2) = 1.0 / 3.0;
+  w1(5) = 0.0625;  // on the grid; its neighbours within the resolution are checked below
+  SgdMomentum<> opt(layout, Schedule::constant(T, 2, 0.3), Schedule::constant(T, 2, 0.9));
+  CHECK_THROWS_AS(opt.weightsEqual(w1), InvalidState);  // not started
+  const auto [afterSteps, atStart] = roundTripWeightsEqual(opt, f, w1);
+  CHECK_FALSE(afterSteps);
+  CHECK(atStart);
+  CHECK(opt.weights()(1) != w1(1));  // a plain double comparison would fail
+  CHECK(opt.fixedWeights() == opt.quantizeWeights(w1));
+
+  // The same generic code with the reference optimizer, which stores doubles and compares them.
+  ReferenceOptimizer<MomentumRule> ref(layout, Schedule::constant(T, 2, 0.3), Schedule(opt.quantizedMomenta()),
+                                       TrajectoryStorage::Store);
+  const auto [refAfterSteps, refAtStart] = roundTripWeightsEqual(ref, f, w1);
+  CHECK_FALSE(refAfterSteps);
+  CHECK(refAtStart);
+
+  // One element moved by less than half the resolution 2^-52 rounds to the same fixed-point value;
+  // by more than half, to the next one.
+  const double r = std::ldexp(1.0, -52);
+  for (const double delta : {0.25 * r, -0.25 * r, 0.4375 * r}) {
+    VectorXd w = w1;
+    w(5) += delta;
+    REQUIRE(w(5) != w1(5));
+    CAPTURE(delta);
+    CHECK(opt.weightsEqual(w));
+    CHECK_FALSE(ref.weightsEqual(w));  // the reference compares doubles exactly
+  }
+  for (const double delta : {0.75 * r, -0.75 * r, r, 1e-9}) {
+    VectorXd w = w1;
+    w(5) += delta;
+    CAPTURE(delta);
+    CHECK_FALSE(opt.weightsEqual(w));
+  }
+  VectorXd w = w1;
+  w(7) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_FALSE(opt.weightsEqual(w));
+  w(7) = 1e300;  // out of the fixed-point range: unequal, not an exception
+  CHECK_FALSE(opt.weightsEqual(w));
+  CHECK_THROWS_AS(opt.weightsEqual(VectorXd::Zero(7)), InvalidArgument);
+  CHECK_THROWS_AS(ref.weightsEqual(VectorXd::Zero(7)), InvalidArgument);
+  CHECK_THROWS_AS(opt.quantizeWeights(VectorXd::Zero(9)), InvalidArgument);
+  CHECK_THROWS_AS(opt.quantizeWeights(VectorXd::Constant(8, 1e300)), FixedPointOverflow);
 }
 
 TEST_CASE("the reverse pass detects a run reversed with a different objective", "[optimizer][errors]") {

@@ -343,6 +343,26 @@ class ReversibleOptimizer
   /// w as doubles into `out` (resized if needed).
   void weights(Eigen::VectorXd& out) const { m_state[0].toDouble(out); }
   const Fixed& fixedWeights() const noexcept { return m_state[0]; }  ///< w in fixed point.
+  /// The fixed-point weights start(w) begins from: each w_i rounded as start() rounds it, to the
+  /// nearest multiple of the resolution 2^-R, ties away from zero (FixedFormat::fromDouble). With
+  /// it, `opt.fixedWeights() == opt.quantizeWeights(w1)` needs no name for Fixed. Throws
+  /// InvalidArgument for a wrong size, FixedPointOverflow for a value out of range.
+  Fixed quantizeWeights(const Eigen::VectorXd& w) const { return toFixed(w, 0); }
+  /// True when the weights are bit for bit the quantisation of `w` (quantizeWeights(w), what
+  /// start(w) stores): after start(w1), steps and as many reverse steps, weightsEqual(w1) holds,
+  /// even where w1 is not on the grid and weights() != w1. So w_i within half the resolution
+  /// 2^-R of the stored value compares equal, farther does not; a NaN, infinite or out-of-range
+  /// w_i compares unequal. Throws InvalidArgument for a wrong size, InvalidState before start().
+  bool weightsEqual(const Eigen::VectorXd& w) const {
+    requireStarted("weightsEqual");
+    checkSize(w.size(), "weightsEqual: w");
+    const Fixed& x = m_state[0];
+    for (Index i = 0; i < w.size(); ++i) {
+      std::int64_t c;  // the weights are in the format's units (state exponent 0): no scaling
+      if (!Fixed::Format::tryFromDouble(w(i), c) || c != x[i]) return false;
+    }
+    return true;
+  }
   /// The information buffer: what the steps taken destroyed (informationBits(), memoryBytes()).
   const Buffer& buffer() const noexcept { return m_buffer; }
   /// The gradient fingerprint of each forward step taken (the run record).

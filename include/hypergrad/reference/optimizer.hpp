@@ -172,6 +172,21 @@ class ReferenceOptimizer {
   const Eigen::VectorXd& state(Index s) const { return m_state.at(static_cast<std::size_t>(s)); }
   const Eigen::VectorXd& weights() const noexcept { return m_state[0]; }  ///< w.
   void weights(Eigen::VectorXd& out) const { out = m_state[0]; }  ///< w, copied into `out`.
+  /// True when weights() equals `w` element by element (double ==; nothing is quantised here):
+  /// the same check as ReversibleOptimizer::weightsEqual, so generic code can test a recovered
+  /// start with either optimizer. Throws InvalidArgument for a wrong size, InvalidState before
+  /// start().
+  bool weightsEqual(const Eigen::VectorXd& w) const {
+    if (!m_started)
+      throw InvalidState(detail::message(Rule::name, " (reference): weightsEqual: call start(w1, ...) first"));
+    if (w.size() != size()) {
+      throw InvalidArgument(detail::message(Rule::name, " (reference): weightsEqual: w has ", w.size(),
+                                            " entries but the parameter layout has ", size()));
+    }
+    for (Index i = 0; i < w.size(); ++i)
+      if (!(m_state[0](i) == w(i))) return false;
+    return true;
+  }
   /// The gradient used by the last forward step (or recomputed by the last reverse step).
   const Eigen::VectorXd& lastGradient() const noexcept { return m_g; }
   /// Bytes of the stored trajectory (0 with TrajectoryStorage::Discard).
