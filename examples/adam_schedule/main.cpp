@@ -203,7 +203,7 @@ int main(int argc, char** argv) try {
   // unseen seed every method is compared on.
   auto seedFor = [&](Index run) { return o.seed * 1000003u + std::uint64_t(run); };
   auto objectiveFor = [&](Index run) {
-    return hypergrad::MlpObjective(arch, data.train,
+    return hypergrad::MlpObjective(arch, trainLoss.sharedData(),  // one copy of the data, shared
                                    hypergrad::SeededBatches(seedFor(run), data.train.numExamples(), batchSize));
   };
   auto initFor = [&](Index run) { return hypergrad::ScaledInit(layout, logScales, seedFor(run)).weights(); };

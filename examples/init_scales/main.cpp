@@ -187,7 +187,7 @@ int main(int argc, char** argv) try {
   auto evaluate = [&](const hypergrad::MetaParameters& p, Index metaIteration) {
     const VectorXd scales = p.value(0).col(0);
     const hypergrad::MlpObjective objective(
-        arch, data.train, hypergrad::SeededBatches(seedFor(metaIteration), data.train.numExamples(), batchSize));
+        arch, trainLoss.sharedData(), hypergrad::SeededBatches(seedFor(metaIteration), data.train.numExamples(), batchSize));
     // w₁ = s_k ε with ε drawn from this meta-iteration's seed.
     const hypergrad::ScaledInit init(layout, scales.array().log().matrix(), seedFor(metaIteration));
     hypergrad::SgdMomentum<> sgd(layout, alpha, gamma);
@@ -288,7 +288,7 @@ int main(int argc, char** argv) try {
     for (Index j = 0; j < heldOutSeeds; ++j) {
       const Index key = o.metaIterations + j;
       const hypergrad::MlpObjective objective(
-          arch, data.train, hypergrad::SeededBatches(seedFor(key), data.train.numExamples(), batchSize));
+          arch, trainLoss.sharedData(), hypergrad::SeededBatches(seedFor(key), data.train.numExamples(), batchSize));
       const hypergrad::ScaledInit init(layout, scales.array().log().matrix(), seedFor(key));
       hypergrad::SgdMomentum<> sgd(layout, alpha, gamma);
       sgd.start(init.weights());

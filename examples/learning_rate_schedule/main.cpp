@@ -205,7 +205,7 @@ int main(int argc, char** argv) try {
   auto seedFor = [&](Index metaIteration) { return o.seed * 1000003u + std::uint64_t(metaIteration); };
   auto makeRun = [&](const hypergrad::MetaParameters& p, Index metaIteration) {
     return std::make_tuple(
-        hypergrad::MlpObjective(arch, data.train,
+        hypergrad::MlpObjective(arch, trainLoss.sharedData(),  // shares the data, no copy
                                 hypergrad::SeededBatches(seedFor(metaIteration), data.train.numExamples(), batchSize)),
         hypergrad::ScaledInit(layout, logScales, seedFor(metaIteration)),
         hypergrad::SgdMomentum<>(layout, hypergrad::Schedule(p.value(0)), hypergrad::Schedule(p.value(1))));

@@ -230,7 +230,7 @@ class Experiment {
       : m_opt(opt),
         m_arch({kPixels, kClasses}),
         m_train(m_arch, data.train, hypergrad::SeededBatches(opt.seed, data.train.numExamples(), opt.batch)),
-        m_trainLoss(m_arch, data.train),
+        m_trainLoss(m_arch, m_train.sharedData()),  // the same data, not a second copy
         m_valid(m_arch, data.valid),
         m_test(m_arch, data.test) {}
 
@@ -290,8 +290,8 @@ struct Evaluate {
     hypergrad::MetaEvaluation e;
     e.objective = hg.metaObjective;
     // ∂f/∂η in the blocks' shapes: weights 784 × 10 (column-major, like the parameters), biases 10 × 1.
-    e.gradients = {Eigen::Map<const MatrixXd>(hg.hyperparameters.data(), kPixels, kClasses),
-                   hg.hyperparameters.tail(kClasses)};
+    const VectorXd dEta = hg.hyperparameterBlock("l2.logLambda");
+    e.gradients = {Eigen::Map<const MatrixXd>(dEta.data(), kPixels, kClasses), dEta.tail(kClasses)};
     e.metrics = {{"train_loss", s.trainLoss},
                  {"valid_loss", s.validLoss},
                  {"valid_error", s.validError},

@@ -21,6 +21,7 @@
 /// | `double f.valueAndGradient(w, t, g)`     | optional: returns L(w, θ, t) and sets g exactly as gradient() (the optimizer's step() then reports the loss: lastLoss()) |
 /// | `f.reverseStepWithDirection(w, t, dir, u, g, hu, dtheta)` | optional: g, then `dir(g, u)` sets u, then hu and dtheta along it, sharing one forward pass (default: the 3 calls around dir) |
 /// | `f.layout()`                            | optional: a ParameterLayout (e.g. an MLP's layers)        |
+/// | `f.hyperparameterLayout()`              | optional: θ's named blocks as a ParameterLayout ("l2.logLambda"); results carry it |
 ///
 /// `gradient` must be a pure, deterministic function of (w, θ, t): the reverse pass recomputes
 /// g_t and relies on it being bit-identical to the forward pass's (DESIGN.md §3). Minibatches are
@@ -41,6 +42,8 @@
 #include <Eigen/Core>
 
 #include "config.hpp"
+#include "errors.hpp"
+#include "layout.hpp"
 
 namespace hypergrad {
 
@@ -115,6 +118,12 @@ template <class, class = void>
 struct HasLayout : std::false_type {};
 template <class F>
 struct HasLayout<F, std::void_t<decltype(std::declval<const F&>().layout())>> : std::true_type {};
+
+template <class, class = void>
+struct HasHyperparameterLayout : std::false_type {};
+template <class F>
+struct HasHyperparameterLayout<
+    F, std::void_t<decltype(ParameterLayout(std::declval<const F&>().hyperparameterLayout()))>> : std::true_type {};
 
 template <class, class = void>
 struct HasValue : std::false_type {};
@@ -210,6 +219,24 @@ void reverseStepWithDirection(const F& f, const Eigen::VectorXd& w, Index t, con
     direction(g, u);
     f.hessianVectorProduct(w, t, u, hu);
     f.mixedProduct(w, t, u, dtheta);
+  }
+}
+
+/// \brief θ's named blocks: `f.hyperparameterLayout()` when the objective names them (checked to
+/// cover exactly numHyperparameters() entries; InvalidState otherwise), else one block "theta"
+/// covering θ, or an empty layout when the objective has no hyperparameters.
+template <class F>
+ParameterLayout hyperparameterLayout(const F& f) {
+  const Index p = f.numHyperparameters();
+  if constexpr (detail::HasHyperparameterLayout<F>::value) {
+    ParameterLayout layout = f.hyperparameterLayout();
+    if (layout.size() != p) {
+      throw InvalidState(detail::message("hyperparameterLayout: the objective's blocks cover ", layout.size(),
+                                         " hyperparameters but it reports numHyperparameters() = ", p));
+    }
+    return layout;
+  } else {
+    return p > 0 ? ParameterLayout::single(p, "theta") : ParameterLayout();
   }
 }
 

@@ -113,6 +113,34 @@ TEST_CASE("the result carries the run's statistics: buffer content and bytes, fo
   CHECK(opt.forwardSeconds() == 0.0);
 }
 
+TEST_CASE("the result names theta's blocks: hg.hyperparameterBlock(\"l2.logLambda\") is the L2 hypergradient",
+          "[reverse][mlp][l2]") {
+  const MlpArchitecture arch({12, 8, 10}, Activation::Tanh);
+  const MlpObjective mlp(arch, syntheticData(100, 12, 10, 5), SeededBatches(6, 100, 20));
+  const ParameterLayout layout = arch.layout();
+  const auto f = L2Regularized<const MlpObjective&>::perGroup(mlp, Eigen::VectorXd::Constant(layout.numGroups(), -3.0));
+  const MlpLoss valid(arch, syntheticData(50, 12, 10, 6));
+  const Index T = 15;
+  SgdMomentum<> opt(layout, Schedule::constant(T, layout.numGroups(), 0.1), Schedule::constant(T, layout.numGroups(), 0.9));
+  const Hypergradients hg = computeHypergradients(opt, f, valid, initialWeights(arch, 7));
+  REQUIRE(hg.hyperparameterLayout.numGroups() == 1);
+  CHECK(hg.hyperparameterLayout.group(0).name == "l2.logLambda");
+  const Eigen::VectorXd dEta = hg.hyperparameterBlock("l2.logLambda");
+  REQUIRE(dEta.size() == layout.numGroups());
+  CHECK(dEta == hg.hyperparameters.tail(layout.numGroups()));
+  CHECK(dEta.norm() > 0.0);
+  CHECK_THROWS_WITH(hg.hyperparameterBlock("l2.lambda"),
+                    Catch::Matchers::Contains("no block named 'l2.lambda'") &&
+                        Catch::Matchers::Contains("the blocks are 'l2.logLambda'"));
+
+  // Without hyperparameters there are no blocks, and the message says so.
+  SgdMomentum<> plain(layout, Schedule::constant(T, layout.numGroups(), 0.1), Schedule::constant(T, layout.numGroups(), 0.9));
+  const Hypergradients none = computeHypergradients(plain, mlp, valid, initialWeights(arch, 7));
+  CHECK(none.hyperparameterLayout.numGroups() == 0);
+  CHECK_THROWS_WITH(none.hyperparameterBlock("l2.logLambda"),
+                    Catch::Matchers::Contains("the objective has no hyperparameters"));
+}
+
 TEST_CASE("step() reports the minibatch loss of objectives that compute it (lastLoss), the training curve for free",
           "[reverse][mlp][statistics]") {
   const MlpArchitecture arch({30, 20, 10}, Activation::Tanh);

@@ -318,6 +318,107 @@ TEST_CASE("L2Regularized puts the inner hyperparameters first and differentiates
   }
 }
 
+TEST_CASE("L2Convention::SquaredNorm adds lambda times the squared norm, with autograd's gradient bits",
+          "[objectives][l2]") {
+  Eigen::VectorXd innerTheta(2);
+  innerTheta << 0.3, 0.7;
+  Eigen::VectorXd eta(3);
+  eta << -0.5, 0.2, 0.9;
+  const auto full = L2Regularized<SineBowl>::perGroup(SineBowl(innerTheta), eta, L2Convention::SquaredNorm);
+  const auto half = L2Regularized<SineBowl>::perGroup(SineBowl(innerTheta), eta);
+  CHECK(full.convention() == L2Convention::SquaredNorm);
+  CHECK(half.convention() == L2Convention::HalfSquaredNorm);
+  const Index t = 3;
+  const Eigen::VectorXd w = randomVector(6, 61);
+  const Eigen::VectorXd u = randomVector(6, 62);
+  const int groupOf[6] = {0, 0, 1, 1, 1, 2};
+
+  // The gradient a framework's autograd gives for L_inner + lam * (w**2).sum(): g_inner + lam * (2 * w).
+  Eigen::VectorXd gInner, g;
+  SineBowl(innerTheta).gradient(w, t, gInner);
+  full.gradient(w, t, g);
+  for (Index i = 0; i < 6; ++i) CHECK(g(i) == gInner(i) + std::exp(eta(groupOf[i])) * (2.0 * w(i)));
+
+  // The penalty is Σ λ w² (no ½), and the objective agrees with finite differences of that value.
+  double sum = 0;
+  for (Index i = 0; i < 6; ++i) sum += std::exp(eta(groupOf[i])) * w(i) * w(i);
+  CHECK(std::abs(full.penalty(w) - sum) < 1e-14 * sum);
+  CHECK(std::abs(half.penalty(w) - 0.5 * sum) < 1e-14 * sum);
+  auto value = [&](const Eigen::VectorXd& x, const Eigen::VectorXd& e) {
+    double v = 0;
+    for (Index i = 0; i < 6; ++i) v += std::exp(e(groupOf[i])) * x(i) * x(i);
+    return SineBowl(innerTheta).value(x, t) + v;
+  };
+  auto gradientAt = [&](const Eigen::VectorXd& x, const Eigen::VectorXd& e) {
+    auto copy = full;
+    copy.setLogLambda(e);
+    Eigen::VectorXd out;
+    copy.gradient(x, t, out);
+    return out;
+  };
+  CHECK(relativeError(g, fdGradient([&](const Eigen::VectorXd& x) { return value(x, eta); }, w, 1e-5)) < 1e-7);
+  Eigen::VectorXd hu, dtheta;
+  full.hessianVectorProduct(w, t, u, hu);
+  CHECK(relativeError(hu, fdDirectional([&](const Eigen::VectorXd& x) { return gradientAt(x, eta); }, w, u, 1e-5)) <
+        1e-7);
+  full.mixedProduct(w, t, u, dtheta);
+  REQUIRE(dtheta.size() == 5);
+  CHECK(relativeError(dtheta.tail(3), fdGradient([&](const Eigen::VectorXd& e) { return u.dot(gradientAt(w, e)); },
+                                                 eta, 1e-5)) < 1e-7);
+
+  // Mathematically the half convention at η + ln 2: equal up to the rounding of exp.
+  const auto shifted =
+      L2Regularized<SineBowl>::perGroup(SineBowl(innerTheta), (eta.array() + std::log(2.0)).matrix());
+  Eigen::VectorXd gShifted, dShifted;
+  shifted.gradient(w, t, gShifted);
+  shifted.mixedProduct(w, t, u, dShifted);
+  CHECK(relativeError(g, gShifted) < 1e-15);
+  CHECK(relativeError(dtheta, dShifted) < 1e-15);
+
+  SECTION("every factory takes the convention") {
+    const double norm2 = w.squaredNorm();  // λ = 1: the penalty is ‖w‖²
+    CHECK(std::abs(l2PerGroup(SineBowl(innerTheta), ParameterLayout::single(6), Eigen::VectorXd::Zero(1),
+                              L2Convention::SquaredNorm)
+                       .penalty(w) -
+                   norm2) < 1e-14 * norm2);
+    CHECK(l2PerWeight(SineBowl(innerTheta), Eigen::VectorXd::Zero(6), L2Convention::SquaredNorm).convention() ==
+          L2Convention::SquaredNorm);
+    CHECK(L2Regularized<SineBowl>::uniform(SineBowl(innerTheta), 0.0, L2Convention::SquaredNorm).convention() ==
+          L2Convention::SquaredNorm);
+  }
+}
+
+TEST_CASE("hyperparameterLayout names theta's blocks: the inner objective's, then l2.logLambda", "[objectives][l2]") {
+  Eigen::VectorXd innerTheta(2);
+  innerTheta << 0.3, 0.7;
+  const auto f = L2Regularized<SineBowl>::perGroup(SineBowl(innerTheta), Eigen::VectorXd::Zero(3));
+  const ParameterLayout blocks = hyperparameterLayout(f);
+  REQUIRE(blocks.numGroups() == 2);
+  CHECK(blocks.group(0).name == "theta");  // SineBowl names none: one block for its θ
+  CHECK(blocks.group(0).size == 2);
+  CHECK(blocks.group(1).name == "l2.logLambda");
+  CHECK(blocks.group(1).offset == 2);
+  CHECK(blocks.group(1).size == 3);
+  CHECK(f.logLambdaBlockName() == "l2.logLambda");
+
+  // Nested decorators get distinct names, in θ's order.
+  const auto twice = l2PerWeight(f, Eigen::VectorXd::Zero(6));
+  const ParameterLayout nested = hyperparameterLayout(twice);
+  REQUIRE(nested.numGroups() == 3);
+  CHECK(nested.group(1).name == "l2.logLambda");
+  CHECK(nested.group(2).name == "l2.logLambda.2");
+  CHECK(nested.group(2).offset == 5);
+  CHECK(nested.group(2).size == 6);
+  CHECK(nested.size() == twice.numHyperparameters());
+
+  // An objective without hyperparameters has no blocks; with the L2 only its own.
+  QuadraticSetup s;
+  CHECK(hyperparameterLayout(s.objective).numGroups() == 0);
+  const ParameterLayout only = hyperparameterLayout(l2PerGroup(s.objective, threeGroups(), Eigen::VectorXd::Zero(3)));
+  REQUIRE(only.numGroups() == 1);
+  CHECK(only.group(0).name == "l2.logLambda");
+}
+
 TEST_CASE("L2Regularized fused reverseStep equals the separate calls bit for bit", "[objectives][l2]") {
   Eigen::VectorXd innerTheta(2);
   innerTheta << 0.3, -0.4;

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -653,4 +654,110 @@ TEST_CASE("bad input throws InvalidArgument with an actionable message", "[mlp]"
   CHECK_THAT(invalidArgumentMessage([&] { m.value(shortVec); }), Contains("MlpLoss::value"));
   CHECK_THROWS_AS(arch.weights(shortVec, 0), InvalidArgument);
   CHECK_THROWS_AS(arch.weights(w.data(), 2), InvalidArgument);
+}
+
+TEST_CASE("importParameters and exportParameters put every weight where each framework keeps it", "[mlp][layout]") {
+  const MlpArchitecture arch({3, 4, 2});
+  const Index N = arch.numParameters();
+  const Eigen::VectorXd w = randomVector(31, 1, N, 1.0);
+  using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const hypergrad::WeightLayout layouts[] = {hypergrad::WeightLayout::OutInRowMajor, hypergrad::WeightLayout::InOutColumnMajor,
+                                             hypergrad::WeightLayout::InOutRowMajor, hypergrad::WeightLayout::OutInColumnMajor};
+  for (const hypergrad::WeightLayout layout : layouts)
+    for (const hypergrad::BiasPosition biases : {hypergrad::BiasPosition::AfterWeights, hypergrad::BiasPosition::BeforeWeights}) {
+      // The external vector written with Eigen's own storage orders: W_l (in × out) stored as the
+      // framework stores it, by assigning it to a matrix of that shape and order.
+      std::vector<double> expected;
+      for (Index l = 0; l < arch.numLayers(); ++l) {
+        const Eigen::MatrixXd W = arch.weights(w, l);
+        std::vector<double> block;
+        const auto append = [&block](const double* p, Index n) { block.insert(block.end(), p, p + n); };
+        switch (layout) {
+          case hypergrad::WeightLayout::OutInRowMajor: {
+            const RowMajor m = W.transpose();
+            append(m.data(), m.size());
+            break;
+          }
+          case hypergrad::WeightLayout::InOutColumnMajor:
+            append(W.data(), W.size());
+            break;
+          case hypergrad::WeightLayout::InOutRowMajor: {
+            const RowMajor m = W;
+            append(m.data(), m.size());
+            break;
+          }
+          case hypergrad::WeightLayout::OutInColumnMajor: {
+            const Eigen::MatrixXd m = W.transpose();
+            append(m.data(), m.size());
+            break;
+          }
+        }
+        const Eigen::VectorXd b = arch.biases(w, l);
+        if (biases == hypergrad::BiasPosition::BeforeWeights) block.insert(block.begin(), b.data(), b.data() + b.size());
+        else block.insert(block.end(), b.data(), b.data() + b.size());
+        expected.insert(expected.end(), block.begin(), block.end());
+      }
+      const Eigen::VectorXd external = arch.exportParameters(w, layout, biases);
+      REQUIRE(static_cast<std::size_t>(external.size()) == expected.size());
+      CHECK(std::equal(expected.begin(), expected.end(), external.data()));
+      CHECK(bitIdentical(arch.importParameters(external, layout, biases), w));
+    }
+  // torch's nn.Linear.weight is hypergrad's memory: the default conversion is the identity.
+  CHECK(bitIdentical(arch.exportParameters(w, hypergrad::WeightLayout::OutInRowMajor), w));
+  // x @ W with the exported [in, out] row-major kernel gives the layer's pre-activations.
+  const Eigen::VectorXd flax = arch.exportParameters(w, hypergrad::WeightLayout::InOutRowMajor);
+  const Eigen::Map<const RowMajor> kernel(flax.data(), 3, 4);
+  const Eigen::RowVector3d x(0.5, -1.0, 2.0);
+  CHECK(((x * kernel) - x * arch.weights(w, 0)).norm() < 1e-15);
+  CHECK_THROWS_AS(arch.importParameters(Eigen::VectorXd::Zero(N - 1), hypergrad::WeightLayout::InOutRowMajor),
+                  InvalidArgument);
+  CHECK_THROWS_WITH(arch.exportParameters(Eigen::VectorXd::Zero(N + 1), hypergrad::WeightLayout::InOutRowMajor),
+                    Contains("expected numParameters()"));
+}
+
+TEST_CASE("MlpObjective and MlpLoss share one data set; inputs as hyperparameters copy it on write", "[mlp][data]") {
+  const MlpArchitecture arch({5, 4, 3});
+  const auto data = std::make_shared<const Dataset>(randomDataset(41, 60, 5, 3));
+  const hypergrad::SeededBatches batches(2, 60, 20);
+  MlpObjective f(arch, data, batches, true);
+  CHECK(f.sharedData().get() == data.get());  // no copy
+  const MlpLoss loss(arch, f.sharedData());
+  CHECK(loss.sharedData().get() == data.get());
+  const MlpObjective copy = f;
+  CHECK(copy.sharedData().get() == data.get());
+
+  // Same bits as an objective and a loss holding their own copies.
+  const MlpObjective own(arch, *data, batches, true);
+  const MlpLoss ownLoss(arch, *data);
+  const Eigen::VectorXd w = randomVector(42, 1, arch.numParameters(), 0.3);
+  const Eigen::VectorXd u = randomVector(42, 2, arch.numParameters(), 1.0);
+  Eigen::VectorXd g1, hu1, d1, g2, hu2, d2;
+  f.reverseStep(w, 3, u, g1, hu1, d1);
+  own.reverseStep(w, 3, u, g2, hu2, d2);
+  CHECK(bitIdentical(g1, g2));
+  CHECK(bitIdentical(hu1, hu2));
+  CHECK(bitIdentical(d1, d2));
+  CHECK(loss.value(w) == ownLoss.value(w));
+
+  // The loss reads the row-major inputs in place: it equals the naive per-example loss.
+  std::vector<Index> all(60);
+  for (Index k = 0; k < 60; ++k) all[static_cast<std::size_t>(k)] = k;
+  CHECK(std::abs(loss.value(w) - naiveMeanLoss(arch, *data, w, all)) < 1e-13);
+
+  // Learning the inputs gives this objective its own copy; the others keep the original.
+  Eigen::VectorXd theta = f.hyperparameters();
+  theta(7) += 1.0;
+  f.setHyperparameters(theta);
+  CHECK(f.sharedData().get() != data.get());
+  CHECK(f.data().inputs(1, 2) == data->inputs(1, 2) + 1.0);
+  CHECK(bitIdentical(copy.hyperparameters(), own.hyperparameters()));
+  CHECK(loss.value(w) == ownLoss.value(w));
+
+  CHECK(f.hyperparameterLayout().numGroups() == 1);
+  CHECK(f.hyperparameterLayout().group(0).name == "inputs");
+  CHECK(f.hyperparameterLayout().size() == f.numHyperparameters());
+  CHECK(MlpObjective(arch, data, batches).hyperparameterLayout().numGroups() == 0);
+
+  CHECK_THROWS_WITH(MlpObjective(arch, std::shared_ptr<const Dataset>(), batches), Contains("null"));
+  CHECK_THROWS_WITH(MlpLoss(arch, std::shared_ptr<const Dataset>()), Contains("null"));
 }

@@ -17,8 +17,17 @@
 namespace hypergrad {
 
 /// \brief A classification data set: one example per row of `inputs`, integer labels.
+///
+/// `inputs` is stored **row-major** (example-major): example k's features are contiguous, the
+/// memory of a C-contiguous [n, F] NumPy array or PyTorch tensor (copy one in with
+/// `Eigen::Map<const Dataset::InputMatrix>(ptr, n, F)`), and what MlpObjective reads when it
+/// gathers a minibatch — so the objective needs no copy of its own in another order.
+/// MlpObjective and MlpLoss can share one Dataset through a std::shared_ptr<const Dataset>.
 struct Dataset {
-  Eigen::MatrixXd inputs;  ///< numExamples × numFeatures, one example per ROW
+  /// Row-major double matrix: one example per row, contiguous.
+  using InputMatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+  InputMatrix inputs;      ///< numExamples × numFeatures, one example per ROW (row-major)
   Eigen::VectorXi labels;  ///< numExamples labels in [0, numClasses)
   Index numClasses = 0;    ///< number of classes
 
@@ -45,8 +54,8 @@ struct Dataset {
                                               ", outside [0, numClasses = ", numClasses, ")"));
       }
     }
-    for (Index j = 0; j < inputs.cols(); ++j)  // column-major: contiguous reads
-      for (Index k = 0; k < inputs.rows(); ++k)
+    for (Index k = 0; k < inputs.rows(); ++k)  // row-major: contiguous reads
+      for (Index j = 0; j < inputs.cols(); ++j)
         if (!std::isfinite(inputs(k, j))) {
           throw InvalidArgument(detail::message("Dataset: input (example ", k, ", feature ", j, ") is ",
                                                 inputs(k, j), "; inputs must be finite"));

@@ -15,6 +15,7 @@
 
 #include "../config.hpp"
 #include "../errors.hpp"
+#include "../layout.hpp"
 #include "../optimizers/concept.hpp"
 
 namespace hypergrad {
@@ -45,6 +46,9 @@ struct HypergradientResult : Rule::HypergradientFields {
   double metaObjective = 0.0;       ///< f(w_{T+1})
   Eigen::VectorXd initialWeights;   ///< ∂f/∂w₁
   Eigen::VectorXd hyperparameters;  ///< ∂f/∂θ (size of the objective's θ; empty when it has none)
+  /// θ's named blocks, from the objective (hyperparameterLayout(f) in objective.hpp): e.g.
+  /// "l2.logLambda" of an L2Regularized objective; one block "theta" when the objective names none.
+  ParameterLayout hyperparameterLayout;
   Eigen::VectorXd finalWeights;     ///< w_{T+1}, the trained weights
   RunStatistics statistics;         ///< what the run cost (buffer, times) and the schedules used
 
@@ -60,6 +64,19 @@ struct HypergradientResult : Rule::HypergradientFields {
   /// ∂f/∂ the schedule named `key`, writable.
   Eigen::MatrixXd& schedule(const std::string& key) { return schedule(hypergrad::scheduleIndex<Rule>(key)); }
 
+  /// \brief ∂f/∂ the θ block named `name` (a view into `hyperparameters`), e.g.
+  /// `hg.hyperparameterBlock("l2.logLambda")`; InvalidArgument naming the blocks there are when
+  /// there is no such block.
+  Eigen::VectorBlock<const Eigen::VectorXd> hyperparameterBlock(const std::string& name) const {
+    const ParameterGroup& block = findBlock(name);
+    return Eigen::VectorBlock<const Eigen::VectorXd>(hyperparameters, block.offset, block.size);
+  }
+  /// ∂f/∂ the θ block named `name`, writable.
+  Eigen::VectorBlock<Eigen::VectorXd> hyperparameterBlock(const std::string& name) {
+    const ParameterGroup& block = findBlock(name);
+    return Eigen::VectorBlock<Eigen::VectorXd>(hyperparameters, block.offset, block.size);
+  }
+
   /// ∂f/∂ (state s at t = 1), s = 0 the weights, by index or by the rule's state name ("velocity").
   Eigen::VectorXd& initialState(Index s) {
     return s == 0 ? initialWeights : this->*Rule::stateFields.at(static_cast<std::size_t>(s - 1));
@@ -70,6 +87,25 @@ struct HypergradientResult : Rule::HypergradientFields {
   }
   /// ∂f/∂ (the state named `name` at t = 1); throws InvalidArgument for an unknown name.
   const Eigen::VectorXd& initialState(const std::string& name) const { return initialState(hypergrad::stateIndex<Rule>(name)); }
+
+ private:
+  const ParameterGroup& findBlock(const std::string& name) const {
+    std::string names;
+    for (const ParameterGroup& block : hyperparameterLayout.groups()) {
+      if (block.name == name) {
+        if (block.offset + block.size > hyperparameters.size()) {
+          throw InvalidState(detail::message("hyperparameterBlock: block '", name, "' ends at ",
+                                             block.offset + block.size, " but the result has ",
+                                             hyperparameters.size(), " hyperparameter entries"));
+        }
+        return block;
+      }
+      names += (names.empty() ? "'" : ", '") + block.name + "'";
+    }
+    throw InvalidArgument(detail::message("hyperparameterBlock: no block named '", name, "'; ",
+                                          names.empty() ? std::string("the objective has no hyperparameters")
+                                                        : "the blocks are " + names));
+  }
 };
 
 }  // namespace hypergrad

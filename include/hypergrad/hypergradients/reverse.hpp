@@ -287,6 +287,7 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
     opt.checkRecoveredStart();
     for (int s = 0; s < S; ++s) out.initialState(s) = std::move(adjoints[static_cast<std::size_t>(s)]);
     out.hyperparameters = std::move(dtheta);
+    out.hyperparameterLayout = hyperparameterLayout(f);
     out.statistics.reverseSeconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - clockStart).count();
     (detail::callReverseEnd(callbacks, opt, out), ...);

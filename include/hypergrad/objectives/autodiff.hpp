@@ -19,6 +19,7 @@
 /// | `m.hyperparameterGradient(w, theta, t, gt)`  | gt = ∇_θ L(w, θ, t), same argument types              | optional: O(1) mixed products |
 /// | `m.value(w, theta, t)`                       | L(w, θ, t) as double for double arguments            | optional: gives `value(w, t)` |
 /// | `m.layout()`                                 | a ParameterLayout                                     | optional: forwarded |
+/// | `m.hyperparameterLayout()`                   | θ's named blocks, a ParameterLayout of size P         | optional: forwarded |
 ///
 /// A value function is **not** required. `gradient` must be a deterministic function of (w, θ, t)
 /// (minibatch from t, see batches.hpp): the reverse pass recomputes it and needs the same bits.
@@ -243,6 +244,12 @@ class AutoDiffObjective {
   double value(const Eigen::VectorXd& w, Index t) const {
     checkSize(w, "value", "w");
     return m_model.value(w, m_theta, t);
+  }
+
+  /// θ's named blocks (present only when the model has hyperparameterLayout()).
+  template <class M = Model, std::enable_if_t<detail::HasHyperparameterLayout<M>::value, int> = 0>
+  ParameterLayout hyperparameterLayout() const {
+    return m_model.hyperparameterLayout();
   }
 
   /// The model's layout (present only when the model has layout()).

@@ -4,19 +4,25 @@
 /// \file l2.hpp
 /// \brief L2 regularisation as a decorator of any objective, log-parameterised:
 /// \f[ L(w, [\theta_{\text{inner}}, \eta], t) = L_{\text{inner}}(w, \theta_{\text{inner}}, t)
-///     + \tfrac12 \sum_i \lambda_i w_i^2, \qquad \lambda = \exp(\eta), \f]
+///     + \tfrac{c}{2} \sum_i \lambda_i w_i^2, \qquad \lambda = \exp(\eta), \f]
 /// with one η per parameter group of a ParameterLayout (per-group mode) or one per weight
-/// (per-weight mode, the paper's 7,840 penalties of a logistic regression).
+/// (per-weight mode, the paper's 7,840 penalties of a logistic regression). The factor c is 1 for
+/// the convention L2Convention::HalfSquaredNorm (½ λ‖w‖², the default: the paper's, and what
+/// PyTorch's `weight_decay = λ` adds to the gradient) and 2 for L2Convention::SquaredNorm (λ‖w‖²,
+/// an explicit `lam * (w**2).sum()` term): pick the one the model being matched uses instead of
+/// shifting η by ln 2.
 ///
-/// The hyperparameter vector is θ = [θ_inner..., η...]: the inner objective's come first. Added
-/// terms: ∇_w gains λ ⊙ w, H u gains λ ⊙ u, and the mixed product's η block is
-/// ∂/∂η_k uᵀ(λ ⊙ w) = Σ_{i ∈ k} u_i λ_i w_i (per group) or u_i λ_i w_i (per weight).
+/// The hyperparameter vector is θ = [θ_inner..., η...]: the inner objective's come first, and
+/// hyperparameterLayout() names the η block "l2.logLambda". Added terms, with κ = c λ: ∇_w gains
+/// κ ⊙ w, H u gains κ ⊙ u, and the mixed product's η block is ∂/∂η_k uᵀ(κ ⊙ w) =
+/// Σ_{i ∈ k} u_i κ_i w_i (per group) or u_i κ_i w_i (per weight).
 ///
 /// \code
 /// auto f = hypergrad::l2PerGroup(mlp, mlp.layout(), Eigen::VectorXd::Constant(mlp.layout().numGroups(), -4.0));
 /// \endcode
 
 #include <cmath>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -28,6 +34,15 @@
 #include "../objective.hpp"
 
 namespace hypergrad {
+
+/// Which L2 penalty an L2Regularized objective adds, λ = exp(η) either way.
+enum class L2Convention {
+  /// ½ Σ λ_i w_i² (gradient λ ⊙ w): the paper's, and PyTorch's / Keras' `weight_decay = λ`.
+  HalfSquaredNorm,
+  /// Σ λ_i w_i² (gradient 2λ ⊙ w): an explicit `lam * (w**2).sum()` loss term. Since ×2 is exact,
+  /// its gradient term is bit-identical to autograd's `lam * (2 * w)`.
+  SquaredNorm
+};
 
 /// How an L2Regularized objective ties its penalties to the weights.
 enum class L2Mode {
@@ -59,42 +74,50 @@ struct HasStepValue<F, std::void_t<decltype(double(std::declval<const F&>().valu
 }  // namespace l2
 }  // namespace detail
 
-/// Decorates the objective `Inner` with ½ Σ_i λ_i w_i², λ = exp(η). Satisfies the objective
+/// Decorates the objective `Inner` with ½ Σ_i λ_i w_i² (or Σ_i λ_i w_i², see L2Convention),
+/// λ = exp(η). Satisfies the objective
 /// concept whenever Inner does. `Inner` may be a reference type (`L2Regularized<const Mlp&>`)
 /// to share a large objective instead of copying it; the referent must then outlive this object.
 ///
 /// Members beyond the concept: hyperparameters() / setHyperparameters() (whole θ, inner part
-/// forwarded to the inner objective), logLambda() / setLogLambda() (η only), lambda(),
-/// penalty(w), value(w, t) when Inner has one, layout() when Inner has one.
+/// forwarded to the inner objective), hyperparameterLayout() (θ's named blocks), logLambda() /
+/// setLogLambda() (η only), lambda(), convention(), penalty(w), value(w, t) when Inner has one,
+/// layout() when Inner has one.
 template <class Inner>
 class L2Regularized {
   using InnerType = std::remove_cv_t<std::remove_reference_t<Inner>>;
 
  public:
   /// One penalty per group of `layout` (which must cover inner.numParameters() parameters).
-  static L2Regularized perGroup(Inner inner, ParameterLayout layout, Eigen::VectorXd logLambda) {
-    return L2Regularized(std::forward<Inner>(inner), L2Mode::PerGroup, std::move(layout), std::move(logLambda));
+  static L2Regularized perGroup(Inner inner, ParameterLayout layout, Eigen::VectorXd logLambda,
+                                L2Convention convention = L2Convention::HalfSquaredNorm) {
+    return L2Regularized(std::forward<Inner>(inner), L2Mode::PerGroup, std::move(layout), std::move(logLambda),
+                         convention);
   }
 
   /// One penalty per group of the inner objective's own layout(). Requires Inner::layout().
-  static L2Regularized perGroup(Inner inner, Eigen::VectorXd logLambda) {
+  static L2Regularized perGroup(Inner inner, Eigen::VectorXd logLambda,
+                                L2Convention convention = L2Convention::HalfSquaredNorm) {
     static_assert(detail::HasLayout<InnerType>::value,
                   "hypergrad: L2Regularized::perGroup(inner, logLambda) takes the groups from inner.layout(), "
                   "which this objective lacks; pass a ParameterLayout explicitly");
     ParameterLayout layout = inner.layout();
-    return L2Regularized(std::forward<Inner>(inner), L2Mode::PerGroup, std::move(layout), std::move(logLambda));
+    return L2Regularized(std::forward<Inner>(inner), L2Mode::PerGroup, std::move(layout), std::move(logLambda),
+                         convention);
   }
 
   /// One penalty per weight: logLambda has inner.numParameters() entries.
-  static L2Regularized perWeight(Inner inner, Eigen::VectorXd logLambda) {
-    return L2Regularized(std::forward<Inner>(inner), L2Mode::PerWeight, ParameterLayout(), std::move(logLambda));
+  static L2Regularized perWeight(Inner inner, Eigen::VectorXd logLambda,
+                                 L2Convention convention = L2Convention::HalfSquaredNorm) {
+    return L2Regularized(std::forward<Inner>(inner), L2Mode::PerWeight, ParameterLayout(), std::move(logLambda),
+                         convention);
   }
 
   /// A single penalty λ = exp(logLambda) shared by every weight (plain weight decay).
-  static L2Regularized uniform(Inner inner, double logLambda) {
+  static L2Regularized uniform(Inner inner, double logLambda, L2Convention convention = L2Convention::HalfSquaredNorm) {
     const Index n = inner.numParameters();
     return L2Regularized(std::forward<Inner>(inner), L2Mode::PerGroup, ParameterLayout::single(n, "all"),
-                         Eigen::VectorXd::Constant(1, logLambda));
+                         Eigen::VectorXd::Constant(1, logLambda), convention);
   }
 
   // --- objective concept -------------------------------------------------------------------
@@ -103,14 +126,14 @@ class L2Regularized {
   /// The inner objective's hyperparameters plus one per penalty.
   Index numHyperparameters() const { return m_inner.numHyperparameters() + m_logLambda.size(); }
 
-  /// g = ∇_w L_inner + λ ⊙ w.
+  /// g = ∇_w L_inner + κ ⊙ w (κ = λ, or 2λ with L2Convention::SquaredNorm).
   void gradient(const Eigen::VectorXd& w, Index t, Eigen::VectorXd& g) const {
     checkSize(w, "gradient", "w");
     m_inner.gradient(w, t, g);
     addScaled(g, w);
   }
 
-  /// L_inner + penalty(w) and g = ∇_w L_inner + λ ⊙ w, g bit-identical to gradient() (present only
+  /// L_inner + penalty(w) and g = ∇_w L_inner + κ ⊙ w, g bit-identical to gradient() (present only
   /// when Inner has valueAndGradient(w, t, g)).
   template <class I = InnerType, std::enable_if_t<detail::HasStepValueAndGradient<I>::value, int> = 0>
   double valueAndGradient(const Eigen::VectorXd& w, Index t, Eigen::VectorXd& g) const {
@@ -120,7 +143,7 @@ class L2Regularized {
     return inner + penalty(w);
   }
 
-  /// hu = H_inner u + λ ⊙ u.
+  /// hu = H_inner u + κ ⊙ u.
   void hessianVectorProduct(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& hu) const {
     checkSize(w, "hessianVectorProduct", "w");
     checkSize(u, "hessianVectorProduct", "u");
@@ -128,7 +151,7 @@ class L2Regularized {
     addScaled(hu, u);
   }
 
-  /// dtheta = [inner mixed product, ∂/∂η uᵀ(λ ⊙ w)].
+  /// dtheta = [inner mixed product, ∂/∂η uᵀ(κ ⊙ w)].
   void mixedProduct(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& u, Eigen::VectorXd& dtheta) const {
     checkSize(w, "mixedProduct", "w");
     checkSize(u, "mixedProduct", "u");
@@ -186,11 +209,38 @@ class L2Regularized {
     return m_inner.value(w, t) + penalty(w);
   }
 
-  /// ½ Σ_i λ_i w_i².
+  /// ½ Σ_i λ_i w_i² (HalfSquaredNorm) or Σ_i λ_i w_i² (SquaredNorm): ½ Σ_i κ_i w_i² either way.
   double penalty(const Eigen::VectorXd& w) const {
     checkSize(w, "penalty", "w");
-    return 0.5 * (m_lambdaPerWeight.array() * w.array().square()).sum();
+    return 0.5 * (m_coefficient.array() * w.array().square()).sum();
   }
+
+  /// \brief θ's named blocks: the inner objective's (its own hyperparameterLayout(), or one block
+  /// "theta" when it has hyperparameters but no names), then "l2.logLambda" — with a suffix
+  /// ".2", ".3", ... when an inner L2Regularized took that name (see logLambdaBlockName()).
+  /// Reverse passes copy it into the result: `hg.hyperparameterBlock("l2.logLambda")`.
+  ParameterLayout hyperparameterLayout() const {
+    ParameterLayout out = hypergrad::hyperparameterLayout(m_inner);
+    out.addGroup(logLambdaBlockName(), m_logLambda.size());
+    return out;
+  }
+
+  /// The name of the η block in hyperparameterLayout(): "l2.logLambda", or "l2.logLambda.k" for
+  /// the k-th nested L2Regularized (k ≥ 2), so that every block name is unique.
+  std::string logLambdaBlockName() const {
+    const ParameterLayout inner = hypergrad::hyperparameterLayout(m_inner);
+    const auto taken = [&](const std::string& name) {
+      for (const ParameterGroup& g : inner.groups())
+        if (g.name == name) return true;
+      return false;
+    };
+    std::string name = "l2.logLambda";
+    for (int k = 2; taken(name); ++k) name = "l2.logLambda." + std::to_string(k);
+    return name;
+  }
+
+  /// The penalty's form (½ λ‖w‖² or λ‖w‖²).
+  L2Convention convention() const noexcept { return m_convention; }
 
   const InnerType& inner() const noexcept { return m_inner; }  ///< The unregularised objective.
   /// Mutable access (e.g. to change the inner objective's own hyperparameters).
@@ -264,8 +314,8 @@ class L2Regularized {
   }
 
  private:
-  L2Regularized(Inner inner, L2Mode mode, ParameterLayout layout, Eigen::VectorXd logLambda)
-      : m_inner(std::forward<Inner>(inner)), m_mode(mode), m_layout(std::move(layout)) {
+  L2Regularized(Inner inner, L2Mode mode, ParameterLayout layout, Eigen::VectorXd logLambda, L2Convention convention)
+      : m_inner(std::forward<Inner>(inner)), m_mode(mode), m_convention(convention), m_layout(std::move(layout)) {
     checkObjective<InnerType>();
     const Index n = m_inner.numParameters();
     if (m_mode == L2Mode::PerGroup) {
@@ -309,6 +359,9 @@ class L2Regularized {
     m_logLambda = eta;
     const Eigen::VectorXd lambda = m_logLambda.array().exp().matrix();
     m_lambdaPerWeight = m_mode == L2Mode::PerGroup ? m_layout.expand(lambda) : lambda;
+    // κ = 2λ is exact (a power-of-two scaling), so SquaredNorm's terms are the autograd bits.
+    m_coefficient = m_convention == L2Convention::SquaredNorm ? Eigen::VectorXd(2.0 * m_lambdaPerWeight)
+                                                               : m_lambdaPerWeight;
   }
 
   void checkSize(const Eigen::VectorXd& x, const char* fn, const char* name) const {
@@ -319,9 +372,9 @@ class L2Regularized {
     }
   }
 
-  /// out += λ ⊙ x. One function for gradient() and reverseStep() so both produce the same bits.
+  /// out += κ ⊙ x. One function for gradient() and reverseStep() so both produce the same bits.
   void addScaled(Eigen::VectorXd& out, const Eigen::VectorXd& x) const {
-    out.array() += m_lambdaPerWeight.array() * x.array();
+    out.array() += m_coefficient.array() * x.array();
   }
 
   void assemble(const Eigen::VectorXd& innerTheta, const Eigen::VectorXd& w, const Eigen::VectorXd& u,
@@ -333,8 +386,8 @@ class L2Regularized {
     }
     dtheta.resize(p + m_logLambda.size());
     dtheta.head(p) = innerTheta;
-    // ∂/∂η_i (u_i λ_i w_i) = u_i λ_i w_i since dλ/dη = λ.
-    const Eigen::VectorXd perWeight = (u.array() * m_lambdaPerWeight.array() * w.array()).matrix();
+    // ∂/∂η_i (u_i κ_i w_i) = u_i κ_i w_i since dκ/dη = κ.
+    const Eigen::VectorXd perWeight = (u.array() * m_coefficient.array() * w.array()).matrix();
     if (m_mode == L2Mode::PerGroup) {
       dtheta.tail(m_logLambda.size()) = m_layout.sumByGroup(perWeight);
     } else {
@@ -344,22 +397,26 @@ class L2Regularized {
 
   Inner m_inner;
   L2Mode m_mode;
+  L2Convention m_convention;
   ParameterLayout m_layout;          // per-group mode only
   Eigen::VectorXd m_logLambda;       // η
   Eigen::VectorXd m_lambdaPerWeight; // exp(η) spread over the weights
+  Eigen::VectorXd m_coefficient;     // κ = λ or 2λ per weight: the gradient's term is κ ⊙ w
 };
 
 /// L2Regularized<Inner>::perGroup with Inner deduced (the objective is copied or moved in).
 template <class Inner>
-L2Regularized<std::decay_t<Inner>> l2PerGroup(Inner&& inner, ParameterLayout layout, Eigen::VectorXd logLambda) {
+L2Regularized<std::decay_t<Inner>> l2PerGroup(Inner&& inner, ParameterLayout layout, Eigen::VectorXd logLambda,
+                                              L2Convention convention = L2Convention::HalfSquaredNorm) {
   return L2Regularized<std::decay_t<Inner>>::perGroup(std::forward<Inner>(inner), std::move(layout),
-                                                       std::move(logLambda));
+                                                       std::move(logLambda), convention);
 }
 
 /// L2Regularized<Inner>::perWeight with Inner deduced (the objective is copied or moved in).
 template <class Inner>
-L2Regularized<std::decay_t<Inner>> l2PerWeight(Inner&& inner, Eigen::VectorXd logLambda) {
-  return L2Regularized<std::decay_t<Inner>>::perWeight(std::forward<Inner>(inner), std::move(logLambda));
+L2Regularized<std::decay_t<Inner>> l2PerWeight(Inner&& inner, Eigen::VectorXd logLambda,
+                                               L2Convention convention = L2Convention::HalfSquaredNorm) {
+  return L2Regularized<std::decay_t<Inner>>::perWeight(std::forward<Inner>(inner), std::move(logLambda), convention);
 }
 
 }  // namespace hypergrad

@@ -31,6 +31,30 @@
 
 namespace hypergrad {
 
+/// \brief How another framework stores one layer's weight matrix (n_in inputs, n_out outputs) in a
+/// flat vector. Two memory orders exist; each has two names, both listed so that the
+/// framework's own description can be matched word for word.
+enum class WeightLayout {
+  /// [out, in] row-major: PyTorch's `nn.Linear.weight` (C-contiguous), TensorFlow's
+  /// `tf.raw_ops.MatMul(x, W, transpose_b=True)`. Same memory as InOutColumnMajor.
+  OutInRowMajor,
+  /// [in, out] column-major: hypergrad's own order, Eigen's `MatrixXd(in, out)`. Same memory as
+  /// OutInRowMajor.
+  InOutColumnMajor,
+  /// [in, out] row-major: the kernel of `x @ W` in NumPy, JAX / Flax `Dense`, Keras `Dense`.
+  /// Same memory as OutInColumnMajor.
+  InOutRowMajor,
+  /// [out, in] column-major: Fortran / MATLAB `W * x`, Eigen's `MatrixXd(out, in)`. Same memory
+  /// as InOutRowMajor.
+  OutInColumnMajor
+};
+
+/// \brief Where each layer's biases sit in a flat external parameter vector.
+enum class BiasPosition {
+  AfterWeights,  ///< [W_1, b_1, W_2, b_2, ...]: PyTorch's parameters() / state_dict(), Keras' get_weights()
+  BeforeWeights  ///< [b_1, W_1, b_2, W_2, ...]: JAX's ravel_pytree of a Flax Dense tree ("bias" < "kernel")
+};
+
 /// Activation of the hidden layers (the output layer is always linear + softmax).
 enum class Activation {
   Tanh,     ///< σ(z) = tanh z
@@ -155,6 +179,37 @@ class MlpArchitecture {
     return biases(w.data(), l);
   }
 
+  /// \brief Converts a flat parameter vector from another framework's order into hypergrad's.
+  /// \param external per layer its weight matrix in `weights` order and its biases, the two in
+  ///        `biases` order; numParameters() entries
+  /// \param weights how the external vector stores each weight matrix
+  /// \param biases where the external vector puts each layer's biases
+  /// \return the same values in hypergrad's order (W_l column-major in × out, then b_l)
+  ///
+  /// The values are moved, never changed, so a vector converted back with exportParameters() is
+  /// bit-identical. Works for anything with the parameters' shape: initial weights, ∂f/∂w₁,
+  /// per-weight penalties. InvalidArgument when the size is not numParameters().
+  Eigen::VectorXd importParameters(const Eigen::VectorXd& external, WeightLayout weights,
+                                   BiasPosition biases = BiasPosition::AfterWeights) const {
+    checkSize(external.size(), "importParameters");
+    Eigen::VectorXd w(m_numParameters);
+    permute(external.data(), w.data(), weights, biases, /*toInternal=*/true);
+    return w;
+  }
+
+  /// \brief Converts hypergrad's parameter vector (or a gradient with its shape) into another
+  /// framework's order: the inverse of importParameters().
+  /// \param w a vector of numParameters() entries in hypergrad's order
+  /// \param weights how the external vector is to store each weight matrix
+  /// \param biases where the external vector is to put each layer's biases
+  Eigen::VectorXd exportParameters(const Eigen::VectorXd& w, WeightLayout weights,
+                                   BiasPosition biases = BiasPosition::AfterWeights) const {
+    checkSize(w.size(), "exportParameters");
+    Eigen::VectorXd external(m_numParameters);
+    permute(w.data(), external.data(), weights, biases, /*toInternal=*/false);
+    return external;
+  }
+
   ///@{
   /// Unchecked views on raw storage of numParameters() doubles (no size check possible).
   Eigen::Map<const Eigen::MatrixXd> weights(const double* w, Index l) const {
@@ -176,6 +231,34 @@ class MlpArchitecture {
   ///@}
 
  private:
+  /// Moves every value between hypergrad's order and the external one (toInternal: ext → ours).
+  void permute(const double* from, double* to, WeightLayout weights, BiasPosition biases, bool toInternal) const {
+    // Input-fastest memory is ours: the two layouts that share it are a plain copy.
+    const bool inputFastest = weights == WeightLayout::OutInRowMajor || weights == WeightLayout::InOutColumnMajor;
+    Index ext = 0;
+    for (std::size_t l = 0; l + 1 < m_sizes.size(); ++l) {
+      const Index in = m_sizes[l], out = m_sizes[l + 1];
+      const Index ours = m_weightOffsets[l], oursBias = m_biasOffsets[l];
+      Index extWeights = ext, extBias = ext + in * out;
+      if (biases == BiasPosition::BeforeWeights) {
+        extBias = ext;
+        extWeights = ext + out;
+      }
+      for (Index j = 0; j < out; ++j)
+        for (Index i = 0; i < in; ++i) {
+          const Index a = ours + i + j * in;  // (input i, output j), input fastest
+          const Index e = extWeights + (inputFastest ? i + j * in : j + i * out);
+          if (toInternal) to[a] = from[e];
+          else to[e] = from[a];
+        }
+      for (Index j = 0; j < out; ++j) {
+        if (toInternal) to[oursBias + j] = from[extBias + j];
+        else to[extBias + j] = from[oursBias + j];
+      }
+      ext += in * out + out;
+    }
+  }
+
   Index checkLayer(Index l, const char* fn) const {
     if (l < 0 || l >= numLayers()) {
       throw InvalidArgument(

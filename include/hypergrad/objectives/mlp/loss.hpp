@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -50,16 +51,28 @@ class BasicMlpLoss {
 
  public:
   /// \param architecture network shape; input/output sizes must match the data
-  /// \param data the examples the loss averages over (validated)
-  BasicMlpLoss(MlpArchitecture architecture, Dataset data) : m_net(std::move(architecture)), m_data(std::move(data)) {
-    detail::checkArchitectureFitsData(m_net.architecture(), m_data, "MlpLoss");
+  /// \param data the examples the loss averages over (validated); moved in, not copied, when
+  ///        passed as an rvalue
+  BasicMlpLoss(MlpArchitecture architecture, Dataset data)
+      : BasicMlpLoss(std::move(architecture), std::make_shared<const Dataset>(std::move(data))) {}
+
+  /// \brief Shares the examples with their other users (e.g. an MlpObjective on the same data:
+  /// `MlpLoss(arch, f.sharedData())`) instead of holding a copy.
+  /// \param architecture network shape; input/output sizes must match the data
+  /// \param data non-null; the data must not change while this loss uses it
+  BasicMlpLoss(MlpArchitecture architecture, std::shared_ptr<const Dataset> data)
+      : m_net(std::move(architecture)), m_data(std::move(data)) {
+    if (!m_data) throw InvalidArgument("MlpLoss: the shared data set is null");
+    detail::checkArchitectureFitsData(m_net.architecture(), *m_data, "MlpLoss");
   }
 
   Index numParameters() const noexcept { return m_net.architecture().numParameters(); }  ///< N.
   /// Parameter groups "layer1.weights", "layer1.biases", ...
   ParameterLayout layout() const { return m_net.architecture().layout(); }
   const MlpArchitecture& architecture() const noexcept { return m_net.architecture(); }  ///< The network.
-  const Dataset& data() const noexcept { return m_data; }  ///< The examples averaged over.
+  const Dataset& data() const noexcept { return *m_data; }  ///< The examples averaged over.
+  /// The examples, shared (copies of this loss share them too).
+  const std::shared_ptr<const Dataset>& sharedData() const noexcept { return m_data; }
 
   /// Examples per shard (default 50).
   Index shardSize() const noexcept { return m_shardSize; }
@@ -82,7 +95,7 @@ class BasicMlpLoss {
   /// \brief Predicted class of every example (argmax of the logits; ties go to the lower class).
   Eigen::VectorXi predict(const Eigen::VectorXd& w) const {
     detail::checkVectorSize(w, numParameters(), "MlpLoss::predict", "w");
-    Eigen::VectorXi out(m_data.numExamples());
+    Eigen::VectorXi out(m_data->numExamples());
     run(w, nullptr, &out);
     return out;
   }
@@ -91,28 +104,28 @@ class BasicMlpLoss {
   double errorRate(const Eigen::VectorXd& w) const {
     const Eigen::VectorXi pred = predict(w);
     Index wrong = 0;
-    for (Index i = 0; i < pred.size(); ++i) wrong += (pred(i) != m_data.labels(i)) ? 1 : 0;
+    for (Index i = 0; i < pred.size(); ++i) wrong += (pred(i) != m_data->labels(i)) ? 1 : 0;
     return static_cast<double>(wrong) / static_cast<double>(pred.size());
   }
 
  private:
   double run(const Eigen::VectorXd& w, Eigen::VectorXd* g, Eigen::VectorXi* predictions) const {
-    const Index n = m_data.numExamples();
+    const Index n = m_data->numExamples();
     const ShardPlan plan(n, m_shardSize);
     const Index numShards = plan.numShards();
     const Index slots = std::min(numShards, detail::shardSlots());
     if (static_cast<Index>(m_shards.size()) < slots) m_shards.resize(static_cast<std::size_t>(slots));
     const double scale = 1.0 / static_cast<double>(n);
-    const Index stride = m_data.inputs.rows();
     double lossSum = 0.0;
     detail::runShardWaves(
         numShards, slots,
         [&](Index s, Index slot) {
           Shard& shard = m_shards[static_cast<std::size_t>(slot)];
           const Index begin = plan.begin(s);
-          const typename Network::View input{m_data.inputs.data() + begin, plan.size(s), m_data.numFeatures(),
-                                              stride};
-          const int* labels = m_data.labels.data() + begin;
+          // The shard's examples are consecutive rows of the row-major inputs: read in place.
+          const Index F = m_data->numFeatures();
+          const typename Network::View input{m_data->inputs.data() + begin * F, plan.size(s), F, F, true};
+          const int* labels = m_data->labels.data() + begin;
           shard.lossSum = m_net.forward(w.data(), input, labels, shard.ws);
           if (predictions != nullptr) Network::argmaxRows(shard.ws.z.back(), predictions->data() + begin);
           if (g == nullptr) return;
@@ -134,7 +147,7 @@ class BasicMlpLoss {
   }
 
   Network m_net;
-  Dataset m_data;
+  std::shared_ptr<const Dataset> m_data;  // never null; shared, read-only
   Index m_shardSize = defaultMlpShardSize;
   mutable std::vector<Shard> m_shards;
 };

@@ -57,13 +57,15 @@ namespace detail {
 template <class Scalar>
 using MlpMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
-/// A column-major view of constant scalars: rows × cols, column j at data + j·stride.
+/// A view of constant scalars: rows × cols, column j at data + j·stride (column-major), or row i
+/// at data + i·stride when `rowMajor` (MlpLoss reads a Dataset's row-major inputs in place).
 template <class Scalar>
 struct ConstMatrixView {
   const Scalar* data = nullptr;
   Index rows = 0;
   Index cols = 0;
   Index stride = 0;
+  bool rowMajor = false;
 };
 
 /// View of an Eigen column-major matrix (or Map / block with unit inner stride).
@@ -118,6 +120,15 @@ void serialGemmKernel(Index m, Index n, Index k, const Scalar* a, Index lda, con
 template <class Scalar>
 void serialGemm(const ConstMatrixView<Scalar>& a, bool transA, const ConstMatrixView<Scalar>& b, bool transB,
                 Scalar* c, Index ldc, bool accumulate, GemmScratch<Scalar>& scratch) {
+  // A row-major matrix is the same storage as its transpose column-major: flip the operation.
+  // (Eigen packs either order into the same panels, so the bits do not depend on the order.)
+  if (a.rowMajor || b.rowMajor) {
+    const auto columnMajor = [](const ConstMatrixView<Scalar>& x) {
+      return x.rowMajor ? ConstMatrixView<Scalar>{x.data, x.cols, x.rows, x.stride, false} : x;
+    };
+    serialGemm(columnMajor(a), transA != a.rowMajor, columnMajor(b), transB != b.rowMajor, c, ldc, accumulate, scratch);
+    return;
+  }
   const Index m = transA ? a.cols : a.rows;
   const Index k = transA ? a.rows : a.cols;
   const Index n = transB ? b.rows : b.cols;

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -90,30 +91,46 @@ class BasicMlpObjective {
 
  public:
   /// \param architecture network shape; its input/output sizes must match the data
-  /// \param train training data (validated: sizes, labels, finite inputs)
+  /// \param train training data (validated: sizes, labels, finite inputs); moved in, not copied,
+  ///        when passed as an rvalue
   /// \param batches t -> indices of the examples in batch t (pure function, e.g. SeededBatches)
   /// \param inputsAreHyperparameters treat the training inputs as θ
   BasicMlpObjective(MlpArchitecture architecture, Dataset train, BatchSchedule batches,
+                    bool inputsAreHyperparameters = false)
+      : BasicMlpObjective(std::move(architecture), std::make_shared<const Dataset>(std::move(train)),
+                          std::move(batches), inputsAreHyperparameters) {}
+
+  /// \brief Shares the training data with its other users instead of holding a copy: copies of
+  /// this objective, an MlpLoss built from sharedData(), the caller. The objective reads the data
+  /// only; setHyperparameters() (inputs as θ) gives this objective a fresh copy first, so the
+  /// other users never see a change.
+  /// \param architecture network shape; its input/output sizes must match the data
+  /// \param train non-null; the data must not be changed through another pointer while in use
+  /// \param batches t -> indices of the examples in batch t (pure function)
+  /// \param inputsAreHyperparameters treat the training inputs as θ
+  BasicMlpObjective(MlpArchitecture architecture, std::shared_ptr<const Dataset> train, BatchSchedule batches,
                     bool inputsAreHyperparameters = false)
       : m_net(std::move(architecture)),
         m_data(std::move(train)),
         m_batches(std::move(batches)),
         m_inputsAreHyperparameters(inputsAreHyperparameters) {
-    detail::checkArchitectureFitsData(m_net.architecture(), m_data, "MlpObjective");
+    if (!m_data) throw InvalidArgument("MlpObjective: the shared training data set is null");
+    detail::checkArchitectureFitsData(m_net.architecture(), *m_data, "MlpObjective");
     if (!m_batches) throw InvalidArgument("MlpObjective: the batch schedule is empty (no callable)");
-    m_examples = m_data.inputs.transpose();
   }
 
   /// Number of parameters N.
   Index numParameters() const noexcept { return m_net.architecture().numParameters(); }
   /// numExamples·numFeatures when the inputs are hyperparameters, else 0.
   Index numHyperparameters() const noexcept {
-    return m_inputsAreHyperparameters ? m_data.numExamples() * m_data.numFeatures() : 0;
+    return m_inputsAreHyperparameters ? m_data->numExamples() * m_data->numFeatures() : 0;
   }
   /// Parameter groups "layer1.weights", "layer1.biases", ...
   ParameterLayout layout() const { return m_net.architecture().layout(); }
   const MlpArchitecture& architecture() const noexcept { return m_net.architecture(); }  ///< The network.
-  const Dataset& data() const noexcept { return m_data; }  ///< The training examples.
+  const Dataset& data() const noexcept { return *m_data; }  ///< The training examples.
+  /// The training examples, shared: pass it to MlpLoss to evaluate on the same data without a copy.
+  const std::shared_ptr<const Dataset>& sharedData() const noexcept { return m_data; }
   const BatchSchedule& batches() const noexcept { return m_batches; }  ///< t → the examples of batch t.
   /// True when θ is the training inputs (numHyperparameters() = numExamples·numFeatures).
   bool inputsAreHyperparameters() const noexcept { return m_inputsAreHyperparameters; }
@@ -122,6 +139,11 @@ class BasicMlpObjective {
   Index shardSize() const noexcept { return m_shardSize; }
   /// \brief Sets the examples per shard (≥ 1). Keep it fixed between a forward and its reverse pass.
   void setShardSize(Index shardSize) { m_shardSize = detail::checkShardSize(shardSize, "MlpObjective::setShardSize"); }
+
+  /// θ's named blocks: one block "inputs" when the inputs are hyperparameters, else none.
+  ParameterLayout hyperparameterLayout() const {
+    return m_inputsAreHyperparameters ? ParameterLayout::single(numHyperparameters(), "inputs") : ParameterLayout();
+  }
 
   /// \brief θ: the training inputs flattened example-major (size 0 unless inputs are hyperparameters).
   Eigen::VectorXd hyperparameters() const {
@@ -142,16 +164,17 @@ class BasicMlpObjective {
       throw InvalidArgument(detail::message("MlpObjective::setHyperparameters: theta has ", theta.size(),
                                             " entries, expected numExamples*numFeatures = ", numHyperparameters()));
     }
-    const Index F = m_data.numFeatures();
+    const Index F = m_data->numFeatures();
     for (Index i = 0; i < theta.size(); ++i) {
       if (!std::isfinite(theta(i))) {
         throw InvalidArgument(detail::message("MlpObjective::setHyperparameters: theta[", i, "] (example ", i / F,
                                               ", feature ", i % F, ") is ", theta(i), "; inputs must be finite"));
       }
     }
-    for (Index k = 0; k < m_data.numExamples(); ++k)
-      m_data.inputs.row(k) = theta.segment(k * F, F).transpose();
-    m_examples = m_data.inputs.transpose();
+    // Copy on write: the data may be shared with copies of this objective or an MlpLoss.
+    auto fresh = std::make_shared<Dataset>(*m_data);
+    fresh->inputs = Eigen::Map<const Dataset::InputMatrix>(theta.data(), fresh->numExamples(), F);
+    m_data = std::move(fresh);
   }
 
   /// \brief The minibatch loss L(w, θ, t).
@@ -319,7 +342,7 @@ class BasicMlpObjective {
   /// Adds shard s's mixed product (its rows of ∂θ) into example-major θ, in batch order; += so
   /// repeated examples accumulate.
   void scatterInputMixed(const ShardPlan& plan, Index s, const Shard& shard, Eigen::VectorXd& dtheta) const {
-    const Index F = m_data.numFeatures();
+    const Index F = m_data->numFeatures();
     for (Index k = 0; k < plan.size(s); ++k) {
       const Index e = m_batchIndex[static_cast<std::size_t>(plan.begin(s) + k)];
       dtheta.segment(e * F, F) += shard.ws.rInputGrad.row(k).transpose().template cast<double>();
@@ -365,7 +388,7 @@ class BasicMlpObjective {
   /// Fetches and validates the example indices of batch t.
   void gatherIndices(Index t, const char* fn) const {
     m_batchIndex = m_batches(t);
-    const Index n = m_data.numExamples();
+    const Index n = m_data->numExamples();
     if (m_batchIndex.empty()) {
       throw InvalidArgument(detail::message("MlpObjective::", fn, ": batch t = ", t,
                                             " is empty; the batch schedule must return at least one index"));
@@ -381,26 +404,25 @@ class BasicMlpObjective {
 
   /// Copies the rows and labels of batch positions [begin, begin + count) into a shard workspace.
   void gatherRows(Index begin, Index count, Workspace& ws) const {
-    ws.input.resize(count, m_data.numFeatures());
+    ws.input.resize(count, m_data->numFeatures());
     ws.labels.resize(count);
     for (Index k = 0; k < count; ++k) {
       const Index e = m_batchIndex[static_cast<std::size_t>(begin + k)];
-      ws.input.row(k) = m_examples.col(e).transpose().template cast<Scalar>();  // contiguous read
-      ws.labels(k) = m_data.labels(e);
+      ws.input.row(k) = m_data->inputs.row(e).template cast<Scalar>();  // contiguous read (row-major)
+      ws.labels(k) = m_data->labels(e);
     }
   }
 
   void flattenInputs(Eigen::VectorXd& theta) const {
-    const Index F = m_data.numFeatures();
-    for (Index k = 0; k < m_data.numExamples(); ++k) theta.segment(k * F, F) = m_data.inputs.row(k).transpose();
+    const Index F = m_data->numFeatures();
+    theta = Eigen::Map<const Eigen::VectorXd>(m_data->inputs.data(), m_data->numExamples() * F);  // row-major
   }
 
   Network m_net;
-  Dataset m_data;
-  // The inputs again, one example per contiguous column: gathering a minibatch from the
-  // column-major `inputs` cost a cache miss per value (21% of a training step at 10k examples).
-  // Twice the input memory, for a copy that is bit-identical.
-  Eigen::MatrixXd m_examples;
+  // Never null; read-only and possibly shared. The inputs are row-major, so gathering a
+  // minibatch reads contiguous rows (from column-major inputs it cost a cache miss per value:
+  // 21% of a training step at 10k examples) without a second copy in another order.
+  std::shared_ptr<const Dataset> m_data;
   BatchSchedule m_batches;
   bool m_inputsAreHyperparameters;
   Index m_shardSize = defaultMlpShardSize;
