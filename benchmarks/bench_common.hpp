@@ -185,7 +185,8 @@ struct Workload {
 
   /// The same objective with another minibatch size (the long memory case uses a small one).
   hypergrad::MlpObjective objectiveWithBatch(Index batchSize) const {
-    return hypergrad::MlpObjective(arch, train.data(), hypergrad::SeededBatches(spec.seed + 1, spec.numExamples, batchSize));
+    return hypergrad::MlpObjective(arch, train.sharedData(),  // the same data, not a copy
+                                   hypergrad::SeededBatches(spec.seed + 1, spec.numExamples, batchSize));
   }
 
  private:

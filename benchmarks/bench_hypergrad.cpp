@@ -185,6 +185,41 @@ void hypergradientsInterleaved(benchmark::State& state, const WorkloadSpec& spec
   }
 }
 
+// How cost grows with the minibatch: the exact hypergradient against plain double training of
+// the same batch size, interleaved (the exact layer's cost is per weight, the network's per
+// example, so the ratio should fall as the batch grows).
+void hypergradientsBatch(benchmark::State& state, const WorkloadSpec& spec, Index T, Index batchSize) {
+  const Workload& wl = bench::workload(spec);
+  const hypergrad::MlpObjective f = wl.objectiveWithBatch(batchSize);
+  ExactSgd exact = exactOptimizer(wl, T, spec.gamma);
+  bench::DoubleMomentum plain = doubleOptimizer(wl, T, exact);
+  const VectorXd v1 = VectorXd::Zero(wl.size());
+  double forwardS = 0.0, reverseS = 0.0, doubleS = 0.0;
+  for (auto _ : state) {
+    const double t0 = bench::threadSeconds();
+    exact.start(wl.w1, v1);
+    hypergrad::train(exact, f);
+    const double t1 = bench::threadSeconds();
+    const hypergrad::Hypergradients hg = hypergrad::reverse(exact, f, wl.validation);  // checks exactness
+    benchmark::DoNotOptimize(hg.learningRates.data());
+    const double t2 = bench::threadSeconds();
+    plain.start(wl.w1);
+    hypergrad::train(plain, f);
+    benchmark::DoNotOptimize(plain.weights().data());
+    forwardS += t1 - t0;
+    reverseS += t2 - t1;
+    doubleS += bench::threadSeconds() - t2;
+  }
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["batch_size"] = static_cast<double>(batchSize);
+  state.counters["exact_total_s"] = (forwardS + reverseS) / iters;
+  state.counters["double_train_s"] = doubleS / iters;
+  state.counters["ratio_vs_double_train"] = (forwardS + reverseS) / doubleS;
+  state.counters["forward_ms_per_step"] = 1e3 * forwardS / (iters * static_cast<double>(T));
+  state.counters["reverse_ms_per_step"] = 1e3 * reverseS / (iters * static_cast<double>(T));
+  state.counters["double_ms_per_step"] = 1e3 * doubleS / (iters * static_cast<double>(T));
+}
+
 void hypergradientsExact(benchmark::State& state, const WorkloadSpec& spec, Index T) {
   const Workload& wl = bench::workload(spec);
   ExactSgd opt = exactOptimizer(wl, T, spec.gamma);
@@ -389,6 +424,14 @@ void registerAll(bool longCases) {
       benchmark::RegisterBenchmark(("hypergradients/interleaved" + tL).c_str(),
                                    [spec, TL](benchmark::State& st) { hypergradientsInterleaved(st, spec, TL, true); })
           ->Unit(ms)->Iterations(1);
+    }
+
+    if (!smoke) {
+      for (const Index b : {25, 50, 100, 200, 400, 800}) {
+        benchmark::RegisterBenchmark(("hypergradients/batch" + tT + "/batch:" + std::to_string(b)).c_str(),
+                                     [spec, T, b](benchmark::State& st) { hypergradientsBatch(st, spec, T, b); })
+            ->Unit(ms)->Iterations(1);
+      }
     }
 
     for (Part p : {Part::Gradient, Part::Hvp, Part::MixedProduct, Part::ReverseStep, Part::ExactUnstep,
