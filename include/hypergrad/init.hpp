@@ -120,10 +120,15 @@ class ScaledInit {
   /// fromWeights().
   bool hasSeed() const noexcept { return m_hasSeed; }
 
-  /// Replaces log s_k (ε stays, so w₁ changes smoothly); InvalidArgument unless one finite value
-  /// per group.
+  /// Replaces log s_k (ε stays, so w₁ changes smoothly); InvalidArgument, the scales unchanged,
+  /// unless one finite value per group whose exp() is finite.
   void setLogScales(Eigen::VectorXd logScales) {
     checkPerGroup(logScales, "log scales");
+    for (Index k = 0; k < logScales.size(); ++k)  // exp() overflowing would give infinite weights
+      if (!std::isfinite(std::exp(logScales(k)))) {
+        throw InvalidArgument(detail::message("ScaledInit: the log scale for group '", m_layout.group(k).name, "' is ",
+                                              logScales(k), ", whose exp() overflows; give a log scale below ~709"));
+      }
     m_logScales = std::move(logScales);
   }
   /// Replaces μ_k; InvalidArgument unless one finite value per group.

@@ -313,4 +313,14 @@ TEST_CASE("ScaledInit::fromNoise reproduces a given initialisation bit for bit a
                     Catch::Contains("fromWeights") && Catch::Contains("element 7") && Catch::Contains("group 'b'"));
   CHECK_THROWS_AS(ScaledInit::fromWeights(layout, w1, (VectorXd(2) << -800.0, 0.0).finished()), InvalidArgument);
   CHECK_THROWS_AS(ScaledInit::fromNoise(layout, VectorXd::Zero(3), eps), InvalidArgument);
+
+  // A log scale whose exp() overflows would give infinite weights: rejected on every path, and a
+  // failed setLogScales leaves the scales as they were.
+  const VectorXd huge = (VectorXd(2) << 0.0, 710.0).finished();
+  CHECK_THROWS_WITH(ScaledInit(layout, huge, 1), Catch::Contains("group 'b'") && Catch::Contains("overflows"));
+  CHECK_THROWS_AS(ScaledInit::fromNoise(layout, huge, eps), InvalidArgument);
+  ScaledInit init = ScaledInit::fromNoise(layout, logS, eps);
+  CHECK_THROWS_AS(init.setLogScales(huge), InvalidArgument);
+  CHECK(init.logScales() == logS);
+  CHECK(init.weights().allFinite());
 }
