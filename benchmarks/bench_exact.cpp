@@ -86,13 +86,33 @@ void setBitsCounters(benchmark::State& state, Index n, std::uint32_t numerator) 
   state.counters["ratio_to_bound"] = bits / boundBits(numerator);
 }
 
+/// How a case lays out and codes the buffer: one stack per block (the optimizers' layout today),
+/// the lane layout coded element by element, or the lane layout through the AVX-512 lane coder
+/// (lanes.hpp; the same bits as the second).
+enum class Coder { OneStack, LanesScalar, Lanes };
+
+/// Switches the lane coder for one case and back at the end.
+struct CoderScope {
+  explicit CoderScope(Coder c) { hypergrad::setLaneCoderEnabled(c == Coder::Lanes); }
+  ~CoderScope() { hypergrad::setLaneCoderEnabled(true); }
+  CoderScope(const CoderScope&) = delete;
+  CoderScope& operator=(const CoderScope&) = delete;
+};
+
+Buffer bufferFor(Index n, Coder coder) { return Buffer(n, Buffer::defaultBlockSize, coder == Coder::OneStack ? 1 : 8); }
+
 template <class Policy>
-void exactMultiply(benchmark::State& state, Index n, double gamma) {
+void exactMultiply(benchmark::State& state, Index n, double gamma, Coder coder = Coder::OneStack) {
+  const CoderScope scope(coder);
+  if (coder == Coder::Lanes && !hypergrad::laneCoderActive()) {
+    state.SkipWithError("the lane coder is not available on this processor (AVX-512F and DQ)");
+    return;
+  }
   const std::uint32_t numerator = hypergrad::Ratio<kRatioBits>::nearestDyadic(gamma).numerator;
   const auto runs = hypergrad::ratioRuns(n, numerator);
   const std::vector<std::int64_t> original = velocityLike(n, 1);
   std::vector<std::int64_t> c = original;
-  Buffer buf(n);
+  Buffer buf = bufferFor(n, coder);
   int pending = 0;
   double timed = 0.0;
   for (auto _ : state) {
@@ -114,12 +134,17 @@ void exactMultiply(benchmark::State& state, Index n, double gamma) {
 }
 
 template <class Policy>
-void exactDivide(benchmark::State& state, Index n, double gamma) {
+void exactDivide(benchmark::State& state, Index n, double gamma, Coder coder = Coder::OneStack) {
+  const CoderScope scope(coder);
+  if (coder == Coder::Lanes && !hypergrad::laneCoderActive()) {
+    state.SkipWithError("the lane coder is not available on this processor (AVX-512F and DQ)");
+    return;
+  }
   const std::uint32_t numerator = hypergrad::Ratio<kRatioBits>::nearestDyadic(gamma).numerator;
   const auto runs = hypergrad::ratioRuns(n, numerator);
   const std::vector<std::int64_t> original = velocityLike(n, 1);
   std::vector<std::int64_t> c = original;
-  Buffer buf(n);
+  Buffer buf = bufferFor(n, coder);
   int pending = 0;
   double timed = 0.0;
   for (auto _ : state) {
@@ -254,6 +279,13 @@ void registerAll() {
                                    [n, g](benchmark::State& st) { exactMultiply<BitsBackRounding>(st, n, g); });
       benchmark::RegisterBenchmark(("exact_divide/bits-back" + tail).c_str(),
                                    [n, g](benchmark::State& st) { exactDivide<BitsBackRounding>(st, n, g); });
+      for (const Coder coder : {Coder::LanesScalar, Coder::Lanes}) {
+        const std::string name = coder == Coder::Lanes ? "/lanes:8" : "/lanes:8-scalar";
+        benchmark::RegisterBenchmark(("exact_multiply/bits-back" + name + tail).c_str(),
+                                     [n, g, coder](benchmark::State& st) { exactMultiply<BitsBackRounding>(st, n, g, coder); });
+        benchmark::RegisterBenchmark(("exact_divide/bits-back" + name + tail).c_str(),
+                                     [n, g, coder](benchmark::State& st) { exactDivide<BitsBackRounding>(st, n, g, coder); });
+      }
       benchmark::RegisterBenchmark(("exact_multiply/floor" + tail).c_str(),
                                    [n, g](benchmark::State& st) { exactMultiply<FloorRounding>(st, n, g); });
       benchmark::RegisterBenchmark(("exact_divide/floor" + tail).c_str(),

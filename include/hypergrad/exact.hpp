@@ -10,5 +10,6 @@
 #include "exact/fingerprint.hpp"
 #include "exact/fixed_point.hpp"
 #include "exact/information_buffer.hpp"
+#include "exact/lanes.hpp"
 #include "exact/ratio.hpp"
 #include "exact/ratio_multiply.hpp"

@@ -6,9 +6,19 @@
 /// keeps the bits multiplication by γ < 1 destroys, at O(1) per push or pop.
 ///
 /// Layout: one 64-bit rANS state per element, kept in [L, 2^64) with L = 2^32, and one stack of
-/// 32-bit words per block of elements that the states spill into and refill from. Blocks are
-/// independent, so the element loop can be split across threads by block; within a block the
-/// operations must be undone in exactly the reverse order (the reversible multiply does that).
+/// 32-bit words per block of elements that the states spill into and refill from — or, in the
+/// lane layout (`lanes = 8`), eight stacks per block, element i spilling into stack i mod 8 of
+/// its block. Blocks are independent, so the element loop can be split across threads by block;
+/// within a stack the operations must be undone in exactly the reverse order (the reversible
+/// multiply does that).
+///
+/// Why lanes: with one stack per block, the words of neighbouring elements interleave on the
+/// stack in the order the elements are processed, so a kernel that processes eight elements
+/// operation by operation (SIMD) would write other words than one that goes element by element.
+/// With a stack per lane, each stack sees one element of every group of eight, in the same order
+/// under both schedules: the SIMD coder (exact/lanes.hpp) and the scalar one leave the same bits by
+/// construction. The two layouts code the same information but not the same words, so a buffer's
+/// lane count is part of its content (saved runs record it).
 ///
 /// Symbols are coded at precision M = 2^MBits. A radix-2^k digit (k ≤ MBits) is coded with
 /// frequency M/2^k each; a radix-n digit (n ≤ 2^(MBits−8) in practice) with the near-uniform
@@ -30,6 +40,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -186,6 +197,21 @@ class ChunkedWordStack {
   /// Frees every chunk.
   void release() noexcept { *this = ChunkedWordStack(); }
 
+  /// \cond INTERNAL
+  // The lane coder's cursor (exact/lanes.hpp): it writes at chunkTop() while chunkTop() !=
+  // chunkEnd() and reads below it while chunkTop() != chunkBegin(), then stores the new top with
+  // setChunkTop(); a push or pop that would switch chunks goes through push() / popOrZero(). The
+  // stack is empty exactly when chunkTop() == chunkBegin() and bottomChunk().
+  std::uint32_t* chunkTop() const noexcept { return m_top; }
+  std::uint32_t* chunkBegin() const noexcept { return m_begin; }
+  std::uint32_t* chunkEnd() const noexcept { return m_end; }
+  bool bottomChunk() const noexcept { return m_used <= 1; }
+  void setChunkTop(std::uint32_t* top) noexcept {
+    HYPERGRAD_ASSERT(top >= m_begin && top <= m_end);
+    m_top = top;
+  }
+  /// \endcond
+
   /// Bytes allocated: chunks in use, the spares and the chunk directory.
   std::size_t memoryBytes() const noexcept {
     return capacityBelow(m_chunks.size()) * sizeof(std::uint32_t) + m_chunks.capacity() * sizeof(Chunk);
@@ -251,23 +277,30 @@ class InformationBuffer {
   static constexpr std::uint64_t lowerBound = std::uint64_t(1) << 32;  ///< L, the empty state
   static constexpr std::uint32_t precision = std::uint32_t(1) << MBits;  ///< M
   static constexpr Index defaultBlockSize = 4096;  ///< Elements per block unless told otherwise
+  static constexpr int laneCount = 8;  ///< Stacks per block in the lane layout (one SIMD register of int64)
 
   InformationBuffer() = default;  ///< A buffer for zero elements.
 
-  /// An empty buffer for `numElements` elements, grouped in blocks of `blockSize`.
-  explicit InformationBuffer(Index numElements, Index blockSize = defaultBlockSize)
-      : m_blockSize(blockSize), m_blockShift(shiftOf(blockSize)) {
-    if (numElements < 0 || blockSize <= 0) {
-      throw InvalidArgument(detail::message("InformationBuffer: need numElements >= 0 and blockSize > 0, got ",
-                                            numElements, " and ", blockSize));
-    }
+  /// An empty buffer for `numElements` elements, grouped in blocks of `blockSize`, with `lanes`
+  /// word stacks per block: 1 (one shared stack) or laneCount (element i spills into stack
+  /// i mod 8 of its block; blockSize must then be a multiple of 8).
+  explicit InformationBuffer(Index numElements, Index blockSize = defaultBlockSize, int lanes = 1)
+      : m_blockSize(blockSize), m_blockShift(shiftOf(blockSize)), m_lanes(lanes), m_laneShift(lanes == laneCount ? 3 : 0) {
+    checkShape(numElements, blockSize, lanes, [](const std::string& m) { return InvalidArgument("InformationBuffer: " + m); });
     m_states.assign(static_cast<std::size_t>(numElements), lowerBound);
-    m_stacks.resize(static_cast<std::size_t>((numElements + blockSize - 1) / blockSize));
+    m_stacks.resize(static_cast<std::size_t>((numElements + blockSize - 1) / blockSize) * static_cast<std::size_t>(lanes));
   }
 
   Index size() const noexcept { return static_cast<Index>(m_states.size()); }  ///< Number of elements.
   Index blockSize() const noexcept { return m_blockSize; }  ///< Elements per block (the last may hold fewer).
-  Index numBlocks() const noexcept { return static_cast<Index>(m_stacks.size()); }  ///< ⌈size / blockSize⌉.
+  /// ⌈size / blockSize⌉.
+  Index numBlocks() const noexcept { return static_cast<Index>(m_stacks.size()) >> m_laneShift; }
+  /// Word stacks per block: 1, or laneCount in the lane layout.
+  int lanes() const noexcept { return m_lanes; }
+  /// numBlocks() · lanes().
+  Index numStacks() const noexcept { return static_cast<Index>(m_stacks.size()); }
+  /// The stack element i spills into: blockOf(i) · lanes() + i mod lanes().
+  Index stackOf(Index i) const noexcept { return (blockOf(i) << m_laneShift) + (i & (m_lanes - 1)); }
   /// Block b covers elements [blockBegin(b), blockEnd(b)).
   Index blockBegin(Index b) const noexcept { return b * m_blockSize; }
   /// One past the last element of block b.
@@ -315,9 +348,8 @@ class InformationBuffer {
   /// that many times). Strong guarantee: on bad_alloc the content is unchanged.
   void reserve(Index wordsPerElement) {
     if (wordsPerElement <= 0) return;
-    for (Index b = 0; b < numBlocks(); ++b)
-      m_stacks[static_cast<std::size_t>(b)].reserve(
-          static_cast<std::size_t>(wordsPerElement) * static_cast<std::size_t>(blockEnd(b) - blockBegin(b)));
+    for (Index k = 0; k < numStacks(); ++k)
+      m_stacks[static_cast<std::size_t>(k)].reserve(static_cast<std::size_t>(wordsPerElement) * stackElements(k));
   }
 
   /// Frees what pops and reserve() left above each stack's top, keeping one spare chunk per
@@ -325,9 +357,9 @@ class InformationBuffer {
   /// for again: keeping it saves allocating and freeing those chunks at every step; it is address
   /// space, not resident memory). Never allocates.
   void trim(Index wordsPerElement = 0) noexcept {
-    for (Index b = 0; b < numBlocks(); ++b)
-      m_stacks[static_cast<std::size_t>(b)].trim(
-          static_cast<std::size_t>(std::max<Index>(wordsPerElement, 0)) * static_cast<std::size_t>(blockEnd(b) - blockBegin(b)));
+    for (Index k = 0; k < numStacks(); ++k)
+      m_stacks[static_cast<std::size_t>(k)].trim(static_cast<std::size_t>(std::max<Index>(wordsPerElement, 0)) *
+                                                 stackElements(k));
   }
 
   /// Number of spilled 32-bit words in all blocks.
@@ -343,9 +375,9 @@ class InformationBuffer {
     for (auto& s : m_stacks) s.release();
   }
 
-  /// Content equality: block size, states and spilled words (not the memory they occupy).
+  /// Content equality: block size, lanes, states and spilled words (not the memory they occupy).
   bool operator==(const InformationBuffer& o) const {
-    return m_blockSize == o.m_blockSize && m_states == o.m_states && m_stacks == o.m_stacks;
+    return m_blockSize == o.m_blockSize && m_lanes == o.m_lanes && m_states == o.m_states && m_stacks == o.m_stacks;
   }
   /// Content inequality.
   bool operator!=(const InformationBuffer& o) const { return !(*this == o); }
@@ -405,60 +437,104 @@ class InformationBuffer {
   /// Raw access for tests and serialisation.
   const std::vector<std::uint64_t>& states() const noexcept { return m_states; }
 
-  /// The spilled words of block b, bottom to top (with states(), the whole content).
+  /// The spilled words of stack k, bottom to top (with states(), the whole content). Stack k is
+  /// lane k mod lanes() of block k / lanes(); with one lane, the block's stack.
+  std::vector<std::uint32_t> stackWords(Index k) const {
+    if (k < 0 || k >= numStacks()) {
+      throw InvalidArgument(detail::message("InformationBuffer::stackWords: stack ", k, " is not in [0, ", numStacks(), ")"));
+    }
+    return m_stacks[static_cast<std::size_t>(k)].words();
+  }
+
+  /// The spilled words of block b, bottom to top: stackWords(b) for a one-lane buffer.
+  /// \throws InvalidArgument in the lane layout, whose blocks hold several stacks (use stackWords).
   std::vector<std::uint32_t> blockWords(Index b) const {
+    if (m_lanes != 1) {
+      throw InvalidArgument(detail::message("InformationBuffer::blockWords: this buffer has ", m_lanes,
+                                            " stacks per block; read them with stackWords(b * lanes() + lane)"));
+    }
     if (b < 0 || b >= numBlocks()) {
       throw InvalidArgument(detail::message("InformationBuffer::blockWords: block ", b, " is not in [0, ", numBlocks(), ")"));
     }
     return m_stacks[static_cast<std::size_t>(b)].words();
   }
 
-  /// A buffer with the given content, as states() and blockWords() of a buffer of `numElements`
-  /// elements in blocks of `blockSize` return it: fromContents(n, B, b.states(), {b.blockWords(0),
-  /// ...}) == b, and it pops the same digits. Everything is checked before anything is built:
-  /// sizes, every state in [L, 2^64), and a non-zero bottom word in each non-empty stack (a zero is
-  /// never spilled onto an empty stack, so no buffer has one there).
+  /// A buffer with the given content, as states() and stackWords() of a buffer of `numElements`
+  /// elements in blocks of `blockSize` with `lanes` stacks per block return it:
+  /// fromContents(n, B, b.states(), {b.stackWords(0), ...}, b.lanes()) == b, and it pops the same
+  /// digits. Everything is checked before anything is built: the shape, sizes, every state in
+  /// [L, 2^64), and a non-zero bottom word in each non-empty stack (a zero is never spilled onto an
+  /// empty stack, so no buffer has one there).
   /// \throws DataError naming the first thing that is wrong.
   static InformationBuffer fromContents(Index numElements, Index blockSize, std::vector<std::uint64_t> states,
-                                        std::vector<std::vector<std::uint32_t>> blockWords) {
+                                        std::vector<std::vector<std::uint32_t>> stackWords, int lanes = 1) {
     const char* fn = "InformationBuffer::fromContents: ";
-    if (numElements < 0 || blockSize <= 0) {
-      throw DataError(detail::message(fn, "need numElements >= 0 and blockSize > 0, got ", numElements, " and ",
-                                      blockSize));
-    }
+    checkShape(numElements, blockSize, lanes, [fn](const std::string& m) { return DataError(fn + m); });
     if (states.size() != static_cast<std::size_t>(numElements)) {
       throw DataError(detail::message(fn, states.size(), " states for ", numElements, " elements"));
     }
     const auto blocks = static_cast<std::size_t>((numElements + blockSize - 1) / blockSize);
-    if (blockWords.size() != blocks) {
-      throw DataError(detail::message(fn, blockWords.size(), " word stacks for ", blocks, " blocks (", numElements,
-                                      " elements in blocks of ", blockSize, ")"));
+    const std::size_t stacks = blocks * static_cast<std::size_t>(lanes);
+    if (stackWords.size() != stacks) {
+      throw DataError(detail::message(fn, stackWords.size(), " word stacks for ", blocks, " blocks of ", lanes,
+                                      " stack(s) (", numElements, " elements in blocks of ", blockSize, ")"));
     }
     for (std::size_t i = 0; i < states.size(); ++i) {
       if (states[i] < lowerBound) {
         throw DataError(detail::message(fn, "state ", states[i], " of element ", i, " is below L = 2^32"));
       }
     }
-    for (std::size_t b = 0; b < blocks; ++b) {
-      if (!blockWords[b].empty() && blockWords[b].front() == 0) {
-        throw DataError(detail::message(fn, "the bottom word of block ", b,
+    for (std::size_t k = 0; k < stacks; ++k) {
+      if (!stackWords[k].empty() && stackWords[k].front() == 0) {
+        const std::string which = lanes == 1 ? detail::message("block ", k)
+                                              : detail::message("stack ", k, " (block ", k / lanes, ", lane ", k % lanes, ")");
+        throw DataError(detail::message(fn, "the bottom word of ", which,
                                         " is zero (a zero is never spilled onto an empty stack)"));
       }
     }
     InformationBuffer buf;
     buf.m_blockSize = blockSize;
     buf.m_blockShift = shiftOf(blockSize);
+    buf.m_lanes = lanes;
+    buf.m_laneShift = lanes == laneCount ? 3 : 0;
     buf.m_states = std::move(states);
-    buf.m_stacks.resize(blocks);
-    for (std::size_t b = 0; b < blocks; ++b) buf.m_stacks[b].assign(blockWords[b]);
+    buf.m_stacks.resize(stacks);
+    for (std::size_t k = 0; k < stacks; ++k) buf.m_stacks[k].assign(stackWords[k]);
     return buf;
   }
+
+  /// \cond INTERNAL
+  // For the lane coder (exact/lanes.hpp): the raw states and the stacks, which it reads and
+  // writes through ChunkedWordStack's cursor interface.
+  std::uint64_t* stateData() noexcept { return m_states.data(); }
+  detail::ChunkedWordStack& stack(Index k) noexcept { return m_stacks[static_cast<std::size_t>(k)]; }
+  /// \endcond
 
  private:
   using Stack = detail::ChunkedWordStack;
 
   /// cum(s) = ceil(s·M/n), in integers (s·M < 2^(2·MBits) fits 64 bits).
   static std::uint64_t cumulative(std::uint64_t s, std::uint32_t n) noexcept { return ((s << MBits) + n - 1) / n; }
+
+  // The shape rules shared by the constructor and fromContents (each throws its own type).
+  template <class MakeError>
+  static void checkShape(Index numElements, Index blockSize, int lanes, MakeError&& error) {
+    if (numElements < 0 || blockSize <= 0) {
+      throw error(detail::message("need numElements >= 0 and blockSize > 0, got ", numElements, " and ", blockSize));
+    }
+    if (lanes != 1 && lanes != laneCount) {
+      throw error(detail::message("lanes must be 1 or ", laneCount, ", got ", lanes));
+    }
+    if (blockSize % lanes != 0) {
+      throw error(detail::message("the block size ", blockSize, " must be a multiple of the ", lanes, " lanes"));
+    }
+  }
+
+  // Elements that spill into stack k: those of its block in its lane.
+  std::size_t stackElements(Index k) const noexcept {
+    const Index b = k >> m_laneShift, lane = k & (m_lanes - 1), n = blockEnd(b) - blockBegin(b);
+    return static_cast<std::size_t>(n > lane ? (n - lane + m_lanes - 1) / m_lanes : 0);
+  }
 
   /// log2(blockSize) for a power of two, else −1. In training about half the element-steps spill
   /// and refill a word; a 64-bit division for the block index there made ×n/d ≈1.6× slower.
@@ -474,14 +550,14 @@ class InformationBuffer {
   // exact inverse, and it lets a run start with divisions (x d/n) from the empty state, as the
   // paper's arbitrary-precision buffer does, while "empty" keeps one representation.
   void spill(Index i, std::uint64_t& x) {
-    Stack& stack = m_stacks[static_cast<std::size_t>(blockOf(i))];
+    Stack& stack = m_stacks[static_cast<std::size_t>(stackOf(i))];
     const auto word = static_cast<std::uint32_t>(x);
     if (word != 0 || !stack.empty()) stack.push(word);  // may throw bad_alloc: x is still intact
     x >>= 32;
   }
 
   void refill(Index i, std::uint64_t& x) {
-    Stack& stack = m_stacks[static_cast<std::size_t>(blockOf(i))];
+    Stack& stack = m_stacks[static_cast<std::size_t>(stackOf(i))];
     x = (x << 32) | stack.popOrZero();
   }
 
@@ -489,6 +565,8 @@ class InformationBuffer {
   std::vector<Stack> m_stacks;
   Index m_blockSize = defaultBlockSize;
   int m_blockShift = shiftOf(defaultBlockSize);  // blockOf(i) = i >> m_blockShift when >= 0
+  int m_lanes = 1;                               // stacks per block: 1 or laneCount
+  int m_laneShift = 0;                           // log2(m_lanes)
 };
 
 }  // namespace hypergrad

@@ -28,11 +28,16 @@
 /// elements in increasing order; divide() walks them in exactly the reverse order, which is what
 /// makes the shared per-block stack come back word for word. Blocks are independent and are split
 /// across OpenMP threads when OpenMP is enabled; the result does not depend on the thread count.
+///
+/// On a buffer in the lane layout (`InformationBuffer(n, B, 8)`), BitsBackRounding with a
+/// power-of-two denominator goes through the AVX-512 lane coder (lanes.hpp) eight elements at a
+/// time where the processor has it: the same bits as element by element, 3–4× faster.
 
 #include <algorithm>
 #include <cstdint>
 #include <exception>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -40,6 +45,7 @@
 #include "../config.hpp"
 #include "../errors.hpp"
 #include "information_buffer.hpp"
+#include "lanes.hpp"
 #include "ratio.hpp"
 
 namespace hypergrad {
@@ -297,6 +303,60 @@ inline std::size_t firstRunAfter(const std::vector<RatioRun>& runs, Index i) {
 
 }  // namespace detail
 
+namespace detail {
+
+// Elements [begin, end) of one block times n/2^DBits (increasing order), eight at a time through
+// the lane coder where it applies (the groups of eight aligned on multiples of 8, so that lane l
+// is stack l of the block).
+template <class Rounding, int DBits, int MBits>
+void multiplySegment(std::int64_t* c, Index begin, Index end, std::uint32_t n, InformationBuffer<MBits>& buf,
+                     bool lanes) {
+#if HYPERGRAD_LANE_CODER
+  if constexpr (std::is_same<Rounding, BitsBackRounding>::value && laneCoderFits<DBits, MBits>()) {
+    if (lanes) {
+      const Index a = std::min(end, (begin + 7) & ~Index(7)), z = std::max(a, end & ~Index(7));
+      for (Index i = begin; i < a; ++i) Rounding::template multiplyOne<DBits>(c[i], n, i, buf);
+      if (z > a) {
+        laneMultiply<DBits, MBits>(c, a, z, n, buf);
+      }
+      for (Index i = z; i < end; ++i) Rounding::template multiplyOne<DBits>(c[i], n, i, buf);
+      return;
+    }
+  }
+#endif
+  static_cast<void>(lanes);
+  for (Index i = begin; i < end; ++i) Rounding::template multiplyOne<DBits>(c[i], n, i, buf);
+}
+
+// The inverse of multiplySegment: the same elements in decreasing order.
+template <class Rounding, int DBits, int MBits>
+void divideSegment(std::int64_t* c, Index begin, Index end, std::uint32_t n, InformationBuffer<MBits>& buf,
+                   bool lanes) {
+#if HYPERGRAD_LANE_CODER
+  if constexpr (std::is_same<Rounding, BitsBackRounding>::value && laneCoderFits<DBits, MBits>()) {
+    if (lanes) {
+      const Index a = std::min(end, (begin + 7) & ~Index(7)), z = std::max(a, end & ~Index(7));
+      for (Index i = end; i-- > z;) Rounding::template divideOne<DBits>(c[i], n, i, buf);
+      if (z > a) {
+        laneDivide<DBits, MBits>(c, a, z, n, buf, &Rounding::template divideOne<DBits, InformationBuffer<MBits>>);
+      }
+      for (Index i = a; i-- > begin;) Rounding::template divideOne<DBits>(c[i], n, i, buf);
+      return;
+    }
+  }
+#endif
+  static_cast<void>(lanes);
+  for (Index i = end; i-- > begin;) Rounding::template divideOne<DBits>(c[i], n, i, buf);
+}
+
+// Whether a call on `buf` may use the lane coder (numerators below 2 go element by element).
+template <int MBits>
+bool useLaneCoder(const InformationBuffer<MBits>& buf) noexcept {
+  return buf.lanes() == InformationBuffer<MBits>::laneCount && laneCoderActive();
+}
+
+}  // namespace detail
+
 /// c ← c × n/d for each run, exactly reversible with divideByRatio and the same buffer.
 /// Runs with n = d (γ = 1) are skipped: an exact identity that stores nothing.
 template <class Rounding = BitsBackRounding, int DBits = 16, int MBits = 24>
@@ -306,6 +366,7 @@ void multiplyByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& r
   detail::checkRuns(runs, size, d, buf, "multiplyByRatio");
   buf.reserve(1);  // each element spills at most one word: no allocation inside the loop
   const Index numBlocks = buf.numBlocks();
+  const bool lanes = detail::useLaneCoder(buf);
   detail::BlockErrors errors;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (numBlocks > 1 && size >= 32768)
@@ -316,8 +377,8 @@ void multiplyByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& r
       for (std::size_t r = detail::firstRunAfter(runs, lo); r < runs.size() && runs[r].begin < hi; ++r) {
         const std::uint32_t n = runs[r].numerator;
         if (n == d) continue;
-        const Index end = std::min(hi, runs[r].end);
-        for (Index i = std::max(lo, runs[r].begin); i < end; ++i) Rounding::template multiplyOne<DBits>(c[i], n, i, buf);
+        detail::multiplySegment<Rounding, DBits>(c, std::max(lo, runs[r].begin), std::min(hi, runs[r].end), n, buf,
+                                                 lanes && n >= 2);
       }
     });
   }
@@ -333,6 +394,7 @@ void divideByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& run
   detail::checkRuns(runs, size, d, buf, "divideByRatio");
   buf.reserve(1);
   const Index numBlocks = buf.numBlocks();
+  const bool lanes = detail::useLaneCoder(buf);
   detail::BlockErrors errors;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (numBlocks > 1 && size >= 32768)
@@ -346,8 +408,8 @@ void divideByRatio(std::int64_t* c, Index size, const std::vector<RatioRun>& run
       for (std::size_t r = last; r-- > first;) {
         const std::uint32_t n = runs[r].numerator;
         if (n == d) continue;
-        const Index begin = std::max(lo, runs[r].begin);
-        for (Index i = std::min(hi, runs[r].end); i-- > begin;) Rounding::template divideOne<DBits>(c[i], n, i, buf);
+        detail::divideSegment<Rounding, DBits>(c, std::max(lo, runs[r].begin), std::min(hi, runs[r].end), n, buf,
+                                               lanes && n >= 2);
       }
     });
   }
