@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 
+#include <hypergrad/exact.hpp>
 #include <hypergrad/optimizers/momentum.hpp>
 #include <hypergrad/random.hpp>
 
@@ -89,6 +90,83 @@ TEST_CASE("the fused kernel is bit-identical to the multi-pass update it replace
   CHECK(recordedRun<SgdMomentum<FixedFormat<52>, BitsBackRounding>>() == 0xb36d1e44f530b26cull);
   CHECK(recordedRun<SgdMomentum<FixedFormat<52>, FloorRounding>>() == 0xf7336b1c452036a4ull);
   CHECK(recordedRun<SgdMomentum<FixedFormat<44>, BitsBackRounding>>() == 0x5a096fa6718c5d59ull);
+}
+
+TEST_CASE("in the lane layout the kernel leaves the bits of a multi-pass update on the lane coder",
+          "[optimizer][exact][kernel][lanes]") {
+  // The reference: multiplyByRatio on a lane-layout buffer (the AVX-512 lane coder where the
+  // processor has it, eight elements at a time), then plain passes for v and w — another code
+  // path than the optimizer's fused element-by-element kernel, which must leave the same bits.
+  using Opt = SgdMomentum<>;
+  using Format = FixedFormat<52>;
+  const ParameterLayout layout = threeGroups();
+  const Index T = 40, G = 3, N = layout.size();
+  Eigen::MatrixXd alpha(T, G), gamma(T, G);
+  const double gammas[] = {0.5, 0.9, 0.97, 1.0, 0.123};
+  for (Index t = 0; t < T; ++t)
+    for (Index k = 0; k < G; ++k) {
+      alpha(t, k) = 0.01 * double(1 + (t * 7 + k * 3) % 5);
+      gamma(t, k) = gammas[(t + k) % 5];
+    }
+  Opt opt(layout, Schedule(alpha), Schedule(gamma), OptimizerOptions(4096).withLanes(8));
+  CounterRng r0(11, 0);
+  Eigen::VectorXd w1(N), v1(N), g(N);
+  for (Index i = 0; i < N; ++i) {
+    w1(i) = 2 * r0.uniform() - 1;
+    v1(i) = 0.1 * r0.uniform();
+  }
+  opt.start(w1, v1);
+  std::vector<std::int64_t> w(static_cast<std::size_t>(N)), v(static_cast<std::size_t>(N));
+  for (Index i = 0; i < N; ++i) {
+    w[static_cast<std::size_t>(i)] = Format::fromDouble(w1(i));
+    v[static_cast<std::size_t>(i)] = Format::fromDouble(v1(i));
+  }
+  InformationBuffer<24> reference(N, 4096, 8);
+  std::vector<Eigen::VectorXd> gradients;
+  for (Index t = 0; t < T; ++t) {
+    CounterRng r(12, static_cast<std::uint64_t>(t));
+    for (Index i = 0; i < N; ++i) g(i) = 0.3 * (r.uniform() - 0.5);
+    gradients.push_back(g);
+    opt.stepWithGradient(g);
+    std::vector<RatioRun> runs;
+    for (Index k = 0; k < G; ++k) {
+      const ParameterGroup& grp = layout.group(k);
+      runs.push_back(RatioRun{grp.offset, grp.offset + grp.size,
+                              static_cast<std::uint32_t>(std::lround(opt.quantizedMomenta()(t, k) * 65536.0))});
+    }
+    multiplyByRatio(v.data(), N, runs, reference);
+    for (Index k = 0; k < G; ++k) {
+      const ParameterGroup& grp = layout.group(k);
+      const double gammaQ = opt.quantizedMomenta()(t, k), a = alpha(t, k);
+      for (Index i = grp.offset; i < grp.offset + grp.size; ++i) {
+        auto& vi = v[static_cast<std::size_t>(i)];
+        vi -= Format::fromDouble((1.0 - gammaQ) * g(i));
+        w[static_cast<std::size_t>(i)] += Format::fromDouble(a * Format::toDouble(vi));
+      }
+    }
+  }
+  bool same = opt.buffer() == reference;
+  for (Index i = 0; i < N; ++i)
+    same = same && opt.fixedState(0)[i] == w[static_cast<std::size_t>(i)] && opt.fixedState(1)[i] == v[static_cast<std::size_t>(i)];
+  CHECK(same);
+  CHECK(reference.spilledWords() > 0);
+  INFO("lane coder active: " << laneCoderActive());
+  for (Index t = T; t-- > 0;) {
+    opt.unstepWeights();
+    opt.unstepVelocity(gradients[static_cast<std::size_t>(t)]);
+  }
+  CHECK_NOTHROW(opt.checkRecoveredStart());
+  CHECK(opt.buffer().empty());
+}
+
+TEST_CASE("an optimizer's lane count is checked when it is built", "[optimizer][lanes][errors]") {
+  const ParameterLayout layout = threeGroups();
+  CHECK_THROWS_AS(SgdMomentum<>(layout, Schedule::constant(3, 3, 0.1), Schedule::constant(3, 3, 0.9),
+                                OptimizerOptions(4096).withLanes(4)),
+                  InvalidArgument);
+  CHECK_THROWS_AS(SgdMomentum<>(layout, Schedule::constant(3, 3, 0.1), Schedule::constant(3, 3, 0.9),
+                                OptimizerOptions(100).withLanes(8)),
+                  InvalidArgument);
 }
 
 TEST_CASE("an overflow in the last block undoes the blocks already stepped, word for word",

@@ -176,3 +176,41 @@ TEST_CASE("truncated, corrupt and mismatched run files are refused and change no
     unchanged();
   }
 }
+
+TEST_CASE("a run in the lane layout saves as version 2, loads, resumes and reverses bit for bit", "[snapshot][lanes]") {
+  const Logistic f(50, 8, 10, 45);
+  const fixture::Validation valid(f, 46);
+  auto make = [](int lanes) {
+    return SgdMomentum<>(layout3(), Schedule::constant(20, 2, 0.3), Schedule::perGroup(20, Eigen::Vector2d(0.9, 0.7)),
+                         OptimizerOptions(8).withLanes(lanes));
+  };
+  SgdMomentum<> whole = make(8), first = make(8), second = make(8);
+  const VectorXd w1 = VectorXd::LinSpaced(8, 0.5, -0.5);
+  whole.start(w1);
+  train(whole, f);
+  first.start(w1);
+  for (int k = 0; k < 7; ++k) first.step(f);
+  const std::string bytes = saved(first);
+  CHECK(static_cast<unsigned char>(bytes[8]) == 2);  // the version, after the 8-byte magic
+  std::istringstream in(bytes);
+  loadRun(second, in);
+  train(second, f);
+  CHECK(second.fixedWeights() == whole.fixedWeights());
+  CHECK(second.buffer() == whole.buffer());
+  CHECK(second.buffer().lanes() == 8);
+  const Hypergradients a = reverse(whole, f, valid), b = reverse(second, f, valid);
+  CHECK(a.learningRates == b.learningRates);
+  CHECK(second.buffer().empty());
+
+  // A lane-layout run does not load into a one-stack optimizer, nor the other way round.
+  SgdMomentum<> oneStack = SgdMomentum<>(layout3(), Schedule::constant(20, 2, 0.3),
+                                         Schedule::perGroup(20, Eigen::Vector2d(0.9, 0.7)), OptimizerOptions(8));
+  oneStack.start(w1);
+  CHECK(static_cast<unsigned char>(saved(oneStack)[8]) == 1);  // one stack per block: still version 1
+  const Everything before(oneStack);
+  CHECK_THAT(loadError<InvalidArgument>(oneStack, bytes), Catch::Contains("stacks per block"));
+  CHECK(Everything(oneStack) == before);
+  SgdMomentum<> lanes = make(8);
+  lanes.start(w1);
+  CHECK_THAT(loadError<InvalidArgument>(lanes, saved(oneStack)), Catch::Contains("stacks per block"));
+}

@@ -47,6 +47,12 @@ struct OptimizerOptions {
   /// n/2^RatioBits (the fastest); Quantization::ExactFractions keeps fractions such as 0.9 = 9/10
   /// exact, at about 2.5× the exact update's cost per element for those ratios.
   Quantization ratios = Quantization::Dyadic;
+  /// Word stacks per buffer block: 1 (the default), or 8 for the lane layout
+  /// (InformationBuffer, exact/lanes.hpp), which the SIMD kernel of a coming release works on.
+  /// Both reverse exactly; they code the same information into different words, so the last bits
+  /// of a trajectory depend on the choice (a saved run records it). 8 needs a block size that is a
+  /// multiple of 8.
+  int lanes = 1;
 
   OptimizerOptions() = default;
   /// The default options with another block size (implicit on purpose, see above).
@@ -55,6 +61,12 @@ struct OptimizerOptions {
   OptimizerOptions exactFractions() const {
     OptimizerOptions o = *this;
     o.ratios = Quantization::ExactFractions;
+    return o;
+  }
+  /// The same options with `n` stacks per block (1 or 8).
+  OptimizerOptions withLanes(int n) const {
+    OptimizerOptions o = *this;
+    o.lanes = n;
     return o;
   }
 };
@@ -123,6 +135,12 @@ class ReversibleOptimizer
         m_options(options) {
     if (m_blockSize <= 0)
       throw InvalidArgument(detail::message(Rule::name, ": the buffer block size is ", m_blockSize, "; it must be >= 1"));
+    if (options.lanes != 1 && options.lanes != Buffer::laneCount)
+      throw InvalidArgument(detail::message(Rule::name, ": OptimizerOptions::lanes is ", options.lanes, "; it must be 1 or ",
+                                            Buffer::laneCount));
+    if (m_blockSize % options.lanes != 0)
+      throw InvalidArgument(detail::message(Rule::name, ": the buffer block size ", m_blockSize, " must be a multiple of ",
+                                            options.lanes, " with ", options.lanes, " lanes"));
     if (const char* problem = detail::ruleContractViolation<Rule>(m_schedules.at(0, 0))) {
       throw InvalidArgument(detail::message("update rule '", Rule::name, "' breaks the reversibility contract: ",
                                             problem, " (see optimizers/concept.hpp)"));
@@ -156,7 +174,7 @@ class ReversibleOptimizer
     int k = 0;
     (void)std::initializer_list<int>{(s[static_cast<std::size_t>(k)] = toFixed(initial, k), ++k)...};
     for (; k < numStates; ++k) s[static_cast<std::size_t>(k)] = Fixed(size());
-    RunState run{s, s, Buffer(size(), m_blockSize), std::vector<std::uint64_t>(static_cast<std::size_t>(numIterations()), 0),
+    RunState run{s, s, Buffer(size(), m_blockSize, m_options.lanes), std::vector<std::uint64_t>(static_cast<std::size_t>(numIterations()), 0),
                  0, false};
     commit(std::move(run));
   }
@@ -408,10 +426,11 @@ class ReversibleOptimizer
         throw InvalidArgument(detail::message(Rule::name, ": importRun: state '", Rule::stateNames[k],
                                               "' has the wrong size for a layout of ", size(), " parameters"));
     }
-    if (run.buffer.size() != size() || run.buffer.blockSize() != m_blockSize) {
+    if (run.buffer.size() != size() || run.buffer.blockSize() != m_blockSize || run.buffer.lanes() != m_options.lanes) {
       throw InvalidArgument(detail::message(Rule::name, ": importRun: the buffer has ", run.buffer.size(),
-                                            " elements in blocks of ", run.buffer.blockSize(), ", expected ", size(),
-                                            " in blocks of ", m_blockSize));
+                                            " elements in blocks of ", run.buffer.blockSize(), " with ", run.buffer.lanes(),
+                                            " stack(s) each, expected ", size(), " in blocks of ", m_blockSize, " with ",
+                                            m_options.lanes, " (OptimizerOptions::lanes)"));
     }
     if (static_cast<Index>(run.fingerprints.size()) != numIterations() || run.iteration < 0 ||
         run.iteration > numIterations() || (run.halfStep && run.iteration == 0)) {

@@ -12,9 +12,13 @@
 /// requires an optimizer constructed the same way (same rule, template arguments, layout, block
 /// size and schedules) and checks each of these, naming the first that differs.
 ///
-/// **Format** (version 1), little-endian throughout: the 8-byte magic "HGRUN\r\n\x1a", a u32
-/// version, then the fields in the order above (strings as u64 length + bytes, vectors as u64
-/// count + items), then a u64 checksum of every byte before it. A file that is truncated, whose
+/// **Format** (version 1, or 2 for a buffer in the lane layout), little-endian throughout: the
+/// 8-byte magic "HGRUN\r\n\x1a", a u32 version, then the fields in the order above (strings as u64
+/// length + bytes, vectors as u64 count + items), then a u64 checksum of every byte before it.
+/// Version 2 adds one u32 after the buffer's block size, its stacks per block
+/// (OptimizerOptions::lanes), and lists the stacks (lanes per block) instead of the blocks; runs
+/// with one stack per block are still written as version 1, so files of earlier releases and of
+/// this one are interchangeable. A file that is truncated, whose
 /// magic, version or checksum is wrong, or whose fields are inconsistent raises DataError naming
 /// the problem; a well-formed file for another configuration raises InvalidArgument naming the
 /// mismatch. Either way the optimizer is left exactly as it was: the file is parsed completely
@@ -40,7 +44,8 @@ namespace hypergrad {
 namespace detail {
 
 inline constexpr char kRunMagic[8] = {'H', 'G', 'R', 'U', 'N', '\r', '\n', '\x1a'};
-inline constexpr std::uint32_t kRunVersion = 1;
+inline constexpr std::uint32_t kRunVersion = 1;       // one stack per block
+inline constexpr std::uint32_t kRunVersionLanes = 2;  // adds the stacks per block
 
 /// Appends little-endian fields to a byte string and keeps a running checksum.
 class RunWriter {
@@ -142,8 +147,9 @@ void saveRun(const Optimizer& opt, std::ostream& out) {
   using Rule = typename Optimizer::RuleType;
   const typename Optimizer::RunState run = opt.exportRun();
   detail::RunWriter w;
+  const auto& buf = run.buffer;
   w.bytes(detail::kRunMagic, sizeof detail::kRunMagic);
-  w.u32(detail::kRunVersion);
+  w.u32(buf.lanes() == 1 ? detail::kRunVersion : detail::kRunVersionLanes);
   w.str(Rule::name);
   w.u32(static_cast<std::uint32_t>(Optimizer::FixedFormatType::radixBits));
   w.str(Optimizer::RoundingPolicy::name);
@@ -166,13 +172,13 @@ void saveRun(const Optimizer& opt, std::ostream& out) {
     }
   w.u64(run.fingerprints.size());
   for (std::uint64_t f : run.fingerprints) w.u64(f);
-  const auto& buf = run.buffer;
   w.i64(buf.blockSize());
+  if (buf.lanes() != 1) w.u32(static_cast<std::uint32_t>(buf.lanes()));
   w.u64(static_cast<std::uint64_t>(buf.size()));
   for (std::uint64_t x : buf.states()) w.u64(x);
-  w.u64(static_cast<std::uint64_t>(buf.numBlocks()));
-  for (Index b = 0; b < buf.numBlocks(); ++b) {
-    const std::vector<std::uint32_t> words = buf.blockWords(b);
+  w.u64(static_cast<std::uint64_t>(buf.numStacks()));
+  for (Index k = 0; k < buf.numStacks(); ++k) {
+    const std::vector<std::uint32_t> words = buf.stackWords(k);
     w.u64(words.size());
     for (std::uint32_t x : words) w.u32(x);
   }
@@ -209,8 +215,9 @@ void loadRun(Optimizer& opt, std::istream& in, const std::string& source = "stre
   if (std::memcmp(magic, detail::kRunMagic, 8) != 0)
     throw r.error("not a hypergrad run file (wrong magic number)");
   const std::uint32_t version = r.u32("the version");
-  if (version != detail::kRunVersion)
-    throw r.error(detail::message("format version ", version, "; this library reads version ", detail::kRunVersion));
+  if (version != detail::kRunVersion && version != detail::kRunVersionLanes)
+    throw r.error(detail::message("format version ", version, "; this library reads versions ", detail::kRunVersion,
+                                  " and ", detail::kRunVersionLanes));
   if (all.size() < 8 + 8 + 4) throw r.error("truncated: no room for the checksum");
   std::uint64_t stored = 0;
   for (int k = 0; k < 8; ++k)
@@ -287,19 +294,23 @@ void loadRun(Optimizer& opt, std::istream& in, const std::string& source = "stre
   const std::int64_t blockSize = body.i64("the buffer block size");
   if (blockSize != opt.blockSize())
     throw mismatch("buffer block size", std::to_string(blockSize), std::to_string(opt.blockSize()));
+  const std::uint32_t lanes = version == detail::kRunVersion ? 1u : body.u32("the buffer's stacks per block");
+  if (lanes != static_cast<std::uint32_t>(opt.options().lanes))
+    throw mismatch("buffer stacks per block (OptimizerOptions::lanes)", std::to_string(lanes),
+                   std::to_string(opt.options().lanes));
   const std::uint64_t numElements = body.count("the buffer states", 8);
   std::vector<std::uint64_t> states(static_cast<std::size_t>(numElements));
   for (std::uint64_t& x : states) x = body.u64("the buffer states");
-  const std::uint64_t numBlocks = body.count("the buffer blocks", 8);
-  std::vector<std::vector<std::uint32_t>> words(static_cast<std::size_t>(numBlocks));
-  for (auto& block : words) {
-    block.resize(static_cast<std::size_t>(body.count("a block's words", 4)));
-    for (std::uint32_t& x : block) x = body.u32("a block's words");
+  const std::uint64_t numStacks = body.count("the buffer's stacks", 8);
+  std::vector<std::vector<std::uint32_t>> words(static_cast<std::size_t>(numStacks));
+  for (auto& stack : words) {
+    stack.resize(static_cast<std::size_t>(body.count("a stack's words", 4)));
+    for (std::uint32_t& x : stack) x = body.u32("a stack's words");
   }
   if (body.position() != all.size() - 8) throw body.error("unexpected bytes after the buffer");
   try {
     run.buffer = Buffer::fromContents(static_cast<Index>(numElements), static_cast<Index>(blockSize), std::move(states),
-                                      std::move(words));
+                                      std::move(words), static_cast<int>(lanes));
   } catch (const DataError& e) {
     throw body.error(e.what());
   }
