@@ -182,9 +182,10 @@ struct UpdateSetup {
       g(i) = 0.1 * rng.normal();
     }
   }
-  Optimizer optimizer() const {
+  Optimizer optimizer(Coder coder = Coder::OneStack) const {
     return Optimizer(layout, hypergrad::Schedule::constant(kPairSteps, 1, kAlpha),
-                     hypergrad::Schedule::constant(kPairSteps, 1, kGamma));
+                     hypergrad::Schedule::constant(kPairSteps, 1, kGamma),
+                     hypergrad::OptimizerOptions().withLanes(coder == Coder::OneStack ? 1 : 8));
   }
 };
 
@@ -195,9 +196,10 @@ void rewind(Optimizer& opt, const Eigen::VectorXd& g) {
   }
 }
 
-void updateExact(benchmark::State& state, Index n) {
+void updateExact(benchmark::State& state, Index n, Coder coder = Coder::OneStack) {
+  const CoderScope scope(coder);
   const UpdateSetup s(n);
-  Optimizer opt = s.optimizer();
+  Optimizer opt = s.optimizer(coder);
   opt.start(s.w1);
   const auto w0 = opt.fixedWeights();
   double timed = 0.0;
@@ -217,9 +219,10 @@ void updateExact(benchmark::State& state, Index n) {
   setNsPerElement(state, timed, n);
 }
 
-void unstepExact(benchmark::State& state, Index n) {
+void unstepExact(benchmark::State& state, Index n, Coder coder = Coder::OneStack) {
+  const CoderScope scope(coder);
   const UpdateSetup s(n);
-  Optimizer opt = s.optimizer();
+  Optimizer opt = s.optimizer(coder);
   opt.start(s.w1);
   const auto w0 = opt.fixedWeights();
   double timed = 0.0;
@@ -297,6 +300,13 @@ void registerAll() {
                                  [n](benchmark::State& st) { updateExact(st, n); });
     benchmark::RegisterBenchmark(("momentum_update/unstep" + tail).c_str(),
                                  [n](benchmark::State& st) { unstepExact(st, n); });
+    for (const Coder coder : {Coder::LanesScalar, Coder::Lanes}) {
+      const std::string name = coder == Coder::Lanes ? "/lanes:8" : "/lanes:8-scalar";
+      benchmark::RegisterBenchmark(("momentum_update/exact" + name + tail).c_str(),
+                                   [n, coder](benchmark::State& st) { updateExact(st, n, coder); });
+      benchmark::RegisterBenchmark(("momentum_update/unstep" + name + tail).c_str(),
+                                   [n, coder](benchmark::State& st) { unstepExact(st, n, coder); });
+    }
     benchmark::RegisterBenchmark(("momentum_update/double" + tail).c_str(),
                                  [n](benchmark::State& st) { updateDouble(st, n); });
   }

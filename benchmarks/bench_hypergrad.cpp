@@ -9,6 +9,8 @@
 //  2) hypergradients/interleaved/<wl>/T:<T>         forward + reverse (exact) vs double training
 //                                                  vs the store-the-trajectory double baseline
 //     hypergradients/exact, train/double, ...       the same, timed one at a time
+//     hypergradients/lanes/<wl>/T:<T>              one stack per block vs the lane layout (its
+//                                                  AVX-512 lane path) vs double training
 //     reverse_parts/<part>/<wl>                    per-step pieces of the reverse pass
 //  3) buffer_bits/<policy>/<wl>/gamma:<γ>           bits per weight per step vs log2(1/γ)
 //  4) memory/<wl>/gamma:0.9/T:<T>                   trajectory memory, exact vs stored
@@ -51,8 +53,8 @@ std::string gammaName(double g) {
   return s;
 }
 
-ExactSgd exactOptimizer(const Workload& wl, Index T, double gamma) {
-  return ExactSgd(wl.layout, wl.alphas(T), wl.gammas(T, gamma));
+ExactSgd exactOptimizer(const Workload& wl, Index T, double gamma, int lanes = 1) {
+  return ExactSgd(wl.layout, wl.alphas(T), wl.gammas(T, gamma), hypergrad::OptimizerOptions().withLanes(lanes));
 }
 
 bench::DoubleMomentum doubleOptimizer(const Workload& wl, Index T, const ExactSgd& twin) {
@@ -183,6 +185,52 @@ void hypergradientsInterleaved(benchmark::State& state, const WorkloadSpec& spec
     // Exact (fixed-point trajectory) vs double trajectory: rounding-noise level (DESIGN.md §8).
     state.counters["dalpha_max_rel_diff_vs_stored"] = diff;
   }
+}
+
+// The lane layout (OptimizerOptions::lanes = 8, the AVX-512 lane path of the exact kernel where
+// the processor has it) against one stack per block, and plain double training, interleaved in
+// one process. The two layouts round the same run differently in the last bits (their buffers
+// hold other words), so their hypergradients agree to rounding noise, not bit for bit.
+void hypergradientsLanes(benchmark::State& state, const WorkloadSpec& spec, Index T) {
+  const Workload& wl = bench::workload(spec);
+  ExactSgd oneStack = exactOptimizer(wl, T, spec.gamma), lanes = exactOptimizer(wl, T, spec.gamma, 8);
+  bench::DoubleMomentum plain = doubleOptimizer(wl, T, oneStack);
+  const VectorXd v1 = VectorXd::Zero(wl.size());
+  double oneS = 0.0, oneRevS = 0.0, laneS = 0.0, laneRevS = 0.0, doubleS = 0.0, diff = 0.0;
+  for (auto _ : state) {
+    double t0 = bench::threadSeconds();
+    oneStack.start(wl.w1, v1);
+    hypergrad::train(oneStack, wl.train);
+    double t1 = bench::threadSeconds();
+    const hypergrad::Hypergradients a = hypergrad::reverse(oneStack, wl.train, wl.validation);
+    double t2 = bench::threadSeconds();
+    oneS += t1 - t0;
+    oneRevS += t2 - t1;
+    t0 = bench::threadSeconds();
+    lanes.start(wl.w1, v1);
+    hypergrad::train(lanes, wl.train);
+    t1 = bench::threadSeconds();
+    const hypergrad::Hypergradients b = hypergrad::reverse(lanes, wl.train, wl.validation);
+    t2 = bench::threadSeconds();
+    laneS += t1 - t0;
+    laneRevS += t2 - t1;
+    plain.start(wl.w1);
+    hypergrad::train(plain, wl.train);
+    benchmark::DoNotOptimize(plain.weights().data());
+    doubleS += bench::threadSeconds() - t2;
+    diff = bench::maxRelativeDifference(a.learningRates, b.learningRates, 1e-8);
+  }
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["lane_coder_active"] = hypergrad::laneCoderActive() ? 1.0 : 0.0;
+  state.counters["one_stack_forward_ms_per_step"] = 1e3 * oneS / (iters * static_cast<double>(T));
+  state.counters["one_stack_reverse_ms_per_step"] = 1e3 * oneRevS / (iters * static_cast<double>(T));
+  state.counters["lanes_forward_ms_per_step"] = 1e3 * laneS / (iters * static_cast<double>(T));
+  state.counters["lanes_reverse_ms_per_step"] = 1e3 * laneRevS / (iters * static_cast<double>(T));
+  state.counters["double_ms_per_step"] = 1e3 * doubleS / (iters * static_cast<double>(T));
+  state.counters["one_stack_vs_double_train"] = (oneS + oneRevS) / doubleS;
+  state.counters["lanes_vs_double_train"] = (laneS + laneRevS) / doubleS;
+  state.counters["lanes_vs_one_stack"] = (laneS + laneRevS) / (oneS + oneRevS);
+  state.counters["dalpha_max_rel_diff_lanes_vs_one_stack"] = diff;
 }
 
 // How cost grows with the minibatch: the exact hypergradient against plain double training of
@@ -407,6 +455,9 @@ void registerAll(bool longCases) {
     benchmark::RegisterBenchmark(("hypergradients/interleaved" + tT).c_str(),
                                  [spec, T](benchmark::State& st) { hypergradientsInterleaved(st, spec, T, true); })
         ->Unit(ms)->Iterations(smoke ? 1 : 3);
+    benchmark::RegisterBenchmark(("hypergradients/lanes" + tT).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradientsLanes(st, spec, T); })
+        ->Unit(ms)->Iterations(smoke ? 1 : 2);
     benchmark::RegisterBenchmark(("hypergradients/float32" + tT).c_str(),
                                  [spec, T](benchmark::State& st) { hypergradientsFloat32(st, spec, T); })
         ->Unit(ms)->Iterations(smoke ? 1 : 2);

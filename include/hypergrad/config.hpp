@@ -23,6 +23,16 @@
 #define HYPERGRAD_ASSERT(x) assert(x)
 #endif
 
+/// \cond INTERNAL
+// Keeps a cold or large function out of its caller (hot loops stay small enough to inline their
+// own callees).
+#if defined(__GNUC__) || defined(__clang__)
+#define HYPERGRAD_NOINLINE __attribute__((noinline))
+#else
+#define HYPERGRAD_NOINLINE
+#endif
+/// \endcond
+
 /// The public API of hypergrad (private helpers live in its nested namespace `detail`).
 namespace hypergrad {
 

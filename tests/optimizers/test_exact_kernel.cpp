@@ -96,7 +96,8 @@ TEST_CASE("in the lane layout the kernel leaves the bits of a multi-pass update 
           "[optimizer][exact][kernel][lanes]") {
   // The reference: multiplyByRatio on a lane-layout buffer (the AVX-512 lane coder where the
   // processor has it, eight elements at a time), then plain passes for v and w — another code
-  // path than the optimizer's fused element-by-element kernel, which must leave the same bits.
+  // path than the optimizer's fused kernel, run element by element here (its lane path is
+  // pinned to this one in test_lane_kernel.cpp), which must leave the same bits.
   using Opt = SgdMomentum<>;
   using Format = FixedFormat<52>;
   const ParameterLayout layout = threeGroups();
@@ -127,7 +128,9 @@ TEST_CASE("in the lane layout the kernel leaves the bits of a multi-pass update 
     CounterRng r(12, static_cast<std::uint64_t>(t));
     for (Index i = 0; i < N; ++i) g(i) = 0.3 * (r.uniform() - 0.5);
     gradients.push_back(g);
+    setLaneCoderEnabled(false);  // the optimizer element by element, the reference by lanes
     opt.stepWithGradient(g);
+    setLaneCoderEnabled(true);
     std::vector<RatioRun> runs;
     for (Index k = 0; k < G; ++k) {
       const ParameterGroup& grp = layout.group(k);

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <exception>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../config.hpp"
@@ -34,6 +35,7 @@
 #include "../layout.hpp"
 #include "fixed_point.hpp"
 #include "information_buffer.hpp"
+#include "lanes.hpp"
 #include "ratio.hpp"
 #include "ratio_multiply.hpp"
 
@@ -158,6 +160,8 @@ class ExactElement {
   std::int64_t raw(int s) const noexcept { return m_x[s]; }
   /// Operations applied (Apply) or logged (Record) so far.
   int count() const noexcept { return m_count; }
+  /// Record mode: the k-th logged operation.
+  const ElementOp& loggedOp(int k) const noexcept { return m_log[k]; }
 
   // ---- The arithmetic the rule's element code calls ---------------------------------------------
 
@@ -285,6 +289,81 @@ class ExactElement {
   int m_limit;
 };
 
+/// The operations of one step of eight elements (a lane group), recorded lane by lane and applied
+/// operation by operation (see ExactKernel's lane path).
+template <int S>
+struct LaneGroup {
+  alignas(64) std::int64_t x[S][8];                       // the working state integers
+  alignas(64) std::int64_t addend[kMaxElementOps][8];     // each addition's integer, per lane
+  ElementOp ops[kMaxElementOps];                          // the operations (the same in every lane)
+};
+
+/// The element code's arithmetic for lane `lane` of a group in one replay: it skips the
+/// `applied` operations already applied, records the following ones with their addends (from the
+/// current values) until the code reads a state that a recorded operation writes — that value is
+/// not yet the one the forward would read, so the operations from there on wait for the next
+/// replay (by the rule's contract every other read is final). Nothing is applied here.
+template <class Format, int S, class Scaling>
+class LaneReplay {
+ public:
+  LaneReplay(LaneGroup<S>& group, int lane, int applied) noexcept : m_g(&group), m_lane(lane), m_applied(applied) {}
+
+  template <class Entry>
+  void multiply(int s, const Entry& c) {
+    if (recording()) record(ElementOp{s, c.ratio.numerator, c.ratio.denominator, 0});
+    ++m_k;
+  }
+  void add(int s, double x, const char* /*what*/ = "addend") { addRounded(s, x, 1); }
+  void subtract(int s, double x, const char* /*what*/ = "subtrahend") { addRounded(s, x, -1); }
+  double value(int s) noexcept {
+    if (m_k >= m_applied && ((m_written >> s) & 1u)) m_open = false;
+    const double v = Format::toDouble(m_g->x[s][m_lane]);
+    return materialized(Scaling::identity() ? v : v * Scaling::down(s));
+  }
+
+  int end() const noexcept { return m_end; }          ///< One past the last operation recorded
+  int total() const noexcept { return m_k; }          ///< Operations in the element code
+  bool failed() const noexcept { return m_failed; }   ///< An addend did not convert
+
+ private:
+  bool recording() const noexcept { return m_k >= m_applied && m_open; }
+  void record(const ElementOp& op) noexcept {
+    if (m_lane == 0) m_g->ops[m_k] = op;
+    m_written |= 1u << op.state;
+    m_end = m_k + 1;
+  }
+  void addRounded(int s, double x, int sign) noexcept {
+    if (recording()) {
+      std::int64_t d = 0;
+      if (!Format::tryFromDouble(Scaling::identity() ? x : x * Scaling::up(s), d)) m_failed = true;
+      m_g->addend[m_k][m_lane] = sign < 0 ? -d : d;
+      record(ElementOp{s, 0, 0, 0});
+    }
+    ++m_k;
+  }
+
+  LaneGroup<S>* m_g;
+  int m_lane, m_applied;
+  int m_k = 0, m_end = 0;
+  unsigned m_written = 0;
+  bool m_open = true, m_failed = false;
+};
+
+/// Whether the lane path can run the element code with these coefficients: every ratio a power-
+/// of-two denominator with numerator ≥ 2 (or exactly one); other ratios (exact fractions, zero)
+/// go element by element.
+struct LaneRatioProbe {
+  bool ok = true;
+  template <class Entry>
+  void multiply(int /*s*/, const Entry& c) {
+    if (c.ratio.one()) return;
+    if (!c.ratio.dyadic() || c.ratio.zero() || c.ratio.numerator < 2) ok = false;
+  }
+  void add(int /*s*/, double /*x*/, const char* /*what*/ = "") {}
+  void subtract(int /*s*/, double /*x*/, const char* /*what*/ = "") {}
+  double value(int /*s*/) const { return 0.5; }
+};
+
 /// Checks the rule's reversibility contract on one element (see optimizers/concept.hpp): no
 /// state written after it was read, forwardWeights writes only state 0, forwardState never
 /// reads or writes state 0. Runs the element code on made-up values; nothing is stored.
@@ -394,8 +473,17 @@ class ExactKernel {
   // Nothing in a pass allocates: the buffer's worst case is reserved first (the only step that
   // can fail for lack of memory, before anything changes) and the per-block flags live in the
   // caller's workspace. So the undo of a failed pass cannot fail either.
+  // The lane path or not is decided once per call, as a template argument, so that the
+  // element-by-element passes compile exactly as without it (a run-time test inside them made the
+  // compiler treat them differently: the one-stack update got 30% slower).
   template <bool Forward, StepPart Part, class Coefficients>
   static void run(const Call<Coefficients>& call) {
+    if (laneLayout(*call.buffer)) runBlocks<Forward, Part, true>(call);
+    else runBlocks<Forward, Part, false>(call);
+  }
+
+  template <bool Forward, StepPart Part, bool L, class Coefficients>
+  static void runBlocks(const Call<Coefficients>& call) {
     Buffer& buf = *call.buffer;
     const Index numBlocks = buf.numBlocks();
     buf.reserve(call.multiplies);
@@ -408,8 +496,8 @@ class ExactKernel {
 #endif
     for (Index b = 0; b < numBlocks; ++b) {
       try {
-        if constexpr (Forward) forwardBlock<Part>(call, b);
-        else inverseBlock<Part>(call, b);
+        if constexpr (Forward) forwardBlock<Part, L>(call, b);
+        else inverseBlock<Part, L>(call, b);
         done[b] = 1;
       } catch (...) {
         errors[b] = std::current_exception();
@@ -426,8 +514,8 @@ class ExactKernel {
     for (Index b = 0; b < numBlocks; ++b) {
       if (!done[b]) continue;
       try {
-        if constexpr (Forward) inverseBlock<Part>(call, b);
-        else forwardBlock<Part>(call, b);
+        if constexpr (Forward) inverseBlock<Part, L>(call, b);
+        else forwardBlock<Part, L>(call, b);
       } catch (...) {
         undoFailed = true;
       }
@@ -472,7 +560,10 @@ class ExactKernel {
     if constexpr (Part != StepPart::State) Rule::forwardWeights(a, c);
   }
 
-  template <StepPart Part, class Coefficients>
+  // Copy 1 of applyElement and invertElement is the lane path's: with the element-by-element
+  // passes as the only callers of copy 0, the compiler treats copy 0 as it did before the lane
+  // path existed (a shared copy made the one-stack update 30% slower, measured).
+  template <StepPart Part, int Copy = 0, class Coefficients>
   static void applyElement(const Call<Coefficients>& call, const Coefficients& c, Index i) {
     Applier e(i, *call.buffer);
     e.load(call.state);
@@ -495,7 +586,7 @@ class ExactKernel {
     e.store(call.state);
   }
 
-  template <StepPart Part, class Coefficients>
+  template <StepPart Part, int Copy = 0, class Coefficients>
   static void invertElement(const Call<Coefficients>& call, const Coefficients& c, Index i) {
     Recorder e(i, *call.buffer);
     e.load(call.state);
@@ -513,41 +604,317 @@ class ExactKernel {
   // the weights half multiplies through the buffer (AdamW's decay). The second pass also has no
   // buffer dependence between elements when the weights half has no multiplication, so the
   // processor overlaps the elements' square roots and divisions (Adam).
-  template <class Coefficients>
+  template <bool L, class Coefficients>
   static void forwardBoth(const Call<Coefficients>& call, Index b) {
-    forwardBlock<StepPart::State>(call, b);
+    forwardBlock<StepPart::State, L>(call, b);
     try {
-      forwardBlock<StepPart::Weights>(call, b);
+      forwardBlock<StepPart::Weights, L>(call, b);
     } catch (...) {
-      inverseBlock<StepPart::State>(call, b);  // exact: the state the pass just produced
+      inverseBlock<StepPart::State, L>(call, b);  // exact: the state the pass just produced
       throw;
     }
   }
-  template <class Coefficients>
+  template <bool L, class Coefficients>
   static void inverseBoth(const Call<Coefficients>& call, Index b) {
-    inverseBlock<StepPart::Weights>(call, b);
+    inverseBlock<StepPart::Weights, L>(call, b);
     try {
-      inverseBlock<StepPart::State>(call, b);
+      inverseBlock<StepPart::State, L>(call, b);
     } catch (...) {
-      forwardBlock<StepPart::Weights>(call, b);
+      forwardBlock<StepPart::Weights, L>(call, b);
       throw;
     }
   }
 
-  template <StepPart Part, class Coefficients>
+  // L: the lane path (see run()).
+  template <StepPart Part, bool L, class Coefficients>
   static void forwardBlock(const Call<Coefficients>& call, Index b) {
-    if constexpr (Part == StepPart::Both) forwardBoth(call, b);
-    else forwardPass<Part>(call, b);
+    if constexpr (Part == StepPart::Both) forwardBoth<L>(call, b);
+    else forwardPass<Part, L>(call, b);
   }
-  template <StepPart Part, class Coefficients>
+  template <StepPart Part, bool L, class Coefficients>
   static void inverseBlock(const Call<Coefficients>& call, Index b) {
-    if constexpr (Part == StepPart::Both) inverseBoth(call, b);
-    else inversePass<Part>(call, b);
+    if constexpr (Part == StepPart::Both) inverseBoth<L>(call, b);
+    else inversePass<Part, L>(call, b);
   }
 
-  // One half of the step over one block, element by element.
+  // A pass failed: undo the elements [lo, done) it stepped, last first, so that each stack comes
+  // back word for word (the failing element undid itself).
   template <StepPart Part, class Coefficients>
+  static void undoStepped(const Call<Coefficients>& call, Index lo, Index done) {
+    forEachSegment(*call.layout, lo, done, true, [&](Index k, Index begin, Index end) {
+      const Coefficients& c = call.coefficients[k];
+      for (Index i = end; i-- > begin;) invertElement<Part>(call, c, i);
+    });
+  }
+  // An inverse pass failed: redo the elements [undone, hi) it inverted, in increasing order (the
+  // failing element is as it was).
+  template <StepPart Part, class Coefficients>
+  static void redoInverted(const Call<Coefficients>& call, Index undone, Index hi) {
+    forEachSegment(*call.layout, undone, hi, false, [&](Index k, Index begin, Index end) {
+      const Coefficients& c = call.coefficients[k];
+      for (Index i = begin; i < end; ++i) applyElement<Part>(call, c, i);
+    });
+  }
+
+  // ---- The lane path ------------------------------------------------------------------------
+  // In the lane layout, with the lane coder active, each segment's aligned groups of eight go
+  // operation by operation: the element code runs per lane in a LaneReplay (recording the
+  // operations and their addends from the current values, applying nothing), then each recorded
+  // operation is applied to the eight lanes at once — a multiplication by the lane coder, an
+  // addition checked per lane. The bits are the element-by-element kernel's: each lane's stack
+  // sees its element's operations in the same order, and every addend is computed by the same
+  // element code from the same values (see LaneReplay). A group where anything fails (an addend
+  // out of range, a non-finite g, a state not from this run) is taken back and redone element by
+  // element, which throws the typed error with the usual undo.
+  static constexpr bool kLaneRounding =
+      std::is_same<Rounding, BitsBackRounding>::value && laneCoderFits<DBits, Buffer::precisionBits>();
+
+  static bool laneLayout(const Buffer& buf) noexcept {
+    if constexpr (kLaneRounding && HYPERGRAD_LANE_CODER) {
+      return buf.lanes() == Buffer::laneCount && laneCoderActive();
+    } else {
+      static_cast<void>(buf);
+      return false;
+    }
+  }
+
+  template <StepPart Part, class Coefficients>
+  static bool laneSegment(const Coefficients& c) {
+    LaneRatioProbe probe;
+    elementCode<Part>(probe, c, 0.25);
+    return probe.ok;
+  }
+
+  // Calls scalar(i) for [begin, a) and [z, end) and groups(a, z) for the aligned groups between,
+  // in increasing order (forward) or decreasing (inverse); a and z are begin and end rounded
+  // inwards to multiples of 8.
+  template <bool Forward, class Scalar, class Groups>
+  static void laneSplit(Index begin, Index end, Scalar&& scalar, Groups&& groups) {
+    const Index a = std::min(end, (begin + 7) & ~Index(7)), z = std::max(a, end & ~Index(7));
+    if (Forward) {
+      for (Index i = begin; i < a; ++i) scalar(i);
+      if (a < z) groups(a, z);
+      for (Index i = z; i < end; ++i) scalar(i);
+    } else {
+      for (Index i = end; i-- > z;) scalar(i);
+      if (a < z) groups(a, z);
+      for (Index i = a; i-- > begin;) scalar(i);
+    }
+  }
+
+#if HYPERGRAD_LANE_CODER
+  // A group's addend rows are written lane by lane for the operations recorded, and read only for
+  // those; GCC 12 cannot see that through the replay loop. Zeroing the group would cost more than
+  // the rest of a group's step.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+  using Group = LaneGroup<S>;
+
+  static void loadGroup(const std::int64_t* const* state, Index i, Group& grp) noexcept {
+    for (int s = 0; s < S; ++s)
+      for (int l = 0; l < 8; ++l) grp.x[s][l] = state[s][i + l];
+  }
+  static void storeGroup(std::int64_t* const* state, Index i, const Group& grp) noexcept {
+    for (int s = 0; s < S; ++s)
+      for (int l = 0; l < 8; ++l) state[s][i + l] = grp.x[s][l];
+  }
+
+  // Applies operation op to the group's lanes; false (nothing changed) if an addition overflows.
+  static bool laneApply(Group& grp, int j, Index i, Buffer& buf, LaneStacks& st) {
+    const ElementOp& op = grp.ops[j];
+    std::int64_t* x = grp.x[op.state];
+    if (op.isAddition()) {
+      std::int64_t r[8];
+      bool overflow = false;
+      for (int l = 0; l < 8; ++l)
+        overflow |= __builtin_add_overflow(x[l], grp.addend[j][l], &r[l]) || r[l] == std::numeric_limits<std::int64_t>::min();
+      if (overflow) return false;
+      for (int l = 0; l < 8; ++l) x[l] = r[l];
+    } else if (op.numerator != op.denominator) {
+      laneMultiply8<DBits, Buffer::precisionBits>(x, i, op.numerator, buf, st);
+    }
+    return true;
+  }
+  // Undoes operation op; false (nothing changed) if a subtraction overflows or a division leaves
+  // the int64 range (the state is not one this operation produced).
+  static bool laneUndo(Group& grp, int j, Index i, Buffer& buf, LaneStacks& st) {
+    const ElementOp& op = grp.ops[j];
+    std::int64_t* x = grp.x[op.state];
+    if (op.isAddition()) {
+      std::int64_t r[8];
+      bool overflow = false;
+      for (int l = 0; l < 8; ++l)
+        overflow |= __builtin_sub_overflow(x[l], grp.addend[j][l], &r[l]) || r[l] == std::numeric_limits<std::int64_t>::min();
+      if (overflow) return false;
+      for (int l = 0; l < 8; ++l) x[l] = r[l];
+      return true;
+    }
+    return op.numerator == op.denominator || laneDivide8<DBits, Buffer::precisionBits>(x, i, op.numerator, buf, st);
+  }
+
+  // One group forward; `done` counts the elements stepped (the caller's undo range).
+  template <StepPart Part, class Coefficients>
+  static void forwardGroup(const Call<Coefficients>& call, const Coefficients& c, Index i, LaneStacks& st, Index& done) {
+    Buffer& buf = *call.buffer;
+    Group grp;
+    loadGroup(call.state, i, grp);
+    double g[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    bool ok = true;
+    if constexpr (Part != StepPart::Weights) {
+      for (int l = 0; l < 8; ++l) {
+        g[l] = call.gradient[i + l];
+        ok = ok && std::isfinite(g[l]);
+      }
+    }
+    int applied = 0;
+    while (ok) {
+      int end = 0, total = 0;
+      for (int l = 0; l < 8; ++l) {
+        LaneReplay<Format, S, Scaling> r(grp, l, applied);
+        elementCode<Part>(r, c, g[l]);
+        end = r.end();
+        total = r.total();
+        ok = ok && !r.failed();
+      }
+      if (!ok || applied >= total) break;
+      HYPERGRAD_ASSERT(end > applied);
+      for (int j = applied; j < end && ok; ++j) {
+        if (laneApply(grp, j, i, buf, st)) ++applied;
+        else ok = false;
+      }
+    }
+    if (ok) {
+      storeGroup(call.state, i, grp);
+      done += 8;
+      return;
+    }
+    // Take back the operations applied (their addends are in grp), then the scalar kernel
+    // repeats the group and throws where it fails.
+    for (int j = applied; j-- > 0;) {
+      const bool undone = laneUndo(grp, j, i, buf, st);
+      HYPERGRAD_ASSERT(undone);
+      static_cast<void>(undone);
+    }
+    st.store(buf);
+    for (int l = 0; l < 8; ++l, ++done) applyElement<Part, 1>(call, c, i + l);
+    st.load(buf, st.firstStack);
+  }
+
+  // One group backwards; `undone` is the lowest element inverted (the caller's redo range).
+  template <StepPart Part, class Coefficients>
+  static void inverseGroup(const Call<Coefficients>& call, const Coefficients& c, Index i, LaneStacks& st,
+                           Index& undone) {
+    Buffer& buf = *call.buffer;
+    Group grp;
+    loadGroup(call.state, i, grp);
+    int total = 0;
+    bool ok = true;
+    try {
+      // Record at the post-step state: by the contract every addend is the forward's.
+      for (int l = 0; l < 8; ++l) {
+        Recorder e(i + l, buf);
+        e.load(call.state);
+        elementCode<Part>(e, c, Part != StepPart::Weights ? call.gradient[i + l] : 0.0);
+        total = e.count();
+        for (int k = 0; k < total; ++k) {
+          if (l == 0) grp.ops[k] = e.loggedOp(k);
+          grp.addend[k][l] = e.loggedOp(k).addend;
+        }
+      }
+    } catch (const ElementFailure&) {
+      ok = false;  // an addend out of range: the scalar kernel reports it
+    }
+    int j = total;  // operations [j, total) are undone
+    while (ok && j > 0) {
+      if (laneUndo(grp, j - 1, i, buf, st)) --j;
+      else ok = false;
+    }
+    if (ok) {
+      storeGroup(call.state, i, grp);
+      undone = i;
+      return;
+    }
+    // Redo what was undone ([j, total); the failing undo changed nothing), then the scalar kernel
+    // repeats the group and throws where it fails.
+    for (int k = j; k < total; ++k) {
+      const bool redone = laneApply(grp, k, i, buf, st);
+      HYPERGRAD_ASSERT(redone);
+      static_cast<void>(redone);
+    }
+    st.store(buf);
+    for (int l = 8; l-- > 0;) {
+      invertElement<Part, 1>(call, c, i + l);
+      undone = i + l;
+    }
+    st.load(buf, st.firstStack);
+  }
+
+  // forwardPass / inversePass on the lane path: each segment whose ratios the lane coder takes
+  // goes by aligned groups of eight, its unaligned ends and the other segments element by
+  // element; on failure the same undo as the element-by-element pass.
+  template <StepPart Part, class Coefficients>
+  HYPERGRAD_NOINLINE static void forwardPassLanes(const Call<Coefficients>& call, Index b) {
+    const ParameterLayout& layout = *call.layout;
+    const Index lo = call.buffer->blockBegin(b), hi = call.buffer->blockEnd(b);
+    Index done = lo;  // elements [lo, done) are stepped
+    try {
+      forEachSegment(layout, lo, hi, false, [&](Index k, Index begin, Index end) {
+        const Coefficients& c = call.coefficients[k];
+        auto scalar = [&](Index i) { applyElement<Part, 1>(call, c, i), ++done; };
+        if (!laneSegment<Part>(c)) {
+          for (Index i = begin; i < end; ++i) scalar(i);
+          return;
+        }
+        laneSplit<true>(begin, end, scalar, [&](Index a, Index z) {
+          LaneStacks st;  // open over the groups only: the scalar elements use the stacks
+          st.load(*call.buffer, call.buffer->stackOf(a));
+          for (Index i = a; i < z; i += 8) forwardGroup<Part>(call, c, i, st, done);
+          st.store(*call.buffer);
+        });
+      });
+    } catch (...) {
+      undoStepped<Part>(call, lo, done);
+      throw;
+    }
+  }
+  template <StepPart Part, class Coefficients>
+  HYPERGRAD_NOINLINE static void inversePassLanes(const Call<Coefficients>& call, Index b) {
+    const ParameterLayout& layout = *call.layout;
+    const Index lo = call.buffer->blockBegin(b), hi = call.buffer->blockEnd(b);
+    Index undone = hi;  // elements [undone, hi) are inverted
+    try {
+      forEachSegment(layout, lo, hi, true, [&](Index k, Index begin, Index end) {
+        const Coefficients& c = call.coefficients[k];
+        auto scalar = [&](Index i) { invertElement<Part, 1>(call, c, i), undone = i; };
+        if (!laneSegment<Part>(c)) {
+          for (Index i = end; i-- > begin;) scalar(i);
+          return;
+        }
+        laneSplit<false>(begin, end, scalar, [&](Index a, Index z) {
+          LaneStacks st;
+          st.load(*call.buffer, call.buffer->stackOf(a));
+          for (Index i = z; i > a;) inverseGroup<Part>(call, c, i -= 8, st, undone);
+          st.store(*call.buffer);
+        });
+      });
+    } catch (...) {
+      redoInverted<Part>(call, undone, hi);
+      throw;
+    }
+  }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+  // One half of the step over one block, element by element (or by lane groups, above).
+  template <StepPart Part, bool L, class Coefficients>
   static void forwardPass(const Call<Coefficients>& call, Index b) {
+#if HYPERGRAD_LANE_CODER
+    if constexpr (L) return forwardPassLanes<Part>(call, b);
+#endif
     const ParameterLayout& layout = *call.layout;
     const Index lo = call.buffer->blockBegin(b), hi = call.buffer->blockEnd(b);
     Index done = lo;  // elements [lo, done) are stepped
@@ -557,18 +924,16 @@ class ExactKernel {
         for (Index i = begin; i < end; ++i, ++done) applyElement<Part>(call, c, i);
       });
     } catch (...) {
-      // Undo [lo, done) last first, so the block's word stack comes back word for word (the
-      // failing element undid itself).
-      forEachSegment(layout, lo, done, true, [&](Index k, Index begin, Index end) {
-        const Coefficients& c = call.coefficients[k];
-        for (Index i = end; i-- > begin;) invertElement<Part>(call, c, i);
-      });
+      undoStepped<Part>(call, lo, done);
       throw;
     }
   }
 
-  template <StepPart Part, class Coefficients>
+  template <StepPart Part, bool L, class Coefficients>
   static void inversePass(const Call<Coefficients>& call, Index b) {
+#if HYPERGRAD_LANE_CODER
+    if constexpr (L) return inversePassLanes<Part>(call, b);
+#endif
     const ParameterLayout& layout = *call.layout;
     const Index lo = call.buffer->blockBegin(b), hi = call.buffer->blockEnd(b);
     Index undone = hi;  // elements [undone, hi) are inverted
@@ -578,11 +943,7 @@ class ExactKernel {
         for (Index i = end; i-- > begin; --undone) invertElement<Part>(call, c, i);
       });
     } catch (...) {
-      // Redo [undone, hi) in increasing order (the failing element is as it was).
-      forEachSegment(layout, undone, hi, false, [&](Index k, Index begin, Index end) {
-        const Coefficients& c = call.coefficients[k];
-        for (Index i = begin; i < end; ++i) applyElement<Part>(call, c, i);
-      });
+      redoInverted<Part>(call, undone, hi);
       throw;
     }
   }

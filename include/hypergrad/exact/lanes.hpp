@@ -98,44 +98,62 @@ constexpr bool laneCoderFits() noexcept {
 #if HYPERGRAD_LANE_CODER
 // NOLINTBEGIN(performance-no-int-to-ptr): the cursors hold the stacks' addresses in vector lanes.
 
-// GCC 12 warns that the intrinsics' own undefined pass-through operands "may be used
+// GCC 12 warns that the intrinsics' own undefined pass-through operands "are" or "may be used
 // uninitialized" once they are inlined here (GCC bug 105593, fixed in GCC 13).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
-// The eight stacks of one block, as vectors of addresses. `floor` is the chunk start of a stack
-// whose top chunk is its bottom one (its empty position), else an address no top can have.
+// The stack cursor of one block's eight lanes, in memory so that code compiled without AVX-512
+// can hold it: each stack's top, chunk start and end as addresses, and `floor`, the chunk start
+// of a stack whose top chunk is its bottom one (its empty position), else an address no top can
+// have. While a cursor is open its tops are the stacks' tops: store() it before the stacks are
+// used directly, load() it after.
+struct LaneStacks {
+  alignas(64) std::uint64_t top[8];
+  alignas(64) std::uint64_t begin[8];
+  alignas(64) std::uint64_t end[8];
+  alignas(64) std::uint64_t floor[8];
+  Index firstStack = 0;
+
+  template <class Buffer>
+  void load(Buffer& buf, Index first) noexcept {
+    firstStack = first;
+    for (int l = 0; l < 8; ++l) {
+      const ChunkedWordStack& s = buf.stack(first + l);
+      top[l] = reinterpret_cast<std::uintptr_t>(s.chunkTop());
+      begin[l] = reinterpret_cast<std::uintptr_t>(s.chunkBegin());
+      end[l] = reinterpret_cast<std::uintptr_t>(s.chunkEnd());
+      floor[l] = s.bottomChunk() ? begin[l] : ~std::uint64_t(0);
+    }
+  }
+  template <class Buffer>
+  void store(Buffer& buf) const noexcept {
+    for (int l = 0; l < 8; ++l) buf.stack(firstStack + l).setChunkTop(reinterpret_cast<std::uint32_t*>(top[l]));
+  }
+};
+
+// The cursor's vectors in registers, for the span of one group operation.
 struct LaneCursor {
   __m512i top, begin, end, floor;
 };
 
-template <class Buffer>
-HYPERGRAD_TARGET_AVX512 inline LaneCursor loadCursor(Buffer& buf, Index firstStack) noexcept {
-  alignas(64) std::uint64_t t[8], b[8], e[8], f[8];
-  for (int l = 0; l < 8; ++l) {
-    const ChunkedWordStack& s = buf.stack(firstStack + l);
-    t[l] = reinterpret_cast<std::uintptr_t>(s.chunkTop());
-    b[l] = reinterpret_cast<std::uintptr_t>(s.chunkBegin());
-    e[l] = reinterpret_cast<std::uintptr_t>(s.chunkEnd());
-    f[l] = s.bottomChunk() ? b[l] : ~std::uint64_t(0);
-  }
-  return {_mm512_load_si512(t), _mm512_load_si512(b), _mm512_load_si512(e), _mm512_load_si512(f)};
+HYPERGRAD_TARGET_AVX512 inline LaneCursor openCursor(const LaneStacks& st) noexcept {
+  return {_mm512_load_si512(st.top), _mm512_load_si512(st.begin), _mm512_load_si512(st.end),
+          _mm512_load_si512(st.floor)};
 }
 
-template <class Buffer>
-HYPERGRAD_TARGET_AVX512 inline void storeCursor(Buffer& buf, Index firstStack, const LaneCursor& c) noexcept {
-  alignas(64) std::uint64_t t[8];
-  _mm512_store_si512(t, c.top);
-  for (int l = 0; l < 8; ++l) buf.stack(firstStack + l).setChunkTop(reinterpret_cast<std::uint32_t*>(t[l]));
+HYPERGRAD_TARGET_AVX512 inline void closeCursor(LaneStacks& st, const LaneCursor& c) noexcept {
+  _mm512_store_si512(st.top, c.top);
 }
 
 // Spills the low words of the lanes in `mask` (x ≥ their bound): the scalar spill, a zero onto
 // an empty stack dropped. A lane whose chunk is full pushes through its stack (which moves to the
 // next chunk, reserved beforehand: no allocation fails here); the cursor is then reloaded.
 template <class Buffer>
-HYPERGRAD_TARGET_AVX512 inline __m512i laneSpill(__m512i x, __mmask8 mask, LaneCursor& c, Buffer& buf, Index firstStack) {
+HYPERGRAD_TARGET_AVX512 inline __m512i laneSpill(__m512i x, __mmask8 mask, LaneCursor& c, LaneStacks& st, Buffer& buf) {
   if (mask == 0) return x;
   const __m256i word = _mm512_cvtepi64_epi32(x);
   const __mmask8 keep = mask & (_mm512_cmpneq_epu64_mask(_mm512_cvtepu32_epi64(word), _mm512_setzero_si512()) |
@@ -145,12 +163,14 @@ HYPERGRAD_TARGET_AVX512 inline __m512i laneSpill(__m512i x, __mmask8 mask, LaneC
   _mm512_mask_i64scatter_epi32(nullptr, fast, c.top, word, 1);
   c.top = _mm512_mask_add_epi64(c.top, fast, c.top, _mm512_set1_epi64(4));
   if (full != 0) {
-    storeCursor(buf, firstStack, c);
+    closeCursor(st, c);
+    st.store(buf);
     alignas(32) std::uint32_t w[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(w), word);
     for (int l = 0; l < 8; ++l)
-      if ((full >> l) & 1) buf.stack(firstStack + l).push(w[l]);
-    c = loadCursor(buf, firstStack);
+      if ((full >> l) & 1) buf.stack(st.firstStack + l).push(w[l]);
+    st.load(buf, st.firstStack);
+    c = openCursor(st);
   }
   return _mm512_mask_srli_epi64(x, mask, x, 32);
 }
@@ -159,7 +179,7 @@ HYPERGRAD_TARGET_AVX512 inline __m512i laneSpill(__m512i x, __mmask8 mask, LaneC
 // stack). A lane at the start of a chunk above the bottom one pops through its stack (which moves
 // down a chunk); the cursor is then reloaded.
 template <class Buffer>
-HYPERGRAD_TARGET_AVX512 inline __m512i laneRefill(__m512i x, LaneCursor& c, Buffer& buf, Index firstStack) noexcept {
+HYPERGRAD_TARGET_AVX512 inline __m512i laneRefill(__m512i x, LaneCursor& c, LaneStacks& st, Buffer& buf) noexcept {
   const __mmask8 low = _mm512_cmplt_epu64_mask(x, _mm512_set1_epi64(std::int64_t(1) << 32));
   if (low == 0) return x;
   const __mmask8 nonEmpty = low & _mm512_cmpneq_epu64_mask(c.top, c.floor);
@@ -168,13 +188,15 @@ HYPERGRAD_TARGET_AVX512 inline __m512i laneRefill(__m512i x, LaneCursor& c, Buff
   c.top = _mm512_mask_sub_epi64(c.top, fast, c.top, _mm512_set1_epi64(4));
   __m256i word = _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), fast, c.top, nullptr, 1);
   if (chunkStart != 0) {
-    storeCursor(buf, firstStack, c);
+    closeCursor(st, c);
+    st.store(buf);
     alignas(32) std::uint32_t w[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(w), word);
     for (int l = 0; l < 8; ++l)
-      if ((chunkStart >> l) & 1) w[l] = buf.stack(firstStack + l).popOrZero();
+      if ((chunkStart >> l) & 1) w[l] = buf.stack(st.firstStack + l).popOrZero();
     word = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
-    c = loadCursor(buf, firstStack);
+    st.load(buf, st.firstStack);
+    c = openCursor(st);
   }
   return _mm512_mask_or_epi64(x, low, _mm512_slli_epi64(x, 32), _mm512_cvtepu32_epi64(word));
 }
@@ -207,102 +229,110 @@ HYPERGRAD_TARGET_AVX512 inline __m512i laneRefineDiv(__m512i a, __m512i q0, __m5
   return q;
 }
 
-/// c[i] ← c[i] · n/2^DBits for i in [begin, end), a range of whole groups of eight inside one
-/// block of a lane-layout buffer, with BitsBackRounding::multiplyOne's bits. 1 ≤ n < 2^DBits.
+/// c8[l] ← c8[l] · n/2^DBits for the eight elements i..i+7 (i a multiple of 8, inside the block
+/// whose stacks `st` holds open), with BitsBackRounding::multiplyOne's bits. 1 ≤ n < 2^DBits.
 template <int DBits, int MBits, class Buffer>
-HYPERGRAD_TARGET_AVX512 void laneMultiply(std::int64_t* c, Index begin, Index end, std::uint32_t n, Buffer& buf) {
+HYPERGRAD_TARGET_AVX512 void laneMultiply8(std::int64_t* c8, Index i, std::uint32_t n, Buffer& buf, LaneStacks& st) {
   constexpr int fBits = MBits - DBits;
-  const Index firstStack = buf.stackOf(begin);
-  std::uint64_t* states = buf.stateData();
-  const __m512i nv = _mm512_set1_epi64(n), nMinus1 = _mm512_set1_epi64(n - 1);
+  std::uint64_t* states = buf.stateData() + i;
+  const __m512i nv = _mm512_set1_epi64(n);
   const __m512d inv = _mm512_set1_pd(1.0 / n);
-  const __m512i spillAt = _mm512_set1_epi64(std::int64_t(1) << (64 - DBits));
-  const __m512i dMask = _mm512_set1_epi64((std::int64_t(1) << DBits) - 1);
-  const __m512i fMask = _mm512_set1_epi64((std::int64_t(1) << fBits) - 1);
-  const __m512i mMask = _mm512_set1_epi64((std::int64_t(1) << MBits) - 1);
-  const __m512i mOne = _mm512_set1_epi64(std::int64_t(1) << MBits);
-  LaneCursor cur = loadCursor(buf, firstStack);
-  for (Index i = begin; i < end; i += 8) {
-    __m512i x = _mm512_loadu_si512(states + i);
-    const __m512i cv = _mm512_loadu_si512(c + i);
-    const __m512i q = _mm512_srai_epi64(cv, DBits);
-    const __m512i r = _mm512_and_si512(cv, dMask);
-    // pushPow2(r, DBits)
-    x = laneSpill(x, _mm512_cmpge_epu64_mask(x, spillAt), cur, buf, firstStack);
-    x = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(_mm512_srli_epi64(x, fBits), MBits), _mm512_and_si512(x, fMask)),
-                         _mm512_slli_epi64(r, fBits));
-    // popUniform(n)
-    const __m512i slot = _mm512_and_si512(x, mMask);
-    const __m512i s = _mm512_srli_epi64(_mm512_mul_epu32(slot, nv), MBits);
-    const __m512i a = _mm512_add_epi64(_mm512_slli_epi64(s, MBits), nMinus1);
-    const __m512i cs = laneDivSmall(a, inv, nv);
-    const __m512i f = _mm512_sub_epi64(laneDivSmall(_mm512_add_epi64(a, mOne), inv, nv), cs);
-    x = _mm512_add_epi64(_mm512_mullo_epi64(f, _mm512_srli_epi64(x, MBits)), _mm512_sub_epi64(slot, cs));
-    x = laneRefill(x, cur, buf, firstStack);
-    _mm512_storeu_si512(states + i, x);
-    _mm512_storeu_si512(c + i, _mm512_add_epi64(_mm512_mullo_epi64(q, nv), s));
-  }
-  storeCursor(buf, firstStack, cur);
+  LaneCursor cur = openCursor(st);
+  __m512i x = _mm512_loadu_si512(states);
+  const __m512i cv = _mm512_loadu_si512(c8);
+  const __m512i q = _mm512_srai_epi64(cv, DBits);
+  const __m512i r = _mm512_and_si512(cv, _mm512_set1_epi64((std::int64_t(1) << DBits) - 1));
+  // pushPow2(r, DBits)
+  x = laneSpill(x, _mm512_cmpge_epu64_mask(x, _mm512_set1_epi64(std::int64_t(1) << (64 - DBits))), cur, st, buf);
+  x = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(_mm512_srli_epi64(x, fBits), MBits),
+                                        _mm512_and_si512(x, _mm512_set1_epi64((std::int64_t(1) << fBits) - 1))),
+                       _mm512_slli_epi64(r, fBits));
+  // popUniform(n)
+  const __m512i slot = _mm512_and_si512(x, _mm512_set1_epi64((std::int64_t(1) << MBits) - 1));
+  const __m512i s = _mm512_srli_epi64(_mm512_mul_epu32(slot, nv), MBits);
+  const __m512i a = _mm512_add_epi64(_mm512_slli_epi64(s, MBits), _mm512_set1_epi64(n - 1));
+  const __m512i cs = laneDivSmall(a, inv, nv);
+  const __m512i f = _mm512_sub_epi64(laneDivSmall(_mm512_add_epi64(a, _mm512_set1_epi64(std::int64_t(1) << MBits)), inv, nv), cs);
+  x = _mm512_add_epi64(_mm512_mullo_epi64(f, _mm512_srli_epi64(x, MBits)), _mm512_sub_epi64(slot, cs));
+  x = laneRefill(x, cur, st, buf);
+  _mm512_storeu_si512(states, x);
+  _mm512_storeu_si512(c8, _mm512_add_epi64(_mm512_mullo_epi64(q, nv), s));
+  closeCursor(st, cur);
 }
 
-/// The inverse of laneMultiply over the same range, groups in decreasing order, with
-/// BitsBackRounding::divideOne's bits; a group with a quotient at the edge of the int64 range
-/// goes to `scalarOne` (which throws the typed error). 2 ≤ n < 2^DBits.
+/// The inverse of laneMultiply8, with BitsBackRounding::tryDivideOne's bits; false, with nothing
+/// changed, when a quotient is at the edge of the int64 range (the scalar code decides those, and
+/// the multiply never produces them but for q = qMin, r ≠ 0). 2 ≤ n < 2^DBits.
 template <int DBits, int MBits, class Buffer>
-HYPERGRAD_TARGET_AVX512 void laneDivide(std::int64_t* c, Index begin, Index end, std::uint32_t n, Buffer& buf,
-                                        void (*scalarOne)(std::int64_t&, std::uint32_t, Index, Buffer&)) {
+HYPERGRAD_TARGET_AVX512 bool laneDivide8(std::int64_t* c8, Index i, std::uint32_t n, Buffer& buf, LaneStacks& st) {
   constexpr int fBits = MBits - DBits;
-  const Index firstStack = buf.stackOf(begin);
-  std::uint64_t* states = buf.stateData();
-  const __m512i nv = _mm512_set1_epi64(n), nMinus1 = _mm512_set1_epi64(n - 1);
+  const __m512i nv = _mm512_set1_epi64(n);
   const __m512d inv = _mm512_set1_pd(1.0 / n);
-  const std::uint64_t fLo = (std::uint64_t(1) << MBits) / n;  // every frequency is fLo or fLo + 1
-  const __m512i fLoV = _mm512_set1_epi64(static_cast<std::int64_t>(fLo));
-  const __m512d invLo = _mm512_set1_pd(1.0 / static_cast<double>(fLo));
-  const __m512d invHi = _mm512_set1_pd(1.0 / static_cast<double>(fLo + 1));
-  const __m512i fMask = _mm512_set1_epi64((std::int64_t(1) << fBits) - 1);
-  const __m512i mMask = _mm512_set1_epi64((std::int64_t(1) << MBits) - 1);
-  const __m512i mOne = _mm512_set1_epi64(std::int64_t(1) << MBits);
-  // q·2^DBits + r must stay in (INT64_MIN, INT64_MAX]: q in (qMin, qMax] here; the scalar code
-  // decides the edge q = qMin.
-  const __m512i qMax = _mm512_set1_epi64(std::numeric_limits<std::int64_t>::max() >> DBits);
-  const __m512i qMin = _mm512_set1_epi64(std::numeric_limits<std::int64_t>::min() >> DBits);
-  LaneCursor cur = loadCursor(buf, firstStack);
+  const __m512i cv = _mm512_loadu_si512(c8);
+  // ⌊c / n⌋: |c / n| ≤ 2^62, the estimate within ≈ 2^11 of it.
+  const __m512i q0 = _mm512_cvtpd_epi64(
+      _mm512_roundscale_pd(_mm512_mul_pd(_mm512_cvtepi64_pd(cv), inv), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+  __m512i rem;
+  const __m512i q = laneRefineDiv(cv, q0, inv, nv, rem);
+  // q·2^DBits + r must stay in (INT64_MIN, INT64_MAX]: q in (qMin, qMax] here.
+  const __mmask8 inRange =
+      _mm512_cmple_epi64_mask(q, _mm512_set1_epi64(std::numeric_limits<std::int64_t>::max() >> DBits)) &
+      _mm512_cmpgt_epi64_mask(q, _mm512_set1_epi64(std::numeric_limits<std::int64_t>::min() >> DBits));
+  if (static_cast<__mmask8>(inRange) != 0xFF) return false;
+  std::uint64_t* states = buf.stateData() + i;
+  LaneCursor cur = openCursor(st);
+  __m512i x = _mm512_loadu_si512(states);
+  // pushUniform(rem, n); every frequency is fLo = ⌊M/n⌋ or fLo + 1.
+  const __m512i a = _mm512_add_epi64(_mm512_slli_epi64(rem, MBits), _mm512_set1_epi64(n - 1));
+  const __m512i cs = laneDivSmall(a, inv, nv);
+  const __m512i f = _mm512_sub_epi64(laneDivSmall(_mm512_add_epi64(a, _mm512_set1_epi64(std::int64_t(1) << MBits)), inv, nv), cs);
+  x = laneSpill(x, _mm512_cmpge_epu64_mask(x, _mm512_slli_epi64(f, 64 - MBits)), cur, st, buf);
+  const std::uint64_t fLo = (std::uint64_t(1) << MBits) / n;
+  const __m512d invF = _mm512_mask_blend_pd(_mm512_cmpeq_epi64_mask(f, _mm512_set1_epi64(static_cast<std::int64_t>(fLo))),
+                                            _mm512_set1_pd(1.0 / static_cast<double>(fLo + 1)),
+                                            _mm512_set1_pd(1.0 / static_cast<double>(fLo)));
+  const __m512i qx0 = _mm512_cvttpd_epu64(_mm512_mul_pd(_mm512_cvtepu64_pd(x), invF));
+  __m512i rx;
+  const __m512i qx = laneRefineDiv(x, qx0, invF, f, rx);
+  x = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(qx, MBits), rx), cs);
+  // popPow2(DBits)
+  const __m512i slot = _mm512_and_si512(x, _mm512_set1_epi64((std::int64_t(1) << MBits) - 1));
+  const __m512i r = _mm512_srli_epi64(slot, fBits);
+  x = _mm512_add_epi64(_mm512_slli_epi64(_mm512_srli_epi64(x, MBits), fBits),
+                       _mm512_and_si512(slot, _mm512_set1_epi64((std::int64_t(1) << fBits) - 1)));
+  x = laneRefill(x, cur, st, buf);
+  _mm512_storeu_si512(states, x);
+  _mm512_storeu_si512(c8, _mm512_add_epi64(_mm512_slli_epi64(q, DBits), r));
+  closeCursor(st, cur);
+  return true;
+}
+
+/// c[i] ← c[i] · n/2^DBits for i in [begin, end), whole groups of eight inside one block of a
+/// lane-layout buffer, in increasing order.
+template <int DBits, int MBits, class Buffer>
+void laneMultiply(std::int64_t* c, Index begin, Index end, std::uint32_t n, Buffer& buf) {
+  LaneStacks st;
+  st.load(buf, buf.stackOf(begin));
+  for (Index i = begin; i < end; i += 8) laneMultiply8<DBits, MBits>(c + i, i, n, buf, st);
+  st.store(buf);
+}
+
+/// The inverse of laneMultiply over the same range, groups in decreasing order; a group with a
+/// quotient at the edge of the int64 range goes to `scalarOne` (which throws the typed error).
+template <int DBits, int MBits, class Buffer>
+void laneDivide(std::int64_t* c, Index begin, Index end, std::uint32_t n, Buffer& buf,
+                void (*scalarOne)(std::int64_t&, std::uint32_t, Index, Buffer&)) {
+  LaneStacks st;
+  st.load(buf, buf.stackOf(begin));
   for (Index i = end; i > begin;) {
     i -= 8;
-    const __m512i cv = _mm512_loadu_si512(c + i);
-    // ⌊c / n⌋: |c / n| ≤ 2^62, the estimate within ≈ 2^11 of it.
-    const __m512i q0 = _mm512_cvtpd_epi64(
-        _mm512_roundscale_pd(_mm512_mul_pd(_mm512_cvtepi64_pd(cv), inv), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
-    __m512i rem;
-    const __m512i q = laneRefineDiv(cv, q0, inv, nv, rem);
-    const __mmask8 inRange = _mm512_cmple_epi64_mask(q, qMax) & _mm512_cmpgt_epi64_mask(q, qMin);
-    if (static_cast<__mmask8>(inRange) != 0xFF) {  // the scalar code decides (and throws)
-      storeCursor(buf, firstStack, cur);
+    if (!laneDivide8<DBits, MBits>(c + i, i, n, buf, st)) {
+      st.store(buf);
       for (Index j = i + 8; j-- > i;) scalarOne(c[j], n, j, buf);
-      cur = loadCursor(buf, firstStack);
-      continue;
+      st.load(buf, st.firstStack);
     }
-    __m512i x = _mm512_loadu_si512(states + i);
-    // pushUniform(rem, n)
-    const __m512i a = _mm512_add_epi64(_mm512_slli_epi64(rem, MBits), nMinus1);
-    const __m512i cs = laneDivSmall(a, inv, nv);
-    const __m512i f = _mm512_sub_epi64(laneDivSmall(_mm512_add_epi64(a, mOne), inv, nv), cs);
-    x = laneSpill(x, _mm512_cmpge_epu64_mask(x, _mm512_slli_epi64(f, 64 - MBits)), cur, buf, firstStack);
-    const __m512d invF = _mm512_mask_blend_pd(_mm512_cmpeq_epi64_mask(f, fLoV), invHi, invLo);
-    const __m512i qx0 = _mm512_cvttpd_epu64(_mm512_mul_pd(_mm512_cvtepu64_pd(x), invF));
-    __m512i rx;
-    const __m512i qx = laneRefineDiv(x, qx0, invF, f, rx);
-    x = _mm512_add_epi64(_mm512_add_epi64(_mm512_slli_epi64(qx, MBits), rx), cs);
-    // popPow2(DBits)
-    const __m512i slot = _mm512_and_si512(x, mMask);
-    const __m512i r = _mm512_srli_epi64(slot, fBits);
-    x = _mm512_add_epi64(_mm512_slli_epi64(_mm512_srli_epi64(x, MBits), fBits), _mm512_and_si512(slot, fMask));
-    x = laneRefill(x, cur, buf, firstStack);
-    _mm512_storeu_si512(states + i, x);
-    _mm512_storeu_si512(c + i, _mm512_add_epi64(_mm512_slli_epi64(q, DBits), r));
   }
-  storeCursor(buf, firstStack, cur);
+  st.store(buf);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

@@ -1,0 +1,161 @@
+// The exact kernel's lane path (exact/arithmetic.hpp, lane groups through exact/lanes.hpp): for
+// every rule it must leave the bits of the element-by-element kernel in the same (lane) layout,
+// step by step, forward and back, and keep the kernel's failure atomicity.
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <hypergrad/exact.hpp>
+#include <hypergrad/optimizers.hpp>
+#include <hypergrad/random.hpp>
+
+using namespace hypergrad;
+
+namespace {
+
+ParameterLayout lanesLayout() {
+  ParameterLayout layout;
+  layout.addGroup("a", 4100);  // groups cross the block boundary and groups of eight
+  layout.addGroup("b", 1997);
+  layout.addGroup("c", 3);
+  return layout;
+}
+
+/// T × G values cycling through `values`, shifted per group.
+Schedule cycling(Index T, Index G, std::initializer_list<double> values) {
+  const std::vector<double> v(values);
+  Eigen::MatrixXd m(T, G);
+  for (Index t = 0; t < T; ++t)
+    for (Index k = 0; k < G; ++k) m(t, k) = v[static_cast<std::size_t>((t + 2 * k) % static_cast<Index>(v.size()))];
+  return Schedule(m);
+}
+
+/// Switches the lane coder around one call.
+template <class F>
+void withLaneCoder(bool on, F&& f) {
+  setLaneCoderEnabled(on);
+  try {
+    f();
+  } catch (...) {
+    setLaneCoderEnabled(true);
+    throw;
+  }
+  setLaneCoderEnabled(true);
+}
+
+template <class Opt>
+bool sameRun(const Opt& a, const Opt& b) {
+  for (int s = 0; s < Opt::numStates; ++s)
+    if (a.fixedState(s) != b.fixedState(s)) return false;
+  return a.buffer() == b.buffer();
+}
+
+/// Steps and unsteps two optimizers in the lane layout, one with the lane coder and one without,
+/// comparing everything after every half step; gradients with exact zeros, signs and sizes mixed.
+template <class Opt>
+std::size_t compareLanePath(const std::array<Schedule, static_cast<std::size_t>(Opt::numSchedules)>& schedules, Index T) {
+  const ParameterLayout layout = lanesLayout();
+  const Index N = layout.size();
+  Opt lanes(layout, schedules, OptimizerOptions(4096).withLanes(8)), scalar = lanes;
+  CounterRng r0(21, 0);
+  Eigen::VectorXd w1(N);
+  for (Index i = 0; i < N; ++i) w1(i) = 2 * r0.uniform() - 1;
+  lanes.start(w1);
+  scalar.start(w1);
+  std::vector<Eigen::VectorXd> gradients;
+  Eigen::VectorXd g(N);
+  bool same = true;
+  for (Index t = 0; t < T && same; ++t) {
+    CounterRng r(22, static_cast<std::uint64_t>(t));
+    for (Index i = 0; i < N; ++i) {
+      const std::uint64_t kind = r.below(8);
+      g(i) = kind == 0 ? 0.0 : (kind == 1 ? 3.0 : 0.3) * (r.uniform() - 0.5);
+    }
+    gradients.push_back(g);
+    withLaneCoder(true, [&] { lanes.stepWithGradient(g); });
+    withLaneCoder(false, [&] { scalar.stepWithGradient(g); });
+    same = sameRun(lanes, scalar);
+    INFO("forward step " << t);
+    CHECK(same);
+  }
+  const std::size_t spilled = lanes.buffer().spilledWords();
+  for (Index t = T; t-- > 0 && same;) {
+    withLaneCoder(true, [&] { lanes.unstepWeights(); });
+    withLaneCoder(false, [&] { scalar.unstepWeights(); });
+    same = sameRun(lanes, scalar);
+    withLaneCoder(true, [&] { lanes.unstepOptimizerState(gradients[static_cast<std::size_t>(t)]); });
+    withLaneCoder(false, [&] { scalar.unstepOptimizerState(gradients[static_cast<std::size_t>(t)]); });
+    same = same && sameRun(lanes, scalar);
+    INFO("reverse step " << t);
+    CHECK(same);
+  }
+  CHECK_NOTHROW(lanes.checkRecoveredStart());
+  CHECK(lanes.buffer().empty());
+  return spilled;  // words on the stacks after the forward steps
+}
+
+}  // namespace
+
+TEST_CASE("the lane path leaves the element-by-element bits for every rule, forward and back", "[optimizer][exact][lanes]") {
+  WARN("lane coder active: " << laneCoderActive());
+  const Index T = 30, G = 3;
+  // Ratios 0 and exact one, and α = 0, among the usual values: segments the lane path hands to the
+  // element-by-element kernel sit next to lane segments.
+  SECTION("SGD with momentum") {
+    // γ = 0.123 stores 3 bits a step: the lane groups spill and refill words.
+    CHECK(compareLanePath<SgdMomentum<>>(
+              {cycling(T, G, {0.01, 0.05, 0.0, 0.02}), cycling(T, G, {0.5, 0.9, 0.97, 1.0, 0.123, 0.0})}, T) > 0);
+  }
+  SECTION("heavy ball") {
+    CHECK(compareLanePath<SgdHeavyBall<>>({cycling(T, G, {0.01, 0.05, 0.02}), cycling(T, G, {0.5, 0.9, 1.0, 0.125})}, T) > 0);
+  }
+  SECTION("Adam") {
+    compareLanePath<ReversibleAdam<>>({cycling(T, G, {1e-3, 1e-2, 0.0}), cycling(T, G, {0.9, 0.8, 0.0, 1.0}),
+                                       cycling(T, G, {0.999, 0.99, 0.9999}), Schedule::constant(T, G, 1e-8)},
+                                      T);
+  }
+  SECTION("AdamW") {
+    compareLanePath<ReversibleAdamW<>>({cycling(T, G, {1e-3, 1e-2}), cycling(T, G, {0.9, 0.3}), cycling(T, G, {0.999, 0.99}),
+                                        Schedule::constant(T, G, 1e-8), cycling(T, G, {0.1, 0.0, 0.01})},
+                                       T);
+  }
+  SECTION("RMSprop with momentum") {
+    compareLanePath<ReversibleRmsprop<>>({cycling(T, G, {1e-3, 1e-2}), cycling(T, G, {0.9, 0.25, 1.0}),
+                                          cycling(T, G, {0.99, 0.9, 0.999}), Schedule::constant(T, G, 1e-8)},
+                                         T);
+  }
+}
+
+TEST_CASE("a lane group whose addend overflows is taken back and the step fails with nothing changed",
+          "[optimizer][exact][lanes][errors]") {
+  const ParameterLayout layout = lanesLayout();
+  const Index N = layout.size(), T = 4;
+  SgdMomentum<> opt(layout, Schedule::constant(T, 3, 0.1), Schedule::constant(T, 3, 0.9), OptimizerOptions(4096).withLanes(8));
+  opt.start(Eigen::VectorXd::Constant(N, 0.5));
+  Eigen::VectorXd g = Eigen::VectorXd::Constant(N, 0.01);
+  opt.stepWithGradient(g);
+  const auto before = opt.exportRun();
+  // Element 5000 (lane 0 of its group, block 1) gets a gradient whose velocity term leaves Q11.52;
+  // the groups before it, in both blocks, were stepped by the lane path and must be undone.
+  g(5003) = 1e6;
+  CHECK_THROWS_AS(opt.stepWithGradient(g), FixedPointOverflow);
+  const auto after = opt.exportRun();
+  CHECK(after.state[0] == before.state[0]);
+  CHECK(after.state[1] == before.state[1]);
+  CHECK(after.buffer == before.buffer);
+  CHECK(opt.iteration() == 1);
+  // A non-finite gradient in a lane group likewise.
+  g(5003) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(opt.stepWithGradient(g), NonFiniteValue);
+  CHECK(opt.exportRun().buffer == before.buffer);
+  g(5003) = 0.01;
+  opt.stepWithGradient(g);
+  opt.unstepWeights();
+  opt.unstepOptimizerState(g);
+  opt.unstepWeights();
+  opt.unstepOptimizerState(Eigen::VectorXd::Constant(N, 0.01));
+  CHECK_NOTHROW(opt.checkRecoveredStart());
+}
