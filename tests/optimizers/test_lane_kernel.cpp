@@ -159,3 +159,44 @@ TEST_CASE("a lane group whose addend overflows is taken back and the step fails 
   opt.unstepOptimizerState(Eigen::VectorXd::Constant(N, 0.01));
   CHECK_NOTHROW(opt.checkRecoveredStart());
 }
+
+TEST_CASE("a lane group whose inverse cannot come from the run is redone and the unstep refused with nothing changed",
+          "[optimizer][exact][lanes][errors]") {
+  ParameterLayout layout;
+  layout.addGroup("w", 300);
+  SgdMomentum<> opt(layout, Schedule::constant(4, 1, 1.0), Schedule::constant(4, 1, 0.5), OptimizerOptions(128).withLanes(8));
+  opt.start(Eigen::VectorXd::Zero(300));
+  Eigen::VectorXd g = Eigen::VectorXd::Constant(300, 0.25);
+  opt.stepWithGradient(g);
+  opt.stepWithGradient(g);
+  // Weights: element 203 (lane 3 of the group 200..207) at the top of the range, so that
+  // w − α·v leaves it; the groups above it in its block were already undone by the lane path.
+  auto run = opt.exportRun();
+  auto raw = run.state[0].raw();
+  raw(203) = std::numeric_limits<std::int64_t>::max();
+  run.state[0] = SgdMomentum<>::Fixed::fromRaw(raw);
+  opt.importRun(run);
+  const auto before = opt.exportRun();
+  CHECK_THROWS_AS(opt.unstepWeights(), ExactnessViolation);
+  CHECK(opt.fixedWeights() == before.state[0]);
+  CHECK(opt.buffer() == before.buffer);
+  // Velocity: element 203 at 3·2^61 units (1536), so that w − α·v stays in range but the
+  // division by γ = 0.5 of the state half's undo leaves it (a quotient the lane divide hands to
+  // the scalar code, which reports it).
+  run = opt.exportRun();
+  raw = before.state[0].raw();
+  raw(203) = 0;
+  run.state[0] = SgdMomentum<>::Fixed::fromRaw(raw);
+  auto rawV = run.state[1].raw();
+  rawV(203) = std::int64_t(3) << 61;
+  run.state[1] = SgdMomentum<>::Fixed::fromRaw(rawV);
+  opt.importRun(run);
+  opt.unstepWeights();
+  const auto half = opt.exportRun();
+  CHECK_THROWS_AS(opt.unstepOptimizerState(g), ExactnessViolation);
+  const auto after = opt.exportRun();
+  CHECK(after.state[0] == half.state[0]);
+  CHECK(after.state[1] == half.state[1]);
+  CHECK(after.buffer == half.buffer);
+  CHECK(opt.halfStep());
+}

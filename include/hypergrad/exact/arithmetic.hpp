@@ -160,8 +160,6 @@ class ExactElement {
   std::int64_t raw(int s) const noexcept { return m_x[s]; }
   /// Operations applied (Apply) or logged (Record) so far.
   int count() const noexcept { return m_count; }
-  /// Record mode: the k-th logged operation.
-  const ElementOp& loggedOp(int k) const noexcept { return m_log[k]; }
 
   // ---- The arithmetic the rule's element code calls ---------------------------------------------
 
@@ -303,10 +301,13 @@ struct LaneGroup {
 /// current values) until the code reads a state that a recorded operation writes — that value is
 /// not yet the one the forward would read, so the operations from there on wait for the next
 /// replay (by the rule's contract every other read is final). Nothing is applied here.
+/// With `wholeStep` (the inverse, at the post-step state) every operation is recorded in one go:
+/// there, by the same contract, every value read is the one the forward read.
 template <class Format, int S, class Scaling>
 class LaneReplay {
  public:
-  LaneReplay(LaneGroup<S>& group, int lane, int applied) noexcept : m_g(&group), m_lane(lane), m_applied(applied) {}
+  LaneReplay(LaneGroup<S>& group, int lane, int applied, bool wholeStep = false) noexcept
+      : m_g(&group), m_lane(lane), m_applied(applied), m_whole(wholeStep) {}
 
   template <class Entry>
   void multiply(int s, const Entry& c) {
@@ -316,7 +317,7 @@ class LaneReplay {
   void add(int s, double x, const char* /*what*/ = "addend") { addRounded(s, x, 1); }
   void subtract(int s, double x, const char* /*what*/ = "subtrahend") { addRounded(s, x, -1); }
   double value(int s) noexcept {
-    if (m_k >= m_applied && ((m_written >> s) & 1u)) m_open = false;
+    if (!m_whole && m_k >= m_applied && ((m_written >> s) & 1u)) m_open = false;
     const double v = Format::toDouble(m_g->x[s][m_lane]);
     return materialized(Scaling::identity() ? v : v * Scaling::down(s));
   }
@@ -346,6 +347,7 @@ class LaneReplay {
   int m_lane, m_applied;
   int m_k = 0, m_end = 0;
   unsigned m_written = 0;
+  bool m_whole;
   bool m_open = true, m_failed = false;
 };
 
@@ -811,20 +813,13 @@ class ExactKernel {
     loadGroup(call.state, i, grp);
     int total = 0;
     bool ok = true;
-    try {
-      // Record at the post-step state: by the contract every addend is the forward's.
-      for (int l = 0; l < 8; ++l) {
-        Recorder e(i + l, buf);
-        e.load(call.state);
-        elementCode<Part>(e, c, Part != StepPart::Weights ? call.gradient[i + l] : 0.0);
-        total = e.count();
-        for (int k = 0; k < total; ++k) {
-          if (l == 0) grp.ops[k] = e.loggedOp(k);
-          grp.addend[k][l] = e.loggedOp(k).addend;
-        }
-      }
-    } catch (const ElementFailure&) {
-      ok = false;  // an addend out of range: the scalar kernel reports it
+    // Record at the post-step state: by the contract every addend is the forward's. An addend
+    // out of range: the scalar kernel reports it.
+    for (int l = 0; l < 8; ++l) {
+      LaneReplay<Format, S, Scaling> r(grp, l, 0, /*wholeStep=*/true);
+      elementCode<Part>(r, c, Part != StepPart::Weights ? call.gradient[i + l] : 0.0);
+      total = r.total();
+      ok = ok && !r.failed();
     }
     int j = total;  // operations [j, total) are undone
     while (ok && j > 0) {
