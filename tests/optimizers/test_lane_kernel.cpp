@@ -97,6 +97,20 @@ std::size_t compareLanePath(const std::array<Schedule, static_cast<std::size_t>(
   return spilled;  // words on the stacks after the forward steps
 }
 
+/// Momentum whose operations depend on the data: for g ≤ 0 the velocity is multiplied by γ a
+/// second time instead of taking the gradient term. Legal for the kernel (the inverse sees the same
+/// g), but the lanes of a group then run different operations: the lane path must notice and take
+/// such a group element by element. (Its adjoint is momentum's: only reversal is tested here.)
+struct GatedMomentumRule : MomentumRule {
+  static constexpr const char* name = "gated momentum";
+  template <class A, class C>
+  static void forwardState(A& a, const C& c, double g) {
+    a.multiply(Velocity, c[Momentum]);
+    if (g > 0) a.subtract(Velocity, (1.0 - c[Momentum].value) * g, "(1 - gamma) * gradient");
+    else a.multiply(Velocity, c[Momentum]);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("the lane path leaves the element-by-element bits for every rule, forward and back", "[optimizer][exact][lanes]") {
@@ -121,6 +135,10 @@ TEST_CASE("the lane path leaves the element-by-element bits for every rule, forw
     compareLanePath<ReversibleAdamW<>>({cycling(T, G, {1e-3, 1e-2}), cycling(T, G, {0.9, 0.3}), cycling(T, G, {0.999, 0.99}),
                                         Schedule::constant(T, G, 1e-8), cycling(T, G, {0.1, 0.0, 0.01})},
                                        T);
+  }
+  SECTION("a rule whose operations depend on the data") {
+    CHECK(compareLanePath<ReversibleOptimizer<GatedMomentumRule>>(
+              {cycling(T, G, {0.01, 0.05}), cycling(T, G, {0.5, 0.25, 0.9})}, T) > 0);
   }
   SECTION("RMSprop with momentum") {
     compareLanePath<ReversibleRmsprop<>>({cycling(T, G, {1e-3, 1e-2}), cycling(T, G, {0.9, 0.25, 1.0}),

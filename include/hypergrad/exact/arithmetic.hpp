@@ -324,12 +324,20 @@ class LaneReplay {
 
   int end() const noexcept { return m_end; }          ///< One past the last operation recorded
   int total() const noexcept { return m_k; }          ///< Operations in the element code
-  bool failed() const noexcept { return m_failed; }   ///< An addend did not convert
+  bool failed() const noexcept { return m_failed; }   ///< An addend did not convert, or lanes differ
 
  private:
   bool recording() const noexcept { return m_k >= m_applied && m_open; }
+  // Lane 0 writes the operation; the others check that theirs is the same (element code whose
+  // operations depend on the data cannot run in lanes: the group then goes element by element).
   void record(const ElementOp& op) noexcept {
-    if (m_lane == 0) m_g->ops[m_k] = op;
+    if (m_lane == 0) {
+      m_g->ops[m_k] = op;
+    } else {
+      const ElementOp& first = m_g->ops[m_k];
+      if (first.state != op.state || first.numerator != op.numerator || first.denominator != op.denominator)
+        m_failed = true;
+    }
     m_written |= 1u << op.state;
     m_end = m_k + 1;
   }
@@ -776,9 +784,9 @@ class ExactKernel {
       for (int l = 0; l < 8; ++l) {
         LaneReplay<Format, S, Scaling> r(grp, l, applied);
         elementCode<Part>(r, c, g[l]);
+        ok = ok && !r.failed() && (l == 0 || (r.end() == end && r.total() == total));
         end = r.end();
         total = r.total();
-        ok = ok && !r.failed();
       }
       if (!ok || applied >= total) break;
       HYPERGRAD_ASSERT(end > applied);
@@ -818,8 +826,8 @@ class ExactKernel {
     for (int l = 0; l < 8; ++l) {
       LaneReplay<Format, S, Scaling> r(grp, l, 0, /*wholeStep=*/true);
       elementCode<Part>(r, c, Part != StepPart::Weights ? call.gradient[i + l] : 0.0);
+      ok = ok && !r.failed() && (l == 0 || r.total() == total);
       total = r.total();
-      ok = ok && !r.failed();
     }
     int j = total;  // operations [j, total) are undone
     while (ok && j > 0) {
