@@ -6,6 +6,8 @@
 //  1) adam_step/interleaved/<wl>           one training step, exact Adam vs plain double Adam
 //                                          (the same element code in double: ReferenceOptimizer)
 //  2) adam_update/interleaved/<wl>         the update alone (given g), ns per element
+//     adam_update/lanes:8/<wl>, adam_hypergradients/lanes:8/<wl>/T:<T>   the same in the lane layout
+//                                          (OptimizerOptions().withLanes(8): the AVX-512 lane path)
 //  3) adam_hypergradients/interleaved/<wl>/T:<T>  forward + exact reverse vs plain double training
 //  4) adam_bits/<wl>/beta1:<b1>/beta2:<b2>  buffer bits per weight per step vs the entropy bound
 //  (rmsprop_step/interleaved/<wl>: 1) for RMSprop with momentum.)
@@ -64,10 +66,11 @@ void stepInterleaved(benchmark::State& state, const WorkloadSpec& spec, double r
                       1.10);
 }
 
-void updateInterleaved(benchmark::State& state, const WorkloadSpec& spec) {
+// `lanes`: 1 (one stack per block) or 8 (the lane layout and its AVX-512 lane path).
+void updateInterleaved(benchmark::State& state, const WorkloadSpec& spec, int lanes = 1) {
   const Workload& wl = bench::workload(spec);
   const Index T = spec.steps, n = wl.size();
-  hypergrad::ReversibleAdam<> exact(wl.layout, adamSchedules(wl, T, 0.9, 0.999));
+  hypergrad::ReversibleAdam<> exact(wl.layout, adamSchedules(wl, T, 0.9, 0.999), hypergrad::OptimizerOptions().withLanes(lanes));
   auto plain = doubleTwin<hypergrad::AdamRule>(exact);
   VectorXd g;
   wl.train.gradient(wl.w1, 0, g);
@@ -79,9 +82,9 @@ void updateInterleaved(benchmark::State& state, const WorkloadSpec& spec) {
   state.counters["ratio"] = exactSeconds / doubleSeconds;
 }
 
-void hypergradientsInterleaved(benchmark::State& state, const WorkloadSpec& spec, Index T) {
+void hypergradientsInterleaved(benchmark::State& state, const WorkloadSpec& spec, Index T, int lanes = 1) {
   const Workload& wl = bench::workload(spec);
-  hypergrad::ReversibleAdam<> exact(wl.layout, adamSchedules(wl, T, 0.9, 0.999));
+  hypergrad::ReversibleAdam<> exact(wl.layout, adamSchedules(wl, T, 0.9, 0.999), hypergrad::OptimizerOptions().withLanes(lanes));
   auto plain = doubleTwin<hypergrad::AdamRule>(exact);
   double forwardS = 0.0, reverseS = 0.0, doubleS = 0.0;
   for (auto _ : state) {
@@ -141,6 +144,12 @@ void registerAll(bool longCases) {
         ->Unit(benchmark::kMicrosecond)->MinTime(smoke ? 0.01 : 1.0);
     benchmark::RegisterBenchmark(("adam_hypergradients/interleaved" + wl + "/T:" + std::to_string(T)).c_str(),
                                  [spec, T](benchmark::State& st) { hypergradientsInterleaved(st, spec, T); })
+        ->Unit(ms)->Iterations(smoke ? 1 : 3);
+    benchmark::RegisterBenchmark(("adam_update/lanes:8" + wl).c_str(),
+                                 [spec](benchmark::State& st) { updateInterleaved(st, spec, 8); })
+        ->Unit(benchmark::kMicrosecond)->MinTime(smoke ? 0.01 : 1.0);
+    benchmark::RegisterBenchmark(("adam_hypergradients/lanes:8" + wl + "/T:" + std::to_string(T)).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradientsInterleaved(st, spec, T, 8); })
         ->Unit(ms)->Iterations(smoke ? 1 : 3);
     if (longCases && !smoke) {
       benchmark::RegisterBenchmark(("adam_hypergradients/interleaved" + wl + "/T:1000").c_str(),
