@@ -21,6 +21,12 @@
 /// inverse in decreasing order, exactly as multiplyByRatio / divideByRatio do, and the conversions are those
 /// of FixedFormat; for the momentum rule the result is bit-identical to the multi-pass update this
 /// layer replaced (tests/optimizers/test_exact_kernel.cpp pins a recorded run).
+///
+/// Lanes: on a buffer in the lane layout (OptimizerOptions::lanes = 8) with the AVX-512 lane coder
+/// active, each segment's aligned groups of eight elements go operation by operation, the
+/// multiplications eight at a time (ExactKernel's lane path); each lane's stack sees its element's
+/// operations in the same order, so the bits are those of the element-by-element kernel in that
+/// layout (tests/optimizers/test_lane_kernel.cpp).
 
 #include <algorithm>
 #include <cmath>
