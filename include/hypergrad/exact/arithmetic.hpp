@@ -330,20 +330,19 @@ class LaneReplay {
 
   int end() const noexcept { return m_end; }          ///< One past the last operation recorded
   int total() const noexcept { return m_k; }          ///< Operations in the element code
-  bool failed() const noexcept { return m_failed; }   ///< An addend did not convert, or lanes differ
+  bool failed() const noexcept { return m_failed; }   ///< An addend did not convert
+  std::uint64_t key(int k) const noexcept { return m_keys[k]; }  ///< Operation k's key (recorded ones)
 
  private:
   bool recording() const noexcept { return m_k >= m_applied && m_open; }
-  // Lane 0 writes the operation; the others check that theirs is the same (element code whose
-  // operations depend on the data cannot run in lanes: the group then goes element by element).
+  // Lane 0 writes the operation; every lane keeps a key of it, which the kernel compares across
+  // lanes after the replay (element code whose operations depend on the data cannot run in lanes:
+  // the group then goes element by element). The key is exact on the lane path, whose ratios all
+  // have the denominator 2^DBits: the state, whether it is an addition, the numerator.
   void record(const ElementOp& op) noexcept {
-    if (m_lane == 0) {
-      m_g->ops[m_k] = op;
-    } else {
-      const ElementOp& first = m_g->ops[m_k];
-      if (first.state != op.state || first.numerator != op.numerator || first.denominator != op.denominator)
-        m_failed = true;
-    }
+    if (m_lane == 0) m_g->ops[m_k] = op;
+    m_keys[m_k] = static_cast<std::uint64_t>(op.state) | (std::uint64_t(op.numerator) << 8) |
+                  (op.isAddition() ? std::uint64_t(1) << 63 : 0);
     m_written |= 1u << op.state;
     m_end = m_k + 1;
   }
@@ -363,6 +362,7 @@ class LaneReplay {
   unsigned m_written = 0;
   bool m_whole;
   bool m_open = true, m_failed = false;
+  std::uint64_t m_keys[kMaxElementOps];
 };
 
 /// Whether the lane path can run the element code with these coefficients: every ratio a power-
@@ -737,20 +737,26 @@ class ExactKernel {
       for (int l = 0; l < 8; ++l) state[s][i + l] = grp.x[s][l];
   }
 
+  // x ← x ± addend in every lane, checked as ExactElement checks one; false (nothing changed) if
+  // a lane leaves the range.
+  static bool laneAddChecked(std::int64_t* x, const std::int64_t* addend, bool subtract) noexcept {
+    std::int64_t r[8];
+    bool overflow = false;
+    for (int l = 0; l < 8; ++l) {
+      overflow |= (subtract ? __builtin_sub_overflow(x[l], addend[l], &r[l]) : __builtin_add_overflow(x[l], addend[l], &r[l])) ||
+                  r[l] == std::numeric_limits<std::int64_t>::min();
+    }
+    if (overflow) return false;
+    for (int l = 0; l < 8; ++l) x[l] = r[l];
+    return true;
+  }
+
   // Applies operation op to the group's lanes; false (nothing changed) if an addition overflows.
   static bool laneApply(Group& grp, int j, Index i, Buffer& buf, LaneStacks& st) {
     const ElementOp& op = grp.ops[j];
     std::int64_t* x = grp.x[op.state];
-    if (op.isAddition()) {
-      std::int64_t r[8];
-      bool overflow = false;
-      for (int l = 0; l < 8; ++l)
-        overflow |= __builtin_add_overflow(x[l], grp.addend[j][l], &r[l]) || r[l] == std::numeric_limits<std::int64_t>::min();
-      if (overflow) return false;
-      for (int l = 0; l < 8; ++l) x[l] = r[l];
-    } else if (op.numerator != op.denominator) {
-      laneMultiply8<DBits, Buffer::precisionBits>(x, i, op.numerator, buf, st);
-    }
+    if (op.isAddition()) return laneAddChecked(x, grp.addend[j], false);
+    if (op.numerator != op.denominator) laneMultiply8<DBits, Buffer::precisionBits>(x, i, op.numerator, buf, st);
     return true;
   }
   // Undoes operation op; false (nothing changed) if a subtraction overflows or a division leaves
@@ -758,15 +764,7 @@ class ExactKernel {
   static bool laneUndo(Group& grp, int j, Index i, Buffer& buf, LaneStacks& st) {
     const ElementOp& op = grp.ops[j];
     std::int64_t* x = grp.x[op.state];
-    if (op.isAddition()) {
-      std::int64_t r[8];
-      bool overflow = false;
-      for (int l = 0; l < 8; ++l)
-        overflow |= __builtin_sub_overflow(x[l], grp.addend[j][l], &r[l]) || r[l] == std::numeric_limits<std::int64_t>::min();
-      if (overflow) return false;
-      for (int l = 0; l < 8; ++l) x[l] = r[l];
-      return true;
-    }
+    if (op.isAddition()) return laneAddChecked(x, grp.addend[j], true);
     return op.numerator == op.denominator || laneDivide8<DBits, Buffer::precisionBits>(x, i, op.numerator, buf, st);
   }
 
@@ -787,12 +785,17 @@ class ExactKernel {
     int applied = 0;
     while (ok) {
       int end = 0, total = 0;
+      std::uint64_t keys[kMaxElementOps];
       for (int l = 0; l < 8; ++l) {
         LaneReplay<Format, S, Scaling> r(grp, l, applied);
         elementCode<Part>(r, c, g[l]);
         ok = ok && !r.failed() && (l == 0 || (r.end() == end && r.total() == total));
         end = r.end();
         total = r.total();
+        for (int k = applied; k < end && ok; ++k) {
+          if (l == 0) keys[k] = r.key(k);
+          else ok = r.key(k) == keys[k];
+        }
       }
       if (!ok || applied >= total) break;
       HYPERGRAD_ASSERT(end > applied);
@@ -829,11 +832,16 @@ class ExactKernel {
     bool ok = true;
     // Record at the post-step state: by the contract every addend is the forward's. An addend
     // out of range: the scalar kernel reports it.
+    std::uint64_t keys[kMaxElementOps];
     for (int l = 0; l < 8; ++l) {
       LaneReplay<Format, S, Scaling> r(grp, l, 0, /*wholeStep=*/true);
       elementCode<Part>(r, c, Part != StepPart::Weights ? call.gradient[i + l] : 0.0);
       ok = ok && !r.failed() && (l == 0 || r.total() == total);
       total = r.total();
+      for (int k = 0; k < total && ok; ++k) {
+        if (l == 0) keys[k] = r.key(k);
+        else ok = r.key(k) == keys[k];
+      }
     }
     int j = total;  // operations [j, total) are undone
     while (ok && j > 0) {
