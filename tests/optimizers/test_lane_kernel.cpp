@@ -103,6 +103,8 @@ std::size_t compareLanePath(const std::array<Schedule, static_cast<std::size_t>(
 /// such a group element by element. (Its adjoint is momentum's: only reversal is tested here.)
 struct GatedMomentumRule : MomentumRule {
   static constexpr const char* name = "gated momentum";
+  // It branches on g, so it cannot run on LaneValue: the lane path replays it lane by lane.
+  static constexpr bool laneCode = false;
   template <class A, class C>
   static void forwardState(A& a, const C& c, double g) {
     a.multiply(Velocity, c[Momentum]);
@@ -110,6 +112,13 @@ struct GatedMomentumRule : MomentumRule {
     else a.multiply(Velocity, c[Momentum]);
   }
 };
+
+// The library's rules run their element code on LaneValue; the gated rule cannot (it branches on
+// g) and is replayed lane by lane: both lane paths are compared below.
+static_assert(detail::ruleHasLaneCode<MomentumRule>() && detail::ruleHasLaneCode<HeavyBallRule>() &&
+                  detail::ruleHasLaneCode<AdamRule>() && detail::ruleHasLaneCode<AdamWRule>() &&
+                  detail::ruleHasLaneCode<RmspropRule>() && !detail::ruleHasLaneCode<GatedMomentumRule>(),
+              "which lane path each rule takes");
 
 }  // namespace
 

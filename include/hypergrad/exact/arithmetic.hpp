@@ -26,7 +26,10 @@
 /// active, each segment's aligned groups of eight elements go operation by operation, the
 /// multiplications eight at a time (ExactKernel's lane path); each lane's stack sees its element's
 /// operations in the same order, so the bits are those of the element-by-element kernel in that
-/// layout (tests/optimizers/test_lane_kernel.cpp).
+/// layout (tests/optimizers/test_lane_kernel.cpp). Rules that declare `laneCode` run their element
+/// code once per group on LaneValue (eight doubles; every operation IEEE, so each lane computes
+/// the element's own doubles) through LaneElement, which applies the operations to the state
+/// arrays as they come; other rules are replayed lane by lane (LaneReplay).
 
 #include <algorithm>
 #include <cmath>
@@ -41,6 +44,7 @@
 #include "../layout.hpp"
 #include "fixed_point.hpp"
 #include "information_buffer.hpp"
+#include "lane_value.hpp"
 #include "lanes.hpp"
 #include "ratio.hpp"
 #include "ratio_multiply.hpp"
@@ -365,6 +369,150 @@ class LaneReplay {
   std::uint64_t m_keys[kMaxElementOps];
 };
 
+#if HYPERGRAD_LANE_CODER
+// GCC 12 warns about the intrinsics' own undefined pass-through operands (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+/// out ← ±round(x · up · 2^R) in every lane, FixedFormat::tryFromDouble's conversion (the same
+/// operations in the same order, so the same integers); false, with `out` unspecified, if a lane is
+/// not finite or out of range.
+template <class Format>
+HYPERGRAD_TARGET_AVX512 inline bool laneFromDouble(const LaneValue& x, double up, bool scaleUp, bool negate,
+                                                   std::int64_t* out) noexcept {
+  __m512d y = _mm512_loadu_pd(x.v);
+  if (scaleUp) y = _mm512_mul_pd(y, _mm512_set1_pd(up));
+  y = _mm512_mul_pd(y, _mm512_set1_pd(Format::scale));
+  if (_mm512_cmp_pd_mask(_mm512_abs_pd(y), _mm512_set1_pd(9223372036854775808.0), _CMP_LT_OQ) != 0xFF) return false;
+  __m512i t = _mm512_cvttpd_epi64(y);
+  const __m512d frac = _mm512_sub_pd(y, _mm512_cvtepi64_pd(t));  // exact, as in the scalar code
+  const __m512i one = _mm512_set1_epi64(1);
+  t = _mm512_mask_add_epi64(t, _mm512_cmp_pd_mask(frac, _mm512_set1_pd(0.5), _CMP_GE_OQ), t, one);
+  t = _mm512_mask_sub_epi64(t, _mm512_cmp_pd_mask(frac, _mm512_set1_pd(-0.5), _CMP_LE_OQ), t, one);
+  if (negate) t = _mm512_sub_epi64(_mm512_setzero_si512(), t);
+  _mm512_store_si512(out, t);
+  return true;
+}
+
+/// x ← x + d in every lane, checked as ExactElement checks one (no int64 overflow, never −2^63);
+/// false, with nothing changed, if a lane fails.
+HYPERGRAD_TARGET_AVX512 inline bool laneAddInPlace(std::int64_t* x, const std::int64_t* d) noexcept {
+  const __m512i a = _mm512_loadu_si512(x), b = _mm512_load_si512(d), r = _mm512_add_epi64(a, b);
+  // Signed overflow: a and b of one sign, r of the other.
+  const __m512i ov = _mm512_and_si512(_mm512_xor_si512(a, r), _mm512_xor_si512(b, r));
+  const __mmask8 bad = _mm512_movepi64_mask(ov) |
+                       _mm512_cmpeq_epi64_mask(r, _mm512_set1_epi64(std::numeric_limits<std::int64_t>::min()));
+  if (bad != 0) return false;
+  _mm512_storeu_si512(x, r);
+  return true;
+}
+
+/// The values of eight state integers, FixedFormat::toDouble's (times `down` when scaled),
+/// materialised as materialized() does for one.
+template <class Format>
+HYPERGRAD_TARGET_AVX512 inline LaneValue laneToDouble(const std::int64_t* x, double down, bool scaleDown) noexcept {
+  __m512d v = _mm512_mul_pd(_mm512_cvtepi64_pd(_mm512_loadu_si512(x)), _mm512_set1_pd(Format::resolution));
+  if (scaleDown) v = _mm512_mul_pd(v, _mm512_set1_pd(down));
+  __asm__("" : "+v"(v));
+  LaneValue r;
+  _mm512_storeu_pd(r.v, v);
+  return r;
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+/// x ← x − d in every lane, checked as laneAddInPlace; false, with nothing changed, if a lane fails.
+HYPERGRAD_TARGET_AVX512 inline bool laneSubtractInPlace(std::int64_t* x, const std::int64_t* d) noexcept {
+  const __m512i a = _mm512_loadu_si512(x), b = _mm512_load_si512(d), r = _mm512_sub_epi64(a, b);
+  // Signed overflow: a and b of different signs, r of b's sign.
+  const __m512i ov = _mm512_and_si512(_mm512_xor_si512(a, b), _mm512_xor_si512(a, r));
+  const __mmask8 bad = _mm512_movepi64_mask(ov) |
+                       _mm512_cmpeq_epi64_mask(r, _mm512_set1_epi64(std::numeric_limits<std::int64_t>::min()));
+  if (bad != 0) return false;
+  _mm512_storeu_si512(x, r);
+  return true;
+}
+
+/// The operations of one lane group's step: each operation, and each addition's integers.
+struct LaneLog {
+  alignas(64) std::int64_t addend[kMaxElementOps][8];
+  ElementOp ops[kMaxElementOps];
+};
+
+/// The exact arithmetic of a whole lane group, for rules whose element code is generic in its
+/// value type (`laneCode`, see optimizers/concept.hpp): the code runs once on LaneValue, and each
+/// operation applies to the eight lanes in the state arrays as it comes (Apply: multiplications by
+/// the lane coder, additions converted and checked eight at a time) or is logged at the post-step
+/// state (Record: the inverse, which then undoes the log last first). Values are read as the
+/// operations leave them, so every lane sees what the element-by-element kernel sees.
+/// Nothing throws: the first operation that fails (an addend out of range, a sum leaving the
+/// range) is not applied and marks the group failed, the later ones are skipped; the kernel
+/// takes back the `count()` operations logged and redoes the group element by element, which
+/// reports the failure with the usual typed error.
+template <class Format, int DBits, class Buffer, int S, class Scaling, bool Record>
+class LaneElement {
+ public:
+  LaneElement(std::int64_t* const* state, Index i, LaneLog& log, Buffer& buf, LaneStacks& st) noexcept
+      : m_log(&log), m_i(i), m_buf(&buf), m_st(&st) {
+    for (int s = 0; s < S; ++s) m_x[s] = state[s] + i;
+  }
+
+  template <class Entry>
+  void multiply(int s, const Entry& c) {
+    if (m_failed) return;
+    const auto& r = c.ratio;
+    if constexpr (!Record) {
+      if (r.numerator != r.denominator)
+        laneMultiply8<DBits, Buffer::precisionBits>(m_x[s], m_i, r.numerator, *m_buf, *m_st);
+    }
+    m_log->ops[m_count++] = ElementOp{s, r.numerator, r.denominator, 0};
+  }
+  void add(int s, const LaneValue& x, const char* /*what*/ = "addend") { addRounded(s, x, false); }
+  void subtract(int s, const LaneValue& x, const char* /*what*/ = "subtrahend") { addRounded(s, x, true); }
+  LaneValue value(int s) const noexcept {
+    return laneToDouble<Format>(m_x[s], Scaling::down(s), !Scaling::identity());
+  }
+
+  int count() const noexcept { return m_count; }     ///< Operations applied (Apply) or logged (Record)
+  bool failed() const noexcept { return m_failed; }  ///< An operation failed (see the class comment)
+
+ private:
+  void addRounded(int s, const LaneValue& x, bool negate) noexcept {
+    if (m_failed) return;
+    std::int64_t* d = m_log->addend[m_count];
+    bool ok = laneFromDouble<Format>(x, Scaling::up(s), !Scaling::identity(), negate, d);
+    if constexpr (!Record) ok = ok && laneAddInPlace(m_x[s], d);
+    if (!ok) {
+      m_failed = true;
+      return;
+    }
+    m_log->ops[m_count++] = ElementOp{s, 0, 0, 0};
+  }
+
+  std::int64_t* m_x[S];
+  LaneLog* m_log;
+  Index m_i;
+  Buffer* m_buf;
+  LaneStacks* m_st;
+  int m_count = 0;
+  bool m_failed = false;
+};
+#endif
+
+template <class, class = void>
+struct HasLaneCode : std::false_type {};
+template <class R>
+struct HasLaneCode<R, std::void_t<decltype(static_cast<bool>(R::laneCode))>> : std::bool_constant<R::laneCode> {};
+
+/// Whether rule R's element code runs on LaneValue (`R::laneCode`, see optimizers/concept.hpp).
+template <class R>
+constexpr bool ruleHasLaneCode() {
+  return HasLaneCode<R>::value;
+}
+
 /// Whether the lane path can run the element code with these coefficients: every ratio a power-
 /// of-two denominator with numerator ≥ 2 (or exactly one); other ratios (exact fractions, zero)
 /// go element by element.
@@ -570,8 +718,8 @@ class ExactKernel {
   }
 
   // The element code of `Part` in arithmetic `a`.
-  template <StepPart Part, class A, class Coefficients>
-  static void elementCode(A& a, const Coefficients& c, double g) {
+  template <StepPart Part, class A, class Coefficients, class G>
+  static void elementCode(A& a, const Coefficients& c, const G& g) {
     if constexpr (Part != StepPart::Weights) Rule::forwardState(a, c, g);
     if constexpr (Part != StepPart::State) Rule::forwardWeights(a, c);
   }
@@ -868,6 +1016,96 @@ class ExactKernel {
     st.load(buf, st.firstStack);
   }
 
+  // ---- Lane groups of rules with `laneCode` ----------------------------------------------------
+  // The element code runs once per group on LaneValue, applying each operation to the eight
+  // lanes in the state arrays as it comes (LaneElement). A run of groups is one AVX-512 function
+  // into which everything is inlined (flatten) — LaneValue's operations become vector
+  // instructions, the coder's calls direct ones — except the cold paths after a failure.
+  using LaneApplier = LaneElement<Format, DBits, Buffer, S, Scaling, false>;
+  using LaneRecorder = LaneElement<Format, DBits, Buffer, S, Scaling, true>;
+
+  // Undoes (Undo) or redoes logged operation j on the group at i; false (nothing changed) if a
+  // subtraction overflows or a division leaves the int64 range.
+  template <bool Undo>
+  static bool laneOp(std::int64_t* const* state, const LaneLog& log, int j, Index i, Buffer& buf, LaneStacks& st) {
+    const ElementOp& op = log.ops[j];
+    std::int64_t* x = state[op.state] + i;
+    if (op.isAddition()) return Undo ? laneSubtractInPlace(x, log.addend[j]) : laneAddInPlace(x, log.addend[j]);
+    if (op.numerator == op.denominator) return true;
+    if (Undo) return laneDivide8<DBits, Buffer::precisionBits>(x, i, op.numerator, buf, st);
+    laneMultiply8<DBits, Buffer::precisionBits>(x, i, op.numerator, buf, st);
+    return true;
+  }
+  // Takes back the first `count` operations of a failed forward group, last first.
+  HYPERGRAD_NOINLINE static void laneTakeBack(std::int64_t* const* state, const LaneLog& log, int count, Index i,
+                                              Buffer& buf, LaneStacks& st) {
+    for (int j = count; j-- > 0;) {
+      const bool undone = laneOp<true>(state, log, j, i, buf, st);
+      HYPERGRAD_ASSERT(undone);
+      static_cast<void>(undone);
+    }
+  }
+  // Redoes operations [from, count) of a group whose undo failed at from − 1.
+  HYPERGRAD_NOINLINE static void laneRedo(std::int64_t* const* state, const LaneLog& log, int from, int count, Index i,
+                                          Buffer& buf, LaneStacks& st) {
+    for (int j = from; j < count; ++j) {
+      const bool redone = laneOp<false>(state, log, j, i, buf, st);
+      HYPERGRAD_ASSERT(redone);
+      static_cast<void>(redone);
+    }
+  }
+
+  // Groups [a, z) forward, in increasing order; returns the first group that failed, with nothing
+  // of it applied, or z.
+  template <StepPart Part, class Coefficients>
+  HYPERGRAD_TARGET_AVX512 __attribute__((flatten)) static Index forwardGroupsValues(const Call<Coefficients>& call,
+                                                                                    const Coefficients& c, Index a,
+                                                                                    Index z, LaneStacks& st) {
+    Buffer& buf = *call.buffer;
+    LaneLog log;
+    for (Index i = a; i < z; i += 8) {
+      LaneValue g(0.0);
+      if constexpr (Part != StepPart::Weights) {
+        const __m512d gv = _mm512_loadu_pd(call.gradient + i);
+        if (_mm512_fpclass_pd_mask(gv, 0x99) != 0) return i;  // NaN or ±∞
+        _mm512_storeu_pd(g.v, gv);
+      }
+      LaneApplier e(call.state, i, log, buf, st);
+      elementCode<Part>(e, c, g);
+      if (e.failed()) {
+        laneTakeBack(call.state, log, e.count(), i, buf, st);
+        return i;
+      }
+    }
+    return z;
+  }
+
+  // Groups [a, z) backwards, in decreasing order; returns f with the groups [f, z) inverted: f = a,
+  // or the group at f − 8 failed and is as it was.
+  template <StepPart Part, class Coefficients>
+  HYPERGRAD_TARGET_AVX512 __attribute__((flatten)) static Index inverseGroupsValues(const Call<Coefficients>& call,
+                                                                                    const Coefficients& c, Index a,
+                                                                                    Index z, LaneStacks& st) {
+    Buffer& buf = *call.buffer;
+    LaneLog log;
+    for (Index i = z; i > a;) {
+      i -= 8;
+      LaneValue g(0.0);
+      if constexpr (Part != StepPart::Weights) _mm512_storeu_pd(g.v, _mm512_loadu_pd(call.gradient + i));
+      LaneRecorder e(call.state, i, log, buf, st);
+      elementCode<Part>(e, c, g);
+      if (e.failed()) return i + 8;
+      const int total = e.count();
+      for (int j = total; j > 0; --j) {
+        if (!laneOp<true>(call.state, log, j - 1, i, buf, st)) {
+          laneRedo(call.state, log, j, total, i, buf, st);
+          return i + 8;
+        }
+      }
+    }
+    return a;
+  }
+
   // forwardPass / inversePass on the lane path: each segment whose ratios the lane coder takes
   // goes by aligned groups of eight, its unaligned ends and the other segments element by
   // element; on failure the same undo as the element-by-element pass.
@@ -887,7 +1125,20 @@ class ExactKernel {
         laneSplit<true>(begin, end, scalar, [&](Index a, Index z) {
           LaneStacks st;  // open over the groups only: the scalar elements use the stacks
           st.load(*call.buffer, call.buffer->stackOf(a));
-          for (Index i = a; i < z; i += 8) forwardGroup<Part>(call, c, i, st, done);
+          if constexpr (ruleHasLaneCode<Rule>()) {
+            for (Index i = a; i < z;) {
+              const Index f = forwardGroupsValues<Part>(call, c, i, z, st);
+              done += f - i;
+              if (f == z) break;
+              // The group at f failed: element by element, which throws where it fails.
+              st.store(*call.buffer);
+              for (int l = 0; l < 8; ++l, ++done) applyElement<Part, 1>(call, c, f + l);
+              st.load(*call.buffer, st.firstStack);
+              i = f + 8;
+            }
+          } else {
+            for (Index i = a; i < z; i += 8) forwardGroup<Part>(call, c, i, st, done);
+          }
           st.store(*call.buffer);
         });
       });
@@ -912,7 +1163,23 @@ class ExactKernel {
         laneSplit<false>(begin, end, scalar, [&](Index a, Index z) {
           LaneStacks st;
           st.load(*call.buffer, call.buffer->stackOf(a));
-          for (Index i = z; i > a;) inverseGroup<Part>(call, c, i -= 8, st, undone);
+          if constexpr (ruleHasLaneCode<Rule>()) {
+            for (Index i = z; i > a;) {
+              const Index f = inverseGroupsValues<Part>(call, c, a, i, st);
+              undone = f;
+              if (f == a) break;
+              // The group at f − 8 failed: element by element, which throws where it fails.
+              st.store(*call.buffer);
+              for (int l = 8; l-- > 0;) {
+                invertElement<Part, 1>(call, c, f - 8 + l);
+                undone = f - 8 + l;
+              }
+              st.load(*call.buffer, st.firstStack);
+              i = f - 8;
+            }
+          } else {
+            for (Index i = z; i > a;) inverseGroup<Part>(call, c, i -= 8, st, undone);
+          }
           st.store(*call.buffer);
         });
       });

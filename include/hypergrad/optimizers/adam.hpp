@@ -122,8 +122,8 @@ struct AdamRule {
   }};
 
   /// m ← β1 m + (1 − β1) g, s ← β2 s + (1 − β2) g².
-  template <class A, class C>
-  static void forwardState(A& a, const C& c, double g) {
+  template <class A, class C, class G>
+  static void forwardState(A& a, const C& c, G g) {
     a.multiply(FirstMoment, c[Beta1]);
     a.add(FirstMoment, (1.0 - c[Beta1].value) * g, "(1 - beta1) * gradient");
     a.multiply(SecondMoment, c[Beta2]);
@@ -137,6 +137,8 @@ struct AdamRule {
     a.subtract(Weights, c[LearningRate].value * normalizedMoment(a.value(FirstMoment), a.value(SecondMoment), c),
                "learning rate * Adam direction");
   }
+
+  static constexpr bool laneCode = true;  ///< The element code runs on LaneValue (eight elements at once).
 
   static constexpr bool directionNeedsGradient = true;  ///< u = (1 − β1) dm + 2 (1 − β2) g ds.
 
@@ -212,9 +214,11 @@ struct AdamRule {
 
   /// m̂ / (√ŝ + ε) for one element at the post-step state: (m k1) / (√(s k2) + ε), one division
   /// (the bias corrections' reciprocals k_i = 1/c_i come per group with the schedules).
-  template <class C>
-  static double normalizedMoment(double m, double s, const C& c) {
-    return (m * c[Beta1].debias) / (std::sqrt(s * c[Beta2].debias) + c[Epsilon].value);
+  /// Generic in the value type (double, or LaneValue on lane groups).
+  template <class T, class C>
+  static T normalizedMoment(const T& m, const T& s, const C& c) {
+    using std::sqrt;
+    return (m * c[Beta1].debias) / (sqrt(s * c[Beta2].debias) + c[Epsilon].value);
   }
 };
 

@@ -52,8 +52,8 @@ struct HeavyBallRule {
   }};
 
   /// v ← μ v + g.
-  template <class A, class C>
-  static void forwardState(A& a, const C& c, double g) {
+  template <class A, class C, class G>
+  static void forwardState(A& a, const C& c, G g) {
     a.multiply(Velocity, c[Momentum]);
     a.add(Velocity, g, "gradient");
   }
@@ -63,6 +63,8 @@ struct HeavyBallRule {
   static void forwardWeights(A& a, const C& c) {
     a.subtract(Weights, c[LearningRate].value * a.value(Velocity), "learning rate * velocity");
   }
+
+  static constexpr bool laneCode = true;  ///< The element code runs on LaneValue (eight elements at once).
 
   static constexpr bool directionNeedsGradient = false;  ///< u = dv needs no g_t.
 

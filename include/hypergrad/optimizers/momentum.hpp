@@ -78,8 +78,8 @@ struct MomentumRule {
   }};
 
   /// v ← γ v − (1 − γ) g.
-  template <class A, class C>
-  static void forwardState(A& a, const C& c, double g) {
+  template <class A, class C, class G>
+  static void forwardState(A& a, const C& c, G g) {
     a.multiply(Velocity, c[Momentum]);
     a.subtract(Velocity, (1.0 - c[Momentum].value) * g, "(1 - gamma) * gradient");
   }
@@ -89,6 +89,8 @@ struct MomentumRule {
   static void forwardWeights(A& a, const C& c) {
     a.add(Weights, c[LearningRate].value * a.value(Velocity), "learning rate * velocity");
   }
+
+  static constexpr bool laneCode = true;  ///< The element code runs on LaneValue (eight elements at once).
 
   static constexpr bool directionNeedsGradient = false;  ///< u = −(1 − γ) dv needs no g_t.
 

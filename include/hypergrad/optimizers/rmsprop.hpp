@@ -84,12 +84,13 @@ struct RmspropRule {
   }};
 
   /// s ← ρ s + (1 − ρ) g², then v ← μ v + α g / √(s + ε) with the new s.
-  template <class A, class C>
-  static void forwardState(A& a, const C& c, double g) {
+  template <class A, class C, class G>
+  static void forwardState(A& a, const C& c, G g) {
     a.multiply(MeanSquare, c[Decay]);
     a.add(MeanSquare, (1.0 - c[Decay].value) * (g * g), "(1 - rho) * gradient^2");
     a.multiply(Velocity, c[Momentum]);
-    a.add(Velocity, c[LearningRate].value * g / std::sqrt(a.value(MeanSquare) + c[Epsilon].value),
+    using std::sqrt;  // LaneValue's sqrt on lane groups
+    a.add(Velocity, c[LearningRate].value * g / sqrt(a.value(MeanSquare) + c[Epsilon].value),
           "learning rate * gradient / sqrt(mean square + epsilon)");
   }
 
@@ -98,6 +99,8 @@ struct RmspropRule {
   static void forwardWeights(A& a, const C& /*c*/) {
     a.subtract(Weights, a.value(Velocity), "velocity");
   }
+
+  static constexpr bool laneCode = true;  ///< The element code runs on LaneValue (eight elements at once).
 
   static constexpr bool directionNeedsGradient = true;  ///< u needs g_t and s_{t+1}.
 
