@@ -147,9 +147,10 @@ class BasicMlpObjective {
 
   /// \brief θ: the training inputs flattened example-major (size 0 unless inputs are hyperparameters).
   Eigen::VectorXd hyperparameters() const {
-    Eigen::VectorXd theta(numHyperparameters());
-    if (m_inputsAreHyperparameters) flattenInputs(theta);
-    return theta;
+    if (!m_inputsAreHyperparameters) return Eigen::VectorXd(numHyperparameters());
+    // Built from the inputs directly: no resize of a sized vector (GCC 12 warned of a use after
+    // free inside Eigen's resize there, a false positive).
+    return Eigen::Map<const Eigen::VectorXd>(m_data->inputs.data(), m_data->numExamples() * m_data->numFeatures());
   }
 
   /// \brief Replaces the training inputs by θ (example-major, see the class comment).
@@ -411,11 +412,6 @@ class BasicMlpObjective {
       ws.input.row(k) = m_data->inputs.row(e).template cast<Scalar>();  // contiguous read (row-major)
       ws.labels(k) = m_data->labels(e);
     }
-  }
-
-  void flattenInputs(Eigen::VectorXd& theta) const {
-    const Index F = m_data->numFeatures();
-    theta = Eigen::Map<const Eigen::VectorXd>(m_data->inputs.data(), m_data->numExamples() * F);  // row-major
   }
 
   Network m_net;
