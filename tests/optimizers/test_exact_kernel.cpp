@@ -56,7 +56,9 @@ std::uint64_t recordedRun() {
       alpha(t, k) = 0.01 * double(1 + (t * 7 + k * 3) % 5);
       gamma(t, k) = gammas[(t + k) % 5];
     }
-  Opt opt(layout, Schedule(alpha), Schedule(gamma), 4096);
+  // One stack per block: the layout the digests below were recorded in (the default is the lane
+  // layout, checked against a multi-pass update in the next test).
+  Opt opt(layout, Schedule(alpha), Schedule(gamma), OptimizerOptions(4096).withLanes(1));
   CounterRng r0(11, 0);
   Eigen::VectorXd w1(N), v1(N), g(N);
   for (Index i = 0; i < N; ++i) {
@@ -170,6 +172,16 @@ TEST_CASE("an optimizer's lane count is checked when it is built", "[optimizer][
   CHECK_THROWS_AS(SgdMomentum<>(layout, Schedule::constant(3, 3, 0.1), Schedule::constant(3, 3, 0.9),
                                 OptimizerOptions(100).withLanes(8)),
                   InvalidArgument);
+  // The default, 0: the lane layout when the block size allows it, else one stack per block.
+  CHECK(SgdMomentum<>(layout, Schedule::constant(3, 3, 0.1), Schedule::constant(3, 3, 0.9), OptimizerOptions(4096))
+            .options()
+            .stacksPerBlock() == 8);
+  SgdMomentum<> odd(layout, Schedule::constant(3, 3, 0.1), Schedule::constant(3, 3, 0.9), OptimizerOptions(100));
+  odd.start(Eigen::VectorXd::Zero(layout.size()));
+  CHECK(odd.buffer().lanes() == 1);
+  SgdMomentum<> even(layout, Schedule::constant(3, 3, 0.1), Schedule::constant(3, 3, 0.9));
+  even.start(Eigen::VectorXd::Zero(layout.size()));
+  CHECK(even.buffer().lanes() == 8);
 }
 
 TEST_CASE("an overflow in the last block undoes the blocks already stepped, word for word",

@@ -202,9 +202,8 @@ TEST_CASE("a run in the lane layout saves as version 2, loads, resumes and rever
   CHECK(a.learningRates == b.learningRates);
   CHECK(second.buffer().empty());
 
-  // A lane-layout run does not load into a one-stack optimizer, nor the other way round.
-  SgdMomentum<> oneStack = SgdMomentum<>(layout3(), Schedule::constant(20, 2, 0.3),
-                                         Schedule::perGroup(20, Eigen::Vector2d(0.9, 0.7)), OptimizerOptions(8));
+  // A lane-layout run does not load into an optimizer set to one stack, nor the other way round.
+  SgdMomentum<> oneStack = make(1);
   oneStack.start(w1);
   CHECK(static_cast<unsigned char>(saved(oneStack)[8]) == 1);  // one stack per block: still version 1
   const Everything before(oneStack);
@@ -213,4 +212,23 @@ TEST_CASE("a run in the lane layout saves as version 2, loads, resumes and rever
   SgdMomentum<> lanes = make(8);
   lanes.start(w1);
   CHECK_THAT(loadError<InvalidArgument>(lanes, saved(oneStack)), Catch::Contains("stacks per block"));
+
+  // The default options (lanes = 0) start in the lane layout here (block size 8) and take a run of
+  // either layout, which then resumes and reverses in its own layout.
+  SgdMomentum<> automatic = make(0);
+  automatic.start(w1);
+  CHECK(automatic.buffer().lanes() == 8);
+  std::istringstream oneStackRun(saved(oneStack));
+  loadRun(automatic, oneStackRun);
+  CHECK(automatic.buffer().lanes() == 1);
+  CHECK(automatic.fixedWeights() == oneStack.fixedWeights());
+  train(automatic, f);
+  train(oneStack, f);
+  CHECK(automatic.buffer() == oneStack.buffer());
+  const Hypergradients c = reverse(automatic, f, valid), d = reverse(oneStack, f, valid);
+  CHECK(c.learningRates == d.learningRates);
+  CHECK(automatic.buffer().empty());
+  std::istringstream laneRun(bytes);
+  loadRun(automatic, laneRun);
+  CHECK(automatic.buffer().lanes() == 8);
 }

@@ -47,12 +47,14 @@ struct OptimizerOptions {
   /// n/2^RatioBits (the fastest); Quantization::ExactFractions keeps fractions such as 0.9 = 9/10
   /// exact, at about 2.5× the exact update's cost per element for those ratios.
   Quantization ratios = Quantization::Dyadic;
-  /// Word stacks per buffer block: 1 (the default), or 8 for the lane layout
-  /// (InformationBuffer, exact/lanes.hpp), which the SIMD kernel of a coming release works on.
-  /// Both reverse exactly; they code the same information into different words, so the last bits
-  /// of a trajectory depend on the choice (a saved run records it). 8 needs a block size that is a
-  /// multiple of 8.
-  int lanes = 1;
+  /// Word stacks per buffer block: 8, the lane layout (InformationBuffer, exact/lanes.hpp), which
+  /// the exact kernel runs eight elements at a time with AVX-512 where the processor has it; 1,
+  /// one stack per block (the layout of releases before 2026-12); or 0, the default: 8 when the
+  /// block size is a multiple of 8, else 1. Both layouts reverse exactly and give the same bits
+  /// on every processor; they code the same information into different words, so the last bits
+  /// of a trajectory depend on the choice (a saved run records it, and with 0 a run of either
+  /// layout can be imported). 8 needs a block size that is a multiple of 8.
+  int lanes = 0;
 
   OptimizerOptions() = default;
   /// The default options with another block size (implicit on purpose, see above).
@@ -63,12 +65,15 @@ struct OptimizerOptions {
     o.ratios = Quantization::ExactFractions;
     return o;
   }
-  /// The same options with `n` stacks per block (1 or 8).
+  /// The same options with `n` stacks per block (1 or 8; 0 chooses from the block size).
   OptimizerOptions withLanes(int n) const {
     OptimizerOptions o = *this;
     o.lanes = n;
     return o;
   }
+  /// The stacks per block these options give: `lanes`, or for 0, 8 when the block size is a
+  /// multiple of 8, else 1.
+  int stacksPerBlock() const noexcept { return lanes != 0 ? lanes : (blockSize % 8 == 0 ? 8 : 1); }
 };
 
 /// An exactly reversible optimizer: update rule `Rule` (optimizers/concept.hpp) in fixed point.
@@ -135,10 +140,11 @@ class ReversibleOptimizer
         m_options(options) {
     if (m_blockSize <= 0)
       throw InvalidArgument(detail::message(Rule::name, ": the buffer block size is ", m_blockSize, "; it must be >= 1"));
-    if (options.lanes != 1 && options.lanes != Buffer::laneCount)
-      throw InvalidArgument(detail::message(Rule::name, ": OptimizerOptions::lanes is ", options.lanes, "; it must be 1 or ",
-                                            Buffer::laneCount));
-    if (m_blockSize % options.lanes != 0)
+    if (options.lanes != 0 && options.lanes != 1 && options.lanes != Buffer::laneCount)
+      throw InvalidArgument(detail::message(Rule::name, ": OptimizerOptions::lanes is ", options.lanes, "; it must be 1, ",
+                                            Buffer::laneCount, " or 0 (", Buffer::laneCount,
+                                            " when the block size is a multiple of it, else 1)"));
+    if (m_blockSize % options.stacksPerBlock() != 0)
       throw InvalidArgument(detail::message(Rule::name, ": the buffer block size ", m_blockSize, " must be a multiple of ",
                                             options.lanes, " with ", options.lanes, " lanes"));
     if (const char* problem = detail::ruleContractViolation<Rule>(m_schedules.at(0, 0))) {
@@ -174,7 +180,7 @@ class ReversibleOptimizer
     int k = 0;
     (void)std::initializer_list<int>{(s[static_cast<std::size_t>(k)] = toFixed(initial, k), ++k)...};
     for (; k < numStates; ++k) s[static_cast<std::size_t>(k)] = Fixed(size());
-    RunState run{s, s, Buffer(size(), m_blockSize, m_options.lanes), std::vector<std::uint64_t>(static_cast<std::size_t>(numIterations()), 0),
+    RunState run{s, s, Buffer(size(), m_blockSize, m_options.stacksPerBlock()), std::vector<std::uint64_t>(static_cast<std::size_t>(numIterations()), 0),
                  0, false};
     commit(std::move(run));
   }
@@ -426,7 +432,9 @@ class ReversibleOptimizer
         throw InvalidArgument(detail::message(Rule::name, ": importRun: state '", Rule::stateNames[k],
                                               "' has the wrong size for a layout of ", size(), " parameters"));
     }
-    if (run.buffer.size() != size() || run.buffer.blockSize() != m_blockSize || run.buffer.lanes() != m_options.lanes) {
+    // With lanes = 0 a run of either layout fits: the kernel follows the buffer's layout.
+    if (run.buffer.size() != size() || run.buffer.blockSize() != m_blockSize ||
+        (m_options.lanes != 0 && run.buffer.lanes() != m_options.lanes)) {
       throw InvalidArgument(detail::message(Rule::name, ": importRun: the buffer has ", run.buffer.size(),
                                             " elements in blocks of ", run.buffer.blockSize(), " with ", run.buffer.lanes(),
                                             " stack(s) each, expected ", size(), " in blocks of ", m_blockSize, " with ",

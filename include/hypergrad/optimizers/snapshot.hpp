@@ -10,7 +10,8 @@
 /// configuration — the rule, the fixed-point format, the rounding policy, the ratio and coder
 /// bits, the parameter layout and a 64-bit fingerprint of the schedules' values. loadRun()
 /// requires an optimizer constructed the same way (same rule, template arguments, layout, block
-/// size and schedules) and checks each of these, naming the first that differs.
+/// size and schedules; the same buffer layout unless OptimizerOptions::lanes is 0, the default,
+/// which takes either) and checks each of these, naming the first that differs.
 ///
 /// **Format** (version 1, or 2 for a buffer in the lane layout), little-endian throughout: the
 /// 8-byte magic "HGRUN\r\n\x1a", a u32 version, then the fields in the order above (strings as u64
@@ -295,7 +296,11 @@ void loadRun(Optimizer& opt, std::istream& in, const std::string& source = "stre
   if (blockSize != opt.blockSize())
     throw mismatch("buffer block size", std::to_string(blockSize), std::to_string(opt.blockSize()));
   const std::uint32_t lanes = version == detail::kRunVersion ? 1u : body.u32("the buffer's stacks per block");
-  if (lanes != static_cast<std::uint32_t>(opt.options().lanes))
+  if (lanes != 1 && lanes != static_cast<std::uint32_t>(Optimizer::Buffer::laneCount))
+    throw body.error(detail::message("the buffer's stacks per block are ", lanes, "; a run has 1 or ",
+                                     Optimizer::Buffer::laneCount));
+  // OptimizerOptions::lanes = 0 (the default) takes a run of either layout.
+  if (opt.options().lanes != 0 && lanes != static_cast<std::uint32_t>(opt.options().lanes))
     throw mismatch("buffer stacks per block (OptimizerOptions::lanes)", std::to_string(lanes),
                    std::to_string(opt.options().lanes));
   const std::uint64_t numElements = body.count("the buffer states", 8);
