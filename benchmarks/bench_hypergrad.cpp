@@ -53,7 +53,8 @@ std::string gammaName(double g) {
   return s;
 }
 
-ExactSgd exactOptimizer(const Workload& wl, Index T, double gamma, int lanes = 1) {
+// `lanes`: 0 the library's default (the lane layout for these block sizes), 1 one stack per block.
+ExactSgd exactOptimizer(const Workload& wl, Index T, double gamma, int lanes = 0) {
   return ExactSgd(wl.layout, wl.alphas(T), wl.gammas(T, gamma), hypergrad::OptimizerOptions().withLanes(lanes));
 }
 
@@ -193,7 +194,7 @@ void hypergradientsInterleaved(benchmark::State& state, const WorkloadSpec& spec
 // hold other words), so their hypergradients agree to rounding noise, not bit for bit.
 void hypergradientsLanes(benchmark::State& state, const WorkloadSpec& spec, Index T) {
   const Workload& wl = bench::workload(spec);
-  ExactSgd oneStack = exactOptimizer(wl, T, spec.gamma), lanes = exactOptimizer(wl, T, spec.gamma, 8);
+  ExactSgd oneStack = exactOptimizer(wl, T, spec.gamma, 1), lanes = exactOptimizer(wl, T, spec.gamma, 8);
   bench::DoubleMomentum plain = doubleOptimizer(wl, T, oneStack);
   const VectorXd v1 = VectorXd::Zero(wl.size());
   double oneS = 0.0, oneRevS = 0.0, laneS = 0.0, laneRevS = 0.0, doubleS = 0.0, diff = 0.0;

@@ -21,15 +21,17 @@ namespace hypergrad {
 
 /// Eight doubles, one per lane of a group of elements (see the file comment).
 struct LaneValue {
-  double v[8];  // not over-aligned: element code takes its values by value (no ABI note)
+  /// The lanes' values. Not over-aligned: element code takes its values by value, and a 64-byte
+  /// aligned argument would change the calling convention (GCC notes it).
+  double v[8];
 
   LaneValue() noexcept = default;
   /// The same value in every lane (an implicit conversion, so that rule code can mix doubles in).
   LaneValue(double x) noexcept {  // NOLINT(google-explicit-constructor)
     for (double& y : v) y = x;
   }
-  double operator[](int lane) const noexcept { return v[lane]; }
-  double& operator[](int lane) noexcept { return v[lane]; }
+  double operator[](int lane) const noexcept { return v[lane]; }  ///< Lane `lane`'s value.
+  double& operator[](int lane) noexcept { return v[lane]; }       ///< Lane `lane`'s value.
 };
 
 /// \cond INTERNAL
