@@ -655,7 +655,7 @@ struct OptimizerProgram {
       fail("the run could not be reversed to its start");
     }
     FUZZ_CHECK(recorded.empty());
-    FUZZ_CHECK(opt.buffer() == typename Opt::Buffer(n, blockSize));
+    FUZZ_CHECK(opt.buffer() == typename Opt::Buffer(n, blockSize, opt.options().stacksPerBlock()));
     for (int s = 0; s < Opt::numStates; ++s) FUZZ_CHECK(opt.fixedState(s) == opt.startState(s));
   }
 
