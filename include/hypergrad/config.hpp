@@ -33,6 +33,21 @@
 #endif
 /// \endcond
 
+/// \cond INTERNAL
+// GCC 12 warns that AVX-512 intrinsics' own undefined pass-through operands "are" or "may be
+// used uninitialized" once they are inlined (GCC bug 105593, fixed in GCC 13): code built on the
+// intrinsics goes between these two.
+#if defined(__GNUC__) && !defined(__clang__)
+#define HYPERGRAD_INTRINSICS_BEGIN                                   \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define HYPERGRAD_INTRINSICS_END _Pragma("GCC diagnostic pop")
+#else
+#define HYPERGRAD_INTRINSICS_BEGIN
+#define HYPERGRAD_INTRINSICS_END
+#endif
+/// \endcond
+
 /// The public API of hypergrad (private helpers live in its nested namespace `detail`).
 namespace hypergrad {
 

@@ -370,12 +370,7 @@ class LaneReplay {
 };
 
 #if HYPERGRAD_LANE_CODER
-// GCC 12 warns about the intrinsics' own undefined pass-through operands (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+HYPERGRAD_INTRINSICS_BEGIN
 /// out ← ±round(x · up · 2^R) in every lane, FixedFormat::tryFromDouble's conversion (the same
 /// operations in the same order, so the same integers); false, with `out` unspecified, if a lane is
 /// not finite or out of range.
@@ -420,9 +415,7 @@ HYPERGRAD_TARGET_AVX512 inline LaneValue laneToDouble(const std::int64_t* x, dou
   _mm512_storeu_pd(r.v, v);
   return r;
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+HYPERGRAD_INTRINSICS_END
 
 /// x ← x − d in every lane, checked as laneAddInPlace; false, with nothing changed, if a lane fails.
 HYPERGRAD_TARGET_AVX512 inline bool laneSubtractInPlace(std::int64_t* x, const std::int64_t* d) noexcept {

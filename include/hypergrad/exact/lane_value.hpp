@@ -74,20 +74,13 @@ inline LaneValue operator-(const LaneValue& a) noexcept {
 /// runs lane element code inside an AVX-512 function that inlines this one (libm's scalar sqrt in a
 /// loop would not vectorise, since it may set errno).
 #if HYPERGRAD_LANE_CODER
-// GCC 12 warns about the intrinsic's own undefined pass-through operand (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+HYPERGRAD_INTRINSICS_BEGIN
 HYPERGRAD_TARGET_AVX512 inline LaneValue sqrt(const LaneValue& a) noexcept {
   LaneValue r;
   _mm512_storeu_pd(r.v, _mm512_sqrt_pd(_mm512_loadu_pd(a.v)));
   return r;
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+HYPERGRAD_INTRINSICS_END
 #else
 inline LaneValue sqrt(const LaneValue& a) noexcept {
   LaneValue r;

@@ -98,13 +98,7 @@ constexpr bool laneCoderFits() noexcept {
 #if HYPERGRAD_LANE_CODER
 // NOLINTBEGIN(performance-no-int-to-ptr): the cursors hold the stacks' addresses in vector lanes.
 
-// GCC 12 warns that the intrinsics' own undefined pass-through operands "are" or "may be used
-// uninitialized" once they are inlined here (GCC bug 105593, fixed in GCC 13).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+HYPERGRAD_INTRINSICS_BEGIN
 
 // The stack cursor of one block's eight lanes, in memory so that code compiled without AVX-512
 // can hold it: each stack's top, chunk start and end as addresses, and `floor`, the chunk start
@@ -335,9 +329,7 @@ void laneDivide(std::int64_t* c, Index begin, Index end, std::uint32_t n, Buffer
   st.store(buf);
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+HYPERGRAD_INTRINSICS_END
 
 // NOLINTEND(performance-no-int-to-ptr)
 #endif  // HYPERGRAD_LANE_CODER
