@@ -14,18 +14,9 @@
 /// is used today), so that including the MLP does not instantiate Eigen's GEMM kernels: they are
 /// compiled only in the translation units that evaluate a network.
 ///
-/// **Single-threaded GEMMs.** Inside a shard every matrix product is a *single-threaded* GEMM
-/// whatever the OpenMP settings. Eigen 3.4's own products are not enough: `parallelize_gemm`
-/// (Parallelizer.h) goes multi-threaded whenever `Eigen::nbThreads() > 1` and
-/// `omp_get_num_threads() == 1` — which is the case inside a parallel region of ONE thread, or in
-/// a nested region — and a multi-threaded GEMM re-blocks the depth for the thread count, which
-/// changes the last bits (7e-14 on a 200×784 by 784×50 product between 1 and 2 threads). So the
-/// shards call Eigen's sequential GEMM kernel (`general_matrix_matrix_product::run` with a
-/// one-thread blocking and no parallel info) directly: exactly what Eigen runs on its own
-/// single-threaded path. The library never calls `Eigen::setNbThreads` and leaves the user's
-/// Eigen settings untouched. (With an Eigen other than 3.4.x the shards fall back to ordinary
-/// Eigen products: still deterministic without OpenMP, and with OpenMP as long as Eigen stays
-/// single-threaded, e.g. under `EIGEN_DONT_PARALLELIZE`.)
+/// **Products.** Every matrix product goes through serialGemm (objectives/mlp/gemm.hpp):
+/// single-threaded whatever the OpenMP settings, and for double an exact-order kernel whose bits
+/// do not depend on the build flags or the processor's SIMD width.
 ///
 /// **Fused and separate outputs.** Each output (gradient, Hessian-vector product, mixed product)
 /// is computed by the same sequence of operations whether it is requested alone or together with
@@ -44,6 +35,7 @@
 #include "../../data/dataset.hpp"
 #include "../../errors.hpp"
 #include "architecture.hpp"
+#include "gemm.hpp"
 
 namespace hypergrad {
 
@@ -52,113 +44,6 @@ namespace hypergrad {
 inline constexpr Index defaultMlpShardSize = 50;
 
 namespace detail {
-
-/// Dynamic-size column-major matrix of the compute type.
-template <class Scalar>
-using MlpMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-
-/// A view of constant scalars: rows × cols, column j at data + j·stride (column-major), or row i
-/// at data + i·stride when `rowMajor` (MlpLoss reads a Dataset's row-major inputs in place).
-template <class Scalar>
-struct ConstMatrixView {
-  const Scalar* data = nullptr;
-  Index rows = 0;
-  Index cols = 0;
-  Index stride = 0;
-  bool rowMajor = false;
-};
-
-/// View of an Eigen column-major matrix (or Map / block with unit inner stride).
-template <class M>
-ConstMatrixView<typename M::Scalar> viewOf(const M& m) {
-  return ConstMatrixView<typename M::Scalar>{m.data(), m.rows(), m.cols(), m.outerStride()};
-}
-
-/// The GEMM kernel's packing buffers, kept in a shard's workspace between calls so that the hot
-/// path does not allocate (a fresh allocation per product made the C library return the memory
-/// to the system and fault it back in: +25% on a 784-50-50-50-10 gradient).
-template <class Scalar>
-struct GemmScratch {
-  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> blockA, blockB;
-};
-
-#if EIGEN_VERSION_AT_LEAST(3, 4, 0) && !EIGEN_VERSION_AT_LEAST(3, 4, 90)
-#define HYPERGRAD_SERIAL_GEMM_KERNEL 1
-/// The blocking of Eigen's gemm_blocking_space(rows, cols, depth, num_threads = 1, l3 = true) —
-/// the one Eigen's own single-threaded product uses — with packing buffers from a GemmScratch.
-template <class Scalar>
-class ScratchBlocking : public Eigen::internal::level3_blocking<Scalar, Scalar> {
- public:
-  ScratchBlocking(Index m, Index n, Index k, GemmScratch<Scalar>& scratch) {
-    this->m_mc = m;
-    this->m_nc = n;
-    this->m_kc = k;
-    Eigen::internal::computeProductBlockingSizes<Scalar, Scalar, 1>(this->m_kc, this->m_mc, this->m_nc, Index(1));
-    const Index sizeA = this->m_mc * this->m_kc, sizeB = this->m_kc * this->m_nc;
-    if (scratch.blockA.size() < sizeA) scratch.blockA.resize(sizeA);
-    if (scratch.blockB.size() < sizeB) scratch.blockB.resize(sizeB);
-    this->m_blockA = scratch.blockA.data();
-    this->m_blockB = scratch.blockB.data();
-  }
-};
-
-/// C += op(A) op(B) with Eigen's sequential GEMM kernel: a one-thread blocking and no parallel
-/// info, i.e. what Eigen's product runs on its single-threaded path, whatever the OpenMP state.
-template <int LhsOrder, int RhsOrder, class Scalar>
-void serialGemmKernel(Index m, Index n, Index k, const Scalar* a, Index lda, const Scalar* b, Index ldb, Scalar* c,
-                      Index ldc, GemmScratch<Scalar>& scratch) {
-  ScratchBlocking<Scalar> blocking(m, n, k, scratch);
-  Eigen::internal::general_matrix_matrix_product<Index, Scalar, LhsOrder, false, Scalar, RhsOrder, false,
-                                                 Eigen::ColMajor, 1>::run(m, n, k, a, lda, b, ldb, c, 1, ldc,
-                                                                          Scalar(1), blocking, nullptr);
-}
-#endif
-
-/// \brief C = op(A)·op(B), or C += op(A)·op(B) when `accumulate`; op(X) is X or Xᵀ. C is m × n,
-/// column-major with column stride ldc. Always single-threaded (see the file comment), so the
-/// bits depend only on the operands and their shapes.
-template <class Scalar>
-void serialGemm(const ConstMatrixView<Scalar>& a, bool transA, const ConstMatrixView<Scalar>& b, bool transB,
-                Scalar* c, Index ldc, bool accumulate, GemmScratch<Scalar>& scratch) {
-  // A row-major matrix is the same storage as its transpose column-major: flip the operation.
-  // (Eigen packs either order into the same panels, so the bits do not depend on the order.)
-  if (a.rowMajor || b.rowMajor) {
-    const auto columnMajor = [](const ConstMatrixView<Scalar>& x) {
-      return x.rowMajor ? ConstMatrixView<Scalar>{x.data, x.cols, x.rows, x.stride, false} : x;
-    };
-    serialGemm(columnMajor(a), transA != a.rowMajor, columnMajor(b), transB != b.rowMajor, c, ldc, accumulate, scratch);
-    return;
-  }
-  const Index m = transA ? a.cols : a.rows;
-  const Index k = transA ? a.rows : a.cols;
-  const Index n = transB ? b.rows : b.cols;
-  eigen_assert(k == (transB ? b.cols : b.rows));
-  if (!accumulate)
-    for (Index j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, Scalar(0));
-  if (m == 0 || n == 0 || k == 0) return;
-#if defined(HYPERGRAD_SERIAL_GEMM_KERNEL)
-  // A transposed column-major matrix is the same storage read row-major.
-  if (!transA && !transB)
-    serialGemmKernel<Eigen::ColMajor, Eigen::ColMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
-  else if (transA && !transB)
-    serialGemmKernel<Eigen::RowMajor, Eigen::ColMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
-  else if (!transA && transB)
-    serialGemmKernel<Eigen::ColMajor, Eigen::RowMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
-  else
-    serialGemmKernel<Eigen::RowMajor, Eigen::RowMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
-#else
-  static_cast<void>(scratch);
-  using Stride = Eigen::OuterStride<>;
-  const Eigen::Map<const MlpMatrix<Scalar>, 0, Stride> A(a.data, a.rows, a.cols, Stride(a.stride));
-  const Eigen::Map<const MlpMatrix<Scalar>, 0, Stride> B(b.data, b.rows, b.cols, Stride(b.stride));
-  Eigen::Map<MlpMatrix<Scalar>, 0, Stride> C(c, m, n, Stride(ldc));
-  if (!transA && !transB) C.noalias() += A * B;
-  else if (transA && !transB) C.noalias() += A.transpose() * B;
-  else if (!transA && transB) C.noalias() += A * B.transpose();
-  else C.noalias() += A.transpose() * B.transpose();
-#endif
-}
-#undef HYPERGRAD_SERIAL_GEMM_KERNEL
 
 /// tanh of one packet of Eigen's SIMD type (Cephes' tanh in packet arithmetic): for |x| < 0.625
 /// x + x·x²·P(x²)/Q(x²), else sign(x)·(1 − 2 / (exp(2|x|) + 1)) with Eigen's vectorised exp.

@@ -1,0 +1,422 @@
+// hypergrad — exact hypergradients by reversible SGD with momentum.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file gemm.hpp
+/// \brief The MLP's matrix products (detail::serialGemm): single-threaded, and for double an
+/// exact-order kernel whose bits are fixed by its definition — the same with or without AVX-512,
+/// at any -march, on any number of threads.
+///
+/// **The arithmetic (this defines the bits).** For C += op(A)·op(B) (or C = …), each entry is
+///
+///     s_b = ((0 + a_{i,k_b} b_{k_b,j}) + a_{i,k_b+1} b_{k_b+1,j}) + …   over the depth block
+///           b = [k_b, k_b + 256), every product and every sum rounded (no fused multiply-add);
+///     C_ij ← C_ij + s_0 (or s_0 when not accumulating), then C_ij ← C_ij + s_b for b = 1, 2, …
+///
+/// The depth block (gemmDepthBlock = 256) is part of the definition; the register tile and the
+/// cache blocking are not (they decide which entries are computed together, never the order of an
+/// entry's operations). Three implementations compute it, chosen at run time (gemmKernel(),
+/// simd.hpp): an AVX-512 kernel (a 16 × 8 tile of sixteen 8-lane accumulators, products and sums
+/// with explicit round-to-nearest so that no compiler can contract them into multiply-adds), an
+/// AVX2 kernel (8 × 4 sub-tiles, compiled with contraction off) and a portable one (4 × 4
+/// sub-tiles, contraction off), which runs off x86 and with HYPERGRAD_NO_SIMD=1. The test checks
+/// each against a transcription of the definition, bit for bit (tests/objectives/test_gemm.cpp).
+///
+/// Speed (one core of an AMD EPYC Zen 5, default flags, the MLP's shard products 50×784·784×50,
+/// 784×50·50×50, 50×50·50×784): AVX-512 51–76 GFLOP/s, about Eigen's own at -march=native
+/// (54–64, with FMA); AVX2 30–33; portable 13–14; Eigen's product at default flags (SSE2) 18–19.
+///
+/// Why not Eigen's product: its bits depend on the build's SIMD width and on FMA (a default build
+/// and a -march=native build disagree in the last bits), and at default flags it runs SSE2, 2
+/// lanes, where this kernel runs 8 on a processor with AVX-512 (the hypergradient of the paper's
+/// MLP: see benchmarks/README.md). Eigen's sequential kernel remains for float and when
+/// HYPERGRAD_EIGEN_GEMM is defined (for comparisons); its bits then depend on the build.
+///
+/// **Single-threaded.** Every product here is single-threaded whatever the OpenMP settings: the
+/// shards of a batch are what runs in parallel (objectives/mlp/objective.hpp). Eigen 3.4's own
+/// products are not enough for its path: `parallelize_gemm` (Parallelizer.h) goes multi-threaded
+/// whenever `Eigen::nbThreads() > 1` and `omp_get_num_threads() == 1` — inside a parallel region
+/// of one thread, or a nested one — and re-blocks the depth for the thread count, which changes
+/// the last bits. So that path calls Eigen's sequential kernel (`general_matrix_matrix_product::run`
+/// with a one-thread blocking and no parallel info) directly. The library never calls
+/// `Eigen::setNbThreads`.
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "../../config.hpp"
+#include "../../simd.hpp"
+
+/// \cond INTERNAL
+// The portable kernel must not have its a·b + c contracted into a multiply-add under FMA flags.
+#if defined(__clang__)
+#define HYPERGRAD_NO_CONTRACT
+#define HYPERGRAD_NO_CONTRACT_BODY _Pragma("clang fp contract(off)")
+#elif defined(__GNUC__)
+#define HYPERGRAD_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#define HYPERGRAD_NO_CONTRACT_BODY
+#else
+#define HYPERGRAD_NO_CONTRACT
+#define HYPERGRAD_NO_CONTRACT_BODY
+#endif
+/// \endcond
+
+namespace hypergrad {
+namespace detail {
+
+/// Dynamic-size column-major matrix of the compute type.
+template <class Scalar>
+using MlpMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+/// A view of constant scalars: rows × cols, column j at data + j·stride (column-major), or row i
+/// at data + i·stride when `rowMajor` (MlpLoss reads a Dataset's row-major inputs in place).
+template <class Scalar>
+struct ConstMatrixView {
+  const Scalar* data = nullptr;
+  Index rows = 0;
+  Index cols = 0;
+  Index stride = 0;
+  bool rowMajor = false;
+};
+
+/// View of an Eigen column-major matrix (or Map / block with unit inner stride).
+template <class M>
+ConstMatrixView<typename M::Scalar> viewOf(const M& m) {
+  return ConstMatrixView<typename M::Scalar>{m.data(), m.rows(), m.cols(), m.outerStride()};
+}
+
+/// The GEMM kernel's packing buffers, kept in a shard's workspace between calls so that the hot
+/// path does not allocate (a fresh allocation per product made the C library return the memory
+/// to the system and fault it back in: +25% on a 784-50-50-50-10 gradient).
+template <class Scalar>
+struct GemmScratch {
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> blockA, blockB;
+};
+
+/// Depth block of the exact-order GEMM: part of the definition of its bits (see the file comment).
+inline constexpr Index gemmDepthBlock = 256;
+/// Register tile of the packed panels: 16 rows of op(A), 8 columns of op(B) (not part of the bits).
+inline constexpr Index gemmTileRows = 16;
+inline constexpr Index gemmTileCols = 8;
+
+/// Packs rows [i0, i0 + rows) (rows ≤ 16) and depth [k0, k0 + depth) of op(A) into a 16-row panel,
+/// depth-major (panel[kk·16 + r]); rows beyond `rows` are zero.
+inline void gemmPackA(const double* a, Index lda, bool trans, Index i0, Index rows, Index k0, Index depth,
+                      double* panel) noexcept {
+  if (rows < gemmTileRows) std::fill(panel, panel + depth * gemmTileRows, 0.0);
+  if (!trans) {
+    for (Index kk = 0; kk < depth; ++kk) {
+      const double* src = a + i0 + (k0 + kk) * lda;
+      for (Index r = 0; r < rows; ++r) panel[kk * gemmTileRows + r] = src[r];
+    }
+  } else {
+    for (Index r = 0; r < rows; ++r) {
+      const double* src = a + k0 + (i0 + r) * lda;
+      for (Index kk = 0; kk < depth; ++kk) panel[kk * gemmTileRows + r] = src[kk];
+    }
+  }
+}
+
+/// Packs depth [k0, k0 + depth) and all n columns of op(B) into 8-column panels, each depth-major
+/// (block[q·depth·8 + kk·8 + c] = op(B)(k0 + kk, 8q + c)); columns beyond n are zero.
+inline void gemmPackB(const double* b, Index ldb, bool trans, Index k0, Index depth, Index n, double* block) noexcept {
+  const Index panels = (n + gemmTileCols - 1) / gemmTileCols;
+  for (Index q = 0; q < panels; ++q) {
+    double* panel = block + q * depth * gemmTileCols;
+    const Index cols = std::min(gemmTileCols, n - q * gemmTileCols);
+    if (cols < gemmTileCols) std::fill(panel, panel + depth * gemmTileCols, 0.0);
+    for (Index c = 0; c < cols; ++c) {
+      const Index j = q * gemmTileCols + c;
+      if (!trans) {
+        const double* src = b + k0 + j * ldb;
+        for (Index kk = 0; kk < depth; ++kk) panel[kk * gemmTileCols + c] = src[kk];
+      } else {
+        for (Index kk = 0; kk < depth; ++kk) panel[kk * gemmTileCols + c] = b[j + (k0 + kk) * ldb];
+      }
+    }
+  }
+}
+
+/// One 16 × 8 tile, portable: the block sums s of the file comment in 4 × 4 sub-tiles, then
+/// C ← C + s (`add`) or C ← s for the valid rows × cols.
+HYPERGRAD_NO_CONTRACT inline void gemmTilePortable(const double* panelA, const double* panelB, Index depth,
+                                                   double* c, Index ldc, Index rows, Index cols, bool add) noexcept {
+  HYPERGRAD_NO_CONTRACT_BODY
+  for (Index cb = 0; cb < cols; cb += 4) {
+    for (Index rb = 0; rb < rows; rb += 4) {
+      double s[4][4] = {};  // s[column][row]
+      for (Index kk = 0; kk < depth; ++kk) {
+        const double* x = panelA + kk * gemmTileRows + rb;
+        const double* y = panelB + kk * gemmTileCols + cb;
+        for (int j = 0; j < 4; ++j)
+          for (int i = 0; i < 4; ++i) s[j][i] = s[j][i] + x[i] * y[j];
+      }
+      const Index nr = std::min<Index>(4, rows - rb), nc = std::min<Index>(4, cols - cb);
+      for (Index j = 0; j < nc; ++j)
+        for (Index i = 0; i < nr; ++i) {
+          const Index at = (rb + i) + (cb + j) * ldc;
+          c[at] = add ? c[at] + s[j][i] : s[j][i];
+        }
+    }
+  }
+}
+
+#if HYPERGRAD_LANE_CODER
+HYPERGRAD_INTRINSICS_BEGIN
+/// One 16 × 8 tile on AVX-512: sixteen accumulators of 8 rows (eight when `Upper` is false: a
+/// last panel of at most 8 rows); vmulpd / vaddpd with explicit round-to-nearest, which compilers
+/// do not contract (the bits of gemmTilePortable).
+template <bool Upper>
+HYPERGRAD_TARGET_AVX512 inline void gemmTileAvx512(const double* panelA, const double* panelB, Index depth, double* c,
+                                                   Index ldc, Index rows, Index cols, bool add) noexcept {
+  constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __m512d lo[8], hi[8];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) lo[j] = hi[j] = _mm512_setzero_pd();
+  for (Index kk = 0; kk < depth; ++kk) {
+    const __m512d a0 = _mm512_loadu_pd(panelA + kk * gemmTileRows);
+    const __m512d a1 = Upper ? _mm512_loadu_pd(panelA + kk * gemmTileRows + 8) : a0;
+    const double* y = panelB + kk * gemmTileCols;
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512d bj = _mm512_set1_pd(y[j]);
+      lo[j] = _mm512_add_round_pd(lo[j], _mm512_mul_round_pd(a0, bj, rn), rn);
+      if (Upper) hi[j] = _mm512_add_round_pd(hi[j], _mm512_mul_round_pd(a1, bj, rn), rn);
+    }
+  }
+  const auto rowMask = [](Index r) { return static_cast<__mmask8>(r >= 8 ? 0xFF : r <= 0 ? 0 : (1u << r) - 1u); };
+  const __mmask8 m0 = rowMask(rows), m1 = rowMask(rows - 8);
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    if (j >= cols) break;
+    double* out = c + j * ldc;
+    if (add) {
+      _mm512_mask_storeu_pd(out, m0, _mm512_add_round_pd(_mm512_maskz_loadu_pd(m0, out), lo[j], rn));
+      if (Upper) _mm512_mask_storeu_pd(out + 8, m1, _mm512_add_round_pd(_mm512_maskz_loadu_pd(m1, out + 8), hi[j], rn));
+    } else {
+      _mm512_mask_storeu_pd(out, m0, lo[j]);
+      if (Upper) _mm512_mask_storeu_pd(out + 8, m1, hi[j]);
+    }
+  }
+}
+
+/// One 16 × 8 tile on AVX2 (no AVX-512): four 8 × 4 sub-tiles of eight 4-lane accumulators;
+/// vmulpd / vaddpd, compiled with contraction off (the bits of gemmTilePortable).
+HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT inline void gemmTileAvx2(const double* panelA, const double* panelB,
+                                                                     Index depth, double* c, Index ldc, Index rows,
+                                                                     Index cols, bool add) noexcept {
+  HYPERGRAD_NO_CONTRACT_BODY
+  for (Index cb = 0; cb < cols; cb += 4) {
+    for (Index rb = 0; rb < rows; rb += 8) {
+      __m256d lo[4], hi[4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_pd();
+      for (Index kk = 0; kk < depth; ++kk) {
+        const __m256d a0 = _mm256_loadu_pd(panelA + kk * gemmTileRows + rb);
+        const __m256d a1 = _mm256_loadu_pd(panelA + kk * gemmTileRows + rb + 4);
+        const double* y = panelB + kk * gemmTileCols + cb;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m256d bj = _mm256_broadcast_sd(y + j);
+          lo[j] = _mm256_add_pd(lo[j], _mm256_mul_pd(a0, bj));
+          hi[j] = _mm256_add_pd(hi[j], _mm256_mul_pd(a1, bj));
+        }
+      }
+      alignas(32) double s[4][8];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        _mm256_store_pd(s[j], lo[j]);
+        _mm256_store_pd(s[j] + 4, hi[j]);
+      }
+      const Index nr = std::min<Index>(8, rows - rb), nc = std::min<Index>(4, cols - cb);
+      for (Index j = 0; j < nc; ++j)
+        for (Index i = 0; i < nr; ++i) {
+          const Index at = (rb + i) + (cb + j) * ldc;
+          c[at] = add ? c[at] + s[j][i] : s[j][i];
+        }
+    }
+  }
+}
+HYPERGRAD_INTRINSICS_END
+#endif
+
+/// Which tile kernel runs (same bits): AVX-512 when laneCoderActive(), else AVX2 when the
+/// processor has it and the SIMD kernels are not switched off, else the portable one.
+enum class GemmKernel { Automatic, Portable, Avx2, Avx512 };
+
+/// Forces one kernel (tests and measurements; Automatic restores the choice above). A kernel the
+/// processor lacks is never forced: gemmKernelSupported() says which are.
+inline std::atomic<int>& gemmKernelOverride() noexcept {
+  static std::atomic<int> choice{static_cast<int>(GemmKernel::Automatic)};
+  return choice;
+}
+
+inline bool gemmKernelSupported(GemmKernel k) noexcept {
+  switch (k) {
+    case GemmKernel::Automatic:
+    case GemmKernel::Portable:
+      return true;
+    case GemmKernel::Avx2:
+#if HYPERGRAD_LANE_CODER
+    {
+      static const bool avx2 = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+      }();
+      return avx2;
+    }
+#else
+      return false;
+#endif
+    case GemmKernel::Avx512:
+      return laneCoderSupported();
+  }
+  return false;
+}
+
+inline GemmKernel gemmKernel() noexcept {
+  const auto forced = static_cast<GemmKernel>(gemmKernelOverride().load(std::memory_order_relaxed));
+  if (forced != GemmKernel::Automatic && gemmKernelSupported(forced)) return forced;
+  if (laneCoderSwitch().load(std::memory_order_relaxed) == 0) return GemmKernel::Portable;
+  if (gemmKernelSupported(GemmKernel::Avx512)) return GemmKernel::Avx512;
+  if (gemmKernelSupported(GemmKernel::Avx2)) return GemmKernel::Avx2;
+  return GemmKernel::Portable;
+}
+
+/// C (m × n, column stride ldc) = op(A)·op(B), or += when `accumulate`, by the exact-order
+/// arithmetic of the file comment; A and B column-major (op = transpose when trans*).
+inline void exactOrderGemm(Index m, Index n, Index k, const double* a, Index lda, bool transA, const double* b,
+                           Index ldb, bool transB, double* c, Index ldc, bool accumulate,
+                           Eigen::Matrix<double, Eigen::Dynamic, 1>& blockA,
+                           Eigen::Matrix<double, Eigen::Dynamic, 1>& blockB) {
+  if (k == 0) {
+    if (!accumulate)
+      for (Index j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, 0.0);
+    return;
+  }
+  const Index panels = (n + gemmTileCols - 1) / gemmTileCols;
+  const Index maxDepth = std::min(gemmDepthBlock, k);
+  if (blockA.size() < gemmTileRows * maxDepth) blockA.resize(gemmTileRows * maxDepth);
+  if (blockB.size() < panels * gemmTileCols * maxDepth) blockB.resize(panels * gemmTileCols * maxDepth);
+  const GemmKernel kernel = gemmKernel();
+  for (Index k0 = 0; k0 < k; k0 += gemmDepthBlock) {
+    const Index depth = std::min(gemmDepthBlock, k - k0);
+    const bool add = accumulate || k0 > 0;
+    gemmPackB(b, ldb, transB, k0, depth, n, blockB.data());
+    for (Index i0 = 0; i0 < m; i0 += gemmTileRows) {
+      const Index rows = std::min(gemmTileRows, m - i0);
+      gemmPackA(a, lda, transA, i0, rows, k0, depth, blockA.data());
+      for (Index q = 0; q < panels; ++q) {
+        const Index cols = std::min(gemmTileCols, n - q * gemmTileCols);
+        const double* panelB = blockB.data() + q * depth * gemmTileCols;
+        double* tile = c + i0 + q * gemmTileCols * ldc;
+#if HYPERGRAD_LANE_CODER
+        if (kernel == GemmKernel::Avx512) {
+          if (rows > 8) gemmTileAvx512<true>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
+          else gemmTileAvx512<false>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
+          continue;
+        }
+        if (kernel == GemmKernel::Avx2) {
+          gemmTileAvx2(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
+          continue;
+        }
+#endif
+        gemmTilePortable(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
+      }
+    }
+  }
+  static_cast<void>(kernel);
+}
+
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0) && !EIGEN_VERSION_AT_LEAST(3, 4, 90)
+#define HYPERGRAD_SERIAL_GEMM_KERNEL 1
+/// The blocking of Eigen's gemm_blocking_space(rows, cols, depth, num_threads = 1, l3 = true) —
+/// the one Eigen's own single-threaded product uses — with packing buffers from a GemmScratch.
+template <class Scalar>
+class ScratchBlocking : public Eigen::internal::level3_blocking<Scalar, Scalar> {
+ public:
+  ScratchBlocking(Index m, Index n, Index k, GemmScratch<Scalar>& scratch) {
+    this->m_mc = m;
+    this->m_nc = n;
+    this->m_kc = k;
+    Eigen::internal::computeProductBlockingSizes<Scalar, Scalar, 1>(this->m_kc, this->m_mc, this->m_nc, Index(1));
+    const Index sizeA = this->m_mc * this->m_kc, sizeB = this->m_kc * this->m_nc;
+    if (scratch.blockA.size() < sizeA) scratch.blockA.resize(sizeA);
+    if (scratch.blockB.size() < sizeB) scratch.blockB.resize(sizeB);
+    this->m_blockA = scratch.blockA.data();
+    this->m_blockB = scratch.blockB.data();
+  }
+};
+
+/// C += op(A) op(B) with Eigen's sequential GEMM kernel: a one-thread blocking and no parallel
+/// info, i.e. what Eigen's product runs on its single-threaded path, whatever the OpenMP state.
+template <int LhsOrder, int RhsOrder, class Scalar>
+void serialGemmKernel(Index m, Index n, Index k, const Scalar* a, Index lda, const Scalar* b, Index ldb, Scalar* c,
+                      Index ldc, GemmScratch<Scalar>& scratch) {
+  ScratchBlocking<Scalar> blocking(m, n, k, scratch);
+  Eigen::internal::general_matrix_matrix_product<Index, Scalar, LhsOrder, false, Scalar, RhsOrder, false,
+                                                 Eigen::ColMajor, 1>::run(m, n, k, a, lda, b, ldb, c, 1, ldc,
+                                                                          Scalar(1), blocking, nullptr);
+}
+#endif
+
+/// \brief C = op(A)·op(B), or C += op(A)·op(B) when `accumulate`; op(X) is X or Xᵀ. C is m × n,
+/// column-major with column stride ldc. Always single-threaded (see the file comment); for double
+/// the exact-order kernel (bits fixed by the operands and their shapes alone), for float — or
+/// with HYPERGRAD_EIGEN_GEMM — Eigen's sequential kernel.
+template <class Scalar>
+void serialGemm(const ConstMatrixView<Scalar>& a, bool transA, const ConstMatrixView<Scalar>& b, bool transB,
+                Scalar* c, Index ldc, bool accumulate, GemmScratch<Scalar>& scratch) {
+  // A row-major matrix is the same storage as its transpose column-major: flip the operation.
+  // (Eigen packs either order into the same panels, so the bits do not depend on the order.)
+  if (a.rowMajor || b.rowMajor) {
+    const auto columnMajor = [](const ConstMatrixView<Scalar>& x) {
+      return x.rowMajor ? ConstMatrixView<Scalar>{x.data, x.cols, x.rows, x.stride, false} : x;
+    };
+    serialGemm(columnMajor(a), transA != a.rowMajor, columnMajor(b), transB != b.rowMajor, c, ldc, accumulate, scratch);
+    return;
+  }
+  const Index m = transA ? a.cols : a.rows;
+  const Index k = transA ? a.rows : a.cols;
+  const Index n = transB ? b.rows : b.cols;
+  eigen_assert(k == (transB ? b.cols : b.rows));
+#if !defined(HYPERGRAD_EIGEN_GEMM)
+  if constexpr (std::is_same_v<Scalar, double>) {
+    if (m == 0 || n == 0) return;
+    exactOrderGemm(m, n, k, a.data, a.stride, transA, b.data, b.stride, transB, c, ldc, accumulate, scratch.blockA,
+                   scratch.blockB);
+    return;
+  }
+#endif
+  if (!accumulate)
+    for (Index j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, Scalar(0));
+  if (m == 0 || n == 0 || k == 0) return;
+#if defined(HYPERGRAD_SERIAL_GEMM_KERNEL)
+  // A transposed column-major matrix is the same storage read row-major.
+  if (!transA && !transB)
+    serialGemmKernel<Eigen::ColMajor, Eigen::ColMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else if (transA && !transB)
+    serialGemmKernel<Eigen::RowMajor, Eigen::ColMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else if (!transA && transB)
+    serialGemmKernel<Eigen::ColMajor, Eigen::RowMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+  else
+    serialGemmKernel<Eigen::RowMajor, Eigen::RowMajor>(m, n, k, a.data, a.stride, b.data, b.stride, c, ldc, scratch);
+#else
+  static_cast<void>(scratch);
+  using Stride = Eigen::OuterStride<>;
+  const Eigen::Map<const MlpMatrix<Scalar>, 0, Stride> A(a.data, a.rows, a.cols, Stride(a.stride));
+  const Eigen::Map<const MlpMatrix<Scalar>, 0, Stride> B(b.data, b.rows, b.cols, Stride(b.stride));
+  Eigen::Map<MlpMatrix<Scalar>, 0, Stride> C(c, m, n, Stride(ldc));
+  if (!transA && !transB) C.noalias() += A * B;
+  else if (transA && !transB) C.noalias() += A.transpose() * B;
+  else if (!transA && transB) C.noalias() += A * B.transpose();
+  else C.noalias() += A.transpose() * B.transpose();
+#endif
+}
+#undef HYPERGRAD_SERIAL_GEMM_KERNEL
+
+}  // namespace detail
+}  // namespace hypergrad
