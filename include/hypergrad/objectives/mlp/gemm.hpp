@@ -103,39 +103,55 @@ inline constexpr Index gemmTileRows = 16;
 inline constexpr Index gemmTileCols = 8;
 
 /// Packs rows [i0, i0 + rows) (rows ≤ 16) and depth [k0, k0 + depth) of op(A) into a 16-row panel,
-/// depth-major (panel[kk·16 + r]); rows beyond `rows` are zero.
+/// depth-major (panel[kk·16 + r]); rows beyond `rows` are zero. Both orders write the panel
+/// sequentially (a transposed A is read as up to 16 sequential streams, one per row).
 inline void gemmPackA(const double* a, Index lda, bool trans, Index i0, Index rows, Index k0, Index depth,
                       double* panel) noexcept {
-  if (rows < gemmTileRows) std::fill(panel, panel + depth * gemmTileRows, 0.0);
   if (!trans) {
     for (Index kk = 0; kk < depth; ++kk) {
       const double* src = a + i0 + (k0 + kk) * lda;
-      for (Index r = 0; r < rows; ++r) panel[kk * gemmTileRows + r] = src[r];
+      double* dst = panel + kk * gemmTileRows;
+      for (Index r = 0; r < rows; ++r) dst[r] = src[r];
+      for (Index r = rows; r < gemmTileRows; ++r) dst[r] = 0.0;
     }
+    return;
+  }
+  const double* src[gemmTileRows];
+  for (Index r = 0; r < gemmTileRows; ++r) src[r] = a + k0 + (i0 + std::min(r, rows - 1)) * lda;
+  if (rows == gemmTileRows) {
+    for (Index kk = 0; kk < depth; ++kk)
+      for (Index r = 0; r < gemmTileRows; ++r) panel[kk * gemmTileRows + r] = src[r][kk];
   } else {
-    for (Index r = 0; r < rows; ++r) {
-      const double* src = a + k0 + (i0 + r) * lda;
-      for (Index kk = 0; kk < depth; ++kk) panel[kk * gemmTileRows + r] = src[kk];
-    }
+    for (Index kk = 0; kk < depth; ++kk)
+      for (Index r = 0; r < gemmTileRows; ++r) panel[kk * gemmTileRows + r] = r < rows ? src[r][kk] : 0.0;
   }
 }
 
 /// Packs depth [k0, k0 + depth) and all n columns of op(B) into 8-column panels, each depth-major
-/// (block[q·depth·8 + kk·8 + c] = op(B)(k0 + kk, 8q + c)); columns beyond n are zero.
+/// (block[q·depth·8 + kk·8 + c] = op(B)(k0 + kk, 8q + c)); columns beyond n are zero. Written
+/// sequentially, as gemmPackA.
 inline void gemmPackB(const double* b, Index ldb, bool trans, Index k0, Index depth, Index n, double* block) noexcept {
   const Index panels = (n + gemmTileCols - 1) / gemmTileCols;
   for (Index q = 0; q < panels; ++q) {
     double* panel = block + q * depth * gemmTileCols;
-    const Index cols = std::min(gemmTileCols, n - q * gemmTileCols);
-    if (cols < gemmTileCols) std::fill(panel, panel + depth * gemmTileCols, 0.0);
-    for (Index c = 0; c < cols; ++c) {
-      const Index j = q * gemmTileCols + c;
-      if (!trans) {
-        const double* src = b + k0 + j * ldb;
-        for (Index kk = 0; kk < depth; ++kk) panel[kk * gemmTileCols + c] = src[kk];
-      } else {
-        for (Index kk = 0; kk < depth; ++kk) panel[kk * gemmTileCols + c] = b[j + (k0 + kk) * ldb];
+    const Index j0 = q * gemmTileCols;
+    const Index cols = std::min(gemmTileCols, n - j0);
+    if (trans) {
+      for (Index kk = 0; kk < depth; ++kk) {
+        const double* src = b + j0 + (k0 + kk) * ldb;
+        for (Index c = 0; c < cols; ++c) panel[kk * gemmTileCols + c] = src[c];
+        for (Index c = cols; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = 0.0;
       }
+      continue;
+    }
+    const double* src[gemmTileCols];
+    for (Index c = 0; c < gemmTileCols; ++c) src[c] = b + k0 + (j0 + std::min(c, cols - 1)) * ldb;
+    if (cols == gemmTileCols) {
+      for (Index kk = 0; kk < depth; ++kk)
+        for (Index c = 0; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = src[c][kk];
+    } else {
+      for (Index kk = 0; kk < depth; ++kk)
+        for (Index c = 0; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = c < cols ? src[c][kk] : 0.0;
     }
   }
 }
