@@ -93,13 +93,20 @@ void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, c
                  double* u,  // NOLINT(readability-non-const-parameter): the rule's direction() writes it
                  const double* g,
                  Eigen::MatrixXd& sums, Eigen::MatrixXd& productSums) {
+  constexpr std::size_t J = Rule::numSchedules > 0 ? static_cast<std::size_t>(Rule::numSchedules) : 1;
   for (Index k = 0; k < layout.numGroups(); ++k) {
     const ParameterGroup& grp = layout.group(k);
     const Coefficients& c = coefficients[static_cast<std::size_t>(k)];
-    double* sum = sums.col(k).data();
-    double* productSum = productSums.col(k).data();
+    // The group's running sums live in locals, which the compiler keeps in registers: through
+    // the matrices' memory every element's add waited for the previous one's store (a third of
+    // the adjoint passes' time). Same additions in the same order: the same bits.
+    std::array<double, J> sum{}, productSum{};
+    for (std::size_t j = 0; j < static_cast<std::size_t>(Rule::numSchedules); ++j) {
+      sum[j] = sums(static_cast<Index>(j), k);
+      productSum[j] = productSums(static_cast<Index>(j), k);
+    }
     for (Index i = grp.offset; i < grp.offset + grp.size; ++i) {
-      AdjointElement<Reader, Rule::numStates> b(reader, adjoints, i, u, g, sum, productSum);
+      AdjointElement<Reader, Rule::numStates> b(reader, adjoints, i, u, g, sum.data(), productSum.data());
       if (phase == AdjointPhase::Weights) {
         Rule::adjointWeights(b, c);
         if (withDirection) Rule::direction(b, c);
@@ -108,6 +115,10 @@ void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, c
       } else {
         Rule::adjointState(b, c);
       }
+    }
+    for (std::size_t j = 0; j < static_cast<std::size_t>(Rule::numSchedules); ++j) {
+      sums(static_cast<Index>(j), k) = sum[j];
+      productSums(static_cast<Index>(j), k) = productSum[j];
     }
   }
 }
