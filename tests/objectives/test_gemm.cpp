@@ -247,3 +247,43 @@ TEST_CASE("the MLP's gradient and Hessian-vector product have the same bits with
     CHECK(same(mixed, mixed0));
   }
 }
+
+TEST_CASE("the AVX-512 tanh gives the bits of the packet tanh in a default build", "[mlp][gemm]") {
+  if (!hypergrad::detail::laneCoderSupported()) {
+    WARN("no AVX-512 here: nothing to compare");
+    return;
+  }
+  SimdSwitch restore;
+  std::vector<double> x{0.0, -0.0, 1e-300, -1e-300, 5e-324, 1e-16, 1e-8, -3e-5, 0.1, 0.6249999999999999, 0.625,
+                        0.6250000000000001, -0.625, 1.0, 5.0, 19.0, 22.0, 40.0, -40.0, 354.0, 355.0, 400.0, -1e5,
+                        1e300, -1e300, 1.7e308};
+  for (int k = 0; k <= 100000; ++k) x.push_back(-25.0 + 50.0 * k / 100000.0);
+  hypergrad::CounterRng rng(9, 1);
+  for (int k = 0; k < 20000; ++k) x.push_back(rng.normal() * std::ldexp(1.0, static_cast<int>(rng.below(40)) - 30));
+  x.push_back(1.0);  // an odd length: the masked tail
+  std::vector<double> vector(x.size()), packet(x.size());
+  hypergrad::setLaneCoderEnabled(true);
+  hypergrad::detail::tanhArray(x.data(), vector.data(), static_cast<Index>(x.size()));
+  hypergrad::setLaneCoderEnabled(false);
+  hypergrad::detail::tanhArray(x.data(), packet.data(), static_cast<Index>(x.size()));
+  std::size_t differ = 0;
+  double worstUlps = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (std::memcmp(&vector[i], &packet[i], sizeof(double)) != 0) ++differ;
+    const double ulp = std::nextafter(std::fabs(packet[i]), INFINITY) - std::fabs(packet[i]);
+    worstUlps = std::max(worstUlps, std::fabs(vector[i] - packet[i]) / ulp);
+  }
+  INFO(differ << " of " << x.size() << " differ; worst " << worstUlps << " ulp");
+#if defined(__FMA__)
+  CHECK(worstUlps <= 2.0);  // the packets fuse multiply-adds in this build: close, not the same bits
+#else
+  CHECK(differ == 0);
+#endif
+  const double special[3] = {INFINITY, -INFINITY, NAN};
+  double out[3];
+  hypergrad::setLaneCoderEnabled(true);
+  hypergrad::detail::tanhArray(special, out, 3);
+  CHECK(out[0] == 1.0);
+  CHECK(out[1] == -1.0);
+  CHECK(std::isnan(out[2]));
+}

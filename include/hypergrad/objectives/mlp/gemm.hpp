@@ -82,10 +82,10 @@ struct ConstMatrixView {
   bool rowMajor = false;
 };
 
-/// View of an Eigen column-major matrix (or Map / block with unit inner stride).
+/// View of an Eigen matrix (or Map / block with unit inner stride), column- or row-major.
 template <class M>
 ConstMatrixView<typename M::Scalar> viewOf(const M& m) {
-  return ConstMatrixView<typename M::Scalar>{m.data(), m.rows(), m.cols(), m.outerStride()};
+  return ConstMatrixView<typename M::Scalar>{m.data(), m.rows(), m.cols(), m.outerStride(), bool(M::IsRowMajor)};
 }
 
 /// The GEMM kernel's packing buffers, kept in a shard's workspace between calls so that the hot
@@ -102,11 +102,59 @@ inline constexpr Index gemmDepthBlock = 256;
 inline constexpr Index gemmTileRows = 16;
 inline constexpr Index gemmTileCols = 8;
 
+#if HYPERGRAD_LANE_CODER
+HYPERGRAD_INTRINSICS_BEGIN
+/// Eight rows of 8 doubles, r[i][j] at src[i] + j, stored transposed: dst + x·stride holds
+/// (r[0][x], …, r[7][x]). Three rounds of two-source permutes.
+HYPERGRAD_TARGET_AVX512 inline void gemmTranspose8x8(const double* const* src, Index offset, double* dst,
+                                                     Index stride) noexcept {
+  __m512d r[8], a[8], b[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_pd(src[i] + offset);
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {
+    a[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);      // r_i[0] r_i+1[0] r_i[2] r_i+1[2] …
+    a[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);  // r_i[1] r_i+1[1] r_i[3] r_i+1[3] …
+  }
+  const __m512i lo2 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi2 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  const __m512i lo4 = _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11), hi4 = _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15);
+  // b[0]: column 0 and 4 of rows 0–3; b[1]: 2 and 6; b[2]: 1 and 5; b[3]: 3 and 7; b[4..7]: rows 4–7.
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    const int o = 4 * h;
+    b[o + 0] = _mm512_permutex2var_pd(a[o + 0], lo2, a[o + 2]);
+    b[o + 1] = _mm512_permutex2var_pd(a[o + 0], hi2, a[o + 2]);
+    b[o + 2] = _mm512_permutex2var_pd(a[o + 1], lo2, a[o + 3]);
+    b[o + 3] = _mm512_permutex2var_pd(a[o + 1], hi2, a[o + 3]);
+  }
+  _mm512_storeu_pd(dst + 0 * stride, _mm512_permutex2var_pd(b[0], lo4, b[4]));
+  _mm512_storeu_pd(dst + 4 * stride, _mm512_permutex2var_pd(b[0], hi4, b[4]));
+  _mm512_storeu_pd(dst + 2 * stride, _mm512_permutex2var_pd(b[1], lo4, b[5]));
+  _mm512_storeu_pd(dst + 6 * stride, _mm512_permutex2var_pd(b[1], hi4, b[5]));
+  _mm512_storeu_pd(dst + 1 * stride, _mm512_permutex2var_pd(b[2], lo4, b[6]));
+  _mm512_storeu_pd(dst + 5 * stride, _mm512_permutex2var_pd(b[2], hi4, b[6]));
+  _mm512_storeu_pd(dst + 3 * stride, _mm512_permutex2var_pd(b[3], lo4, b[7]));
+  _mm512_storeu_pd(dst + 7 * stride, _mm512_permutex2var_pd(b[3], hi4, b[7]));
+}
+
+/// The two packs that transpose (op(A) = Aᵀ, op(B) = B) for a full panel, eight depths at a time
+/// through gemmTranspose8x8; the depth's last depth mod 8 entries element by element.
+HYPERGRAD_TARGET_AVX512 inline void gemmPackTransposedAvx512(const double* const* src, int streams, Index depth,
+                                                             double* panel, Index panelWidth) noexcept {
+  Index kk = 0;
+  for (; kk + 8 <= depth; kk += 8)
+    for (int s = 0; s < streams; s += 8) gemmTranspose8x8(src + s, kk, panel + kk * panelWidth + s, panelWidth);
+  for (; kk < depth; ++kk)
+    for (int s = 0; s < streams; ++s) panel[kk * panelWidth + s] = src[s][kk];
+}
+HYPERGRAD_INTRINSICS_END
+#endif
+
 /// Packs rows [i0, i0 + rows) (rows ≤ 16) and depth [k0, k0 + depth) of op(A) into a 16-row panel,
 /// depth-major (panel[kk·16 + r]); rows beyond `rows` are zero. Both orders write the panel
 /// sequentially (a transposed A is read as up to 16 sequential streams, one per row).
 inline void gemmPackA(const double* a, Index lda, bool trans, Index i0, Index rows, Index k0, Index depth,
-                      double* panel) noexcept {
+                      double* panel, bool avx512) noexcept {
   if (!trans) {
     for (Index kk = 0; kk < depth; ++kk) {
       const double* src = a + i0 + (k0 + kk) * lda;
@@ -119,6 +167,12 @@ inline void gemmPackA(const double* a, Index lda, bool trans, Index i0, Index ro
   const double* src[gemmTileRows];
   for (Index r = 0; r < gemmTileRows; ++r) src[r] = a + k0 + (i0 + std::min(r, rows - 1)) * lda;
   if (rows == gemmTileRows) {
+#if HYPERGRAD_LANE_CODER
+    if (avx512) {
+      gemmPackTransposedAvx512(src, static_cast<int>(gemmTileRows), depth, panel, gemmTileRows);
+      return;
+    }
+#endif
     for (Index kk = 0; kk < depth; ++kk)
       for (Index r = 0; r < gemmTileRows; ++r) panel[kk * gemmTileRows + r] = src[r][kk];
   } else {
@@ -130,7 +184,8 @@ inline void gemmPackA(const double* a, Index lda, bool trans, Index i0, Index ro
 /// Packs depth [k0, k0 + depth) and all n columns of op(B) into 8-column panels, each depth-major
 /// (block[q·depth·8 + kk·8 + c] = op(B)(k0 + kk, 8q + c)); columns beyond n are zero. Written
 /// sequentially, as gemmPackA.
-inline void gemmPackB(const double* b, Index ldb, bool trans, Index k0, Index depth, Index n, double* block) noexcept {
+inline void gemmPackB(const double* b, Index ldb, bool trans, Index k0, Index depth, Index n, double* block,
+                      bool avx512) noexcept {
   const Index panels = (n + gemmTileCols - 1) / gemmTileCols;
   for (Index q = 0; q < panels; ++q) {
     double* panel = block + q * depth * gemmTileCols;
@@ -147,6 +202,12 @@ inline void gemmPackB(const double* b, Index ldb, bool trans, Index k0, Index de
     const double* src[gemmTileCols];
     for (Index c = 0; c < gemmTileCols; ++c) src[c] = b + k0 + (j0 + std::min(c, cols - 1)) * ldb;
     if (cols == gemmTileCols) {
+#if HYPERGRAD_LANE_CODER
+      if (avx512) {
+        gemmPackTransposedAvx512(src, static_cast<int>(gemmTileCols), depth, panel, gemmTileCols);
+        continue;
+      }
+#endif
       for (Index kk = 0; kk < depth; ++kk)
         for (Index c = 0; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = src[c][kk];
     } else {
@@ -321,10 +382,10 @@ inline void exactOrderGemm(Index m, Index n, Index k, const double* a, Index lda
   for (Index k0 = 0; k0 < k; k0 += gemmDepthBlock) {
     const Index depth = std::min(gemmDepthBlock, k - k0);
     const bool add = accumulate || k0 > 0;
-    gemmPackB(b, ldb, transB, k0, depth, n, blockB.data());
+    gemmPackB(b, ldb, transB, k0, depth, n, blockB.data(), kernel == GemmKernel::Avx512);
     for (Index i0 = 0; i0 < m; i0 += gemmTileRows) {
       const Index rows = std::min(gemmTileRows, m - i0);
-      gemmPackA(a, lda, transA, i0, rows, k0, depth, blockA.data());
+      gemmPackA(a, lda, transA, i0, rows, k0, depth, blockA.data(), kernel == GemmKernel::Avx512);
       for (Index q = 0; q < panels; ++q) {
         const Index cols = std::min(gemmTileCols, n - q * gemmTileCols);
         const double* panelB = blockB.data() + q * depth * gemmTileCols;
