@@ -155,6 +155,7 @@ HYPERGRAD_INTRINSICS_END
 /// sequentially (a transposed A is read as up to 16 sequential streams, one per row).
 inline void gemmPackA(const double* a, Index lda, bool trans, Index i0, Index rows, Index k0, Index depth,
                       double* panel, bool avx512) noexcept {
+  static_cast<void>(avx512);  // unused without the AVX-512 kernels
   if (!trans) {
     for (Index kk = 0; kk < depth; ++kk) {
       const double* src = a + i0 + (k0 + kk) * lda;
@@ -186,6 +187,7 @@ inline void gemmPackA(const double* a, Index lda, bool trans, Index i0, Index ro
 /// sequentially, as gemmPackA.
 inline void gemmPackB(const double* b, Index ldb, bool trans, Index k0, Index depth, Index n, double* block,
                       bool avx512) noexcept {
+  static_cast<void>(avx512);  // unused without the AVX-512 kernels
   const Index panels = (n + gemmTileCols - 1) / gemmTileCols;
   for (Index q = 0; q < panels; ++q) {
     double* panel = block + q * depth * gemmTileCols;
