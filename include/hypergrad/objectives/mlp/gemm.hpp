@@ -3,9 +3,9 @@
 #pragma once
 
 /// \file gemm.hpp
-/// \brief The MLP's matrix products (detail::serialGemm): single-threaded, and for double an
-/// exact-order kernel whose bits are fixed by its definition — the same with or without AVX-512,
-/// at any -march, on any number of threads.
+/// \brief The MLP's matrix products (detail::serialGemm): single-threaded, and an exact-order
+/// kernel (double and float) whose bits are fixed by its definition — the same with or without
+/// AVX-512, at any -march, on any number of threads.
 ///
 /// **The arithmetic (this defines the bits).** For C += op(A)·op(B) (or C = …), each entry is
 ///
@@ -15,22 +15,25 @@
 ///
 /// The depth block (gemmDepthBlock = 256) is part of the definition; the register tile and the
 /// cache blocking are not (they decide which entries are computed together, never the order of an
-/// entry's operations). Three implementations compute it, chosen at run time (gemmKernel(),
-/// simd.hpp): an AVX-512 kernel (a 16 × 8 tile of sixteen 8-lane accumulators, products and sums
-/// with explicit round-to-nearest so that no compiler can contract them into multiply-adds), an
-/// AVX2 kernel (8 × 4 sub-tiles, compiled with contraction off) and a portable one (4 × 4
-/// sub-tiles, contraction off), which runs off x86 and with HYPERGRAD_NO_SIMD=1. The test checks
-/// each against a transcription of the definition, bit for bit (tests/objectives/test_gemm.cpp).
+/// entry's operations). The arithmetic is that of the scalar type (double, or float for
+/// MlpObjectiveFloat). Three implementations compute it, chosen at run time (gemmKernel(),
+/// simd.hpp): an AVX-512 kernel (a 16 × 8 tile of sixteen 8-lane accumulators, 32 × 8 of 16-lane
+/// ones for float; products and sums with explicit round-to-nearest so that no compiler can
+/// contract them into multiply-adds), an AVX2 kernel (8 × 4 or 16 × 4 sub-tiles, compiled with
+/// contraction off) and a portable one (4 × 4 sub-tiles, contraction off), which runs off x86 and
+/// with HYPERGRAD_NO_SIMD=1. The test checks each against a transcription of the definition, bit
+/// for bit, in double and in float (tests/objectives/test_gemm.cpp).
 ///
-/// Speed (one core of an AMD EPYC Zen 5, default flags, the MLP's shard products 50×784·784×50,
-/// 784×50·50×50, 50×50·50×784): AVX-512 51–76 GFLOP/s, about Eigen's own at -march=native
-/// (54–64, with FMA); AVX2 30–33; portable 13–14; Eigen's product at default flags (SSE2) 18–19.
+/// Speed, double (one core of an AMD EPYC Zen 5, default flags, the MLP's shard products
+/// 50×784·784×50, 784×50·50×50, 50×50·50×784): AVX-512 60–78 GFLOP/s, above Eigen's own at
+/// -march=native (54–64, with FMA); AVX2 30–34; portable 13–14; Eigen's product at default flags
+/// (SSE2) 18–19.
 ///
 /// Why not Eigen's product: its bits depend on the build's SIMD width and on FMA (a default build
 /// and a -march=native build disagree in the last bits), and at default flags it runs SSE2, 2
 /// lanes, where this kernel runs 8 on a processor with AVX-512 (the hypergradient of the paper's
-/// MLP: see benchmarks/README.md). Eigen's sequential kernel remains for float and when
-/// HYPERGRAD_EIGEN_GEMM is defined (for comparisons); its bits then depend on the build.
+/// MLP: see benchmarks/README.md). Eigen's sequential kernel remains when HYPERGRAD_EIGEN_GEMM is
+/// defined (for comparisons); its bits then depend on the build.
 ///
 /// **Single-threaded.** Every product here is single-threaded whatever the OpenMP settings: the
 /// shards of a batch are what runs in parallel (objectives/mlp/objective.hpp). Eigen 3.4's own
@@ -98,8 +101,11 @@ struct GemmScratch {
 
 /// Depth block of the exact-order GEMM: part of the definition of its bits (see the file comment).
 inline constexpr Index gemmDepthBlock = 256;
-/// Register tile of the packed panels: 16 rows of op(A), 8 columns of op(B) (not part of the bits).
-inline constexpr Index gemmTileRows = 16;
+/// Register tile of the packed panels: two 512-bit vectors of rows of op(A) (16 doubles, 32
+/// floats) by 8 columns of op(B) (not part of the bits).
+template <class Scalar>
+inline constexpr Index gemmTileRowsOf = Index(128 / sizeof(Scalar));
+inline constexpr Index gemmTileRows = gemmTileRowsOf<double>;
 inline constexpr Index gemmTileCols = 8;
 
 #if HYPERGRAD_LANE_CODER
@@ -150,86 +156,95 @@ HYPERGRAD_TARGET_AVX512 inline void gemmPackTransposedAvx512(const double* const
 HYPERGRAD_INTRINSICS_END
 #endif
 
-/// Packs rows [i0, i0 + rows) (rows ≤ 16) and depth [k0, k0 + depth) of op(A) into a 16-row panel,
-/// depth-major (panel[kk·16 + r]); rows beyond `rows` are zero. Both orders write the panel
+/// Packs rows [i0, i0 + rows) (rows ≤ R = gemmTileRowsOf<Scalar>) and depth [k0, k0 + depth) of op(A)
+/// into an R-row panel, depth-major (panel[kk·R + r]); rows beyond `rows` are zero. Both orders write the panel
 /// sequentially (a transposed A is read as up to 16 sequential streams, one per row).
-inline void gemmPackA(const double* a, Index lda, bool trans, Index i0, Index rows, Index k0, Index depth,
-                      double* panel, bool avx512) noexcept {
+template <class Scalar>
+void gemmPackA(const Scalar* a, Index lda, bool trans, Index i0, Index rows, Index k0, Index depth, Scalar* panel,
+               bool avx512) noexcept {
+  constexpr Index R = gemmTileRowsOf<Scalar>;
   static_cast<void>(avx512);  // unused without the AVX-512 kernels
   if (!trans) {
     for (Index kk = 0; kk < depth; ++kk) {
-      const double* src = a + i0 + (k0 + kk) * lda;
-      double* dst = panel + kk * gemmTileRows;
+      const Scalar* src = a + i0 + (k0 + kk) * lda;
+      Scalar* dst = panel + kk * R;
       for (Index r = 0; r < rows; ++r) dst[r] = src[r];
-      for (Index r = rows; r < gemmTileRows; ++r) dst[r] = 0.0;
+      for (Index r = rows; r < R; ++r) dst[r] = Scalar(0);
     }
     return;
   }
-  const double* src[gemmTileRows];
-  for (Index r = 0; r < gemmTileRows; ++r) src[r] = a + k0 + (i0 + std::min(r, rows - 1)) * lda;
-  if (rows == gemmTileRows) {
+  const Scalar* src[R];
+  for (Index r = 0; r < R; ++r) src[r] = a + k0 + (i0 + std::min(r, rows - 1)) * lda;
+  if (rows == R) {
 #if HYPERGRAD_LANE_CODER
-    if (avx512) {
-      gemmPackTransposedAvx512(src, static_cast<int>(gemmTileRows), depth, panel, gemmTileRows);
-      return;
+    if constexpr (std::is_same_v<Scalar, double>) {
+      if (avx512) {
+        gemmPackTransposedAvx512(src, static_cast<int>(R), depth, panel, R);
+        return;
+      }
     }
 #endif
     for (Index kk = 0; kk < depth; ++kk)
-      for (Index r = 0; r < gemmTileRows; ++r) panel[kk * gemmTileRows + r] = src[r][kk];
+      for (Index r = 0; r < R; ++r) panel[kk * R + r] = src[r][kk];
   } else {
     for (Index kk = 0; kk < depth; ++kk)
-      for (Index r = 0; r < gemmTileRows; ++r) panel[kk * gemmTileRows + r] = r < rows ? src[r][kk] : 0.0;
+      for (Index r = 0; r < R; ++r) panel[kk * R + r] = r < rows ? src[r][kk] : Scalar(0);
   }
 }
 
 /// Packs depth [k0, k0 + depth) and all n columns of op(B) into 8-column panels, each depth-major
 /// (block[q·depth·8 + kk·8 + c] = op(B)(k0 + kk, 8q + c)); columns beyond n are zero. Written
 /// sequentially, as gemmPackA.
-inline void gemmPackB(const double* b, Index ldb, bool trans, Index k0, Index depth, Index n, double* block,
-                      bool avx512) noexcept {
+template <class Scalar>
+void gemmPackB(const Scalar* b, Index ldb, bool trans, Index k0, Index depth, Index n, Scalar* block,
+               bool avx512) noexcept {
   static_cast<void>(avx512);  // unused without the AVX-512 kernels
   const Index panels = (n + gemmTileCols - 1) / gemmTileCols;
   for (Index q = 0; q < panels; ++q) {
-    double* panel = block + q * depth * gemmTileCols;
+    Scalar* panel = block + q * depth * gemmTileCols;
     const Index j0 = q * gemmTileCols;
     const Index cols = std::min(gemmTileCols, n - j0);
     if (trans) {
       for (Index kk = 0; kk < depth; ++kk) {
-        const double* src = b + j0 + (k0 + kk) * ldb;
+        const Scalar* src = b + j0 + (k0 + kk) * ldb;
         for (Index c = 0; c < cols; ++c) panel[kk * gemmTileCols + c] = src[c];
-        for (Index c = cols; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = 0.0;
+        for (Index c = cols; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = Scalar(0);
       }
       continue;
     }
-    const double* src[gemmTileCols];
+    const Scalar* src[gemmTileCols];
     for (Index c = 0; c < gemmTileCols; ++c) src[c] = b + k0 + (j0 + std::min(c, cols - 1)) * ldb;
     if (cols == gemmTileCols) {
 #if HYPERGRAD_LANE_CODER
-      if (avx512) {
-        gemmPackTransposedAvx512(src, static_cast<int>(gemmTileCols), depth, panel, gemmTileCols);
-        continue;
+      if constexpr (std::is_same_v<Scalar, double>) {
+        if (avx512) {
+          gemmPackTransposedAvx512(src, static_cast<int>(gemmTileCols), depth, panel, gemmTileCols);
+          continue;
+        }
       }
 #endif
       for (Index kk = 0; kk < depth; ++kk)
         for (Index c = 0; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = src[c][kk];
     } else {
       for (Index kk = 0; kk < depth; ++kk)
-        for (Index c = 0; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = c < cols ? src[c][kk] : 0.0;
+        for (Index c = 0; c < gemmTileCols; ++c) panel[kk * gemmTileCols + c] = c < cols ? src[c][kk] : Scalar(0);
     }
   }
 }
 
-/// One 16 × 8 tile, portable: the block sums s of the file comment in 4 × 4 sub-tiles, then
-/// C ← C + s (`add`) or C ← s for the valid rows × cols.
-HYPERGRAD_NO_CONTRACT inline void gemmTilePortable(const double* panelA, const double* panelB, Index depth,
-                                                   double* c, Index ldc, Index rows, Index cols, bool add) noexcept {
+/// One R × 8 tile (R = gemmTileRowsOf<Scalar>), portable: the block sums s of the file comment
+/// in 4 × 4 sub-tiles, then C ← C + s (`add`) or C ← s for the valid rows × cols.
+template <class Scalar>
+HYPERGRAD_NO_CONTRACT void gemmTilePortable(const Scalar* panelA, const Scalar* panelB, Index depth, Scalar* c,
+                                            Index ldc, Index rows, Index cols, bool add) noexcept {
   HYPERGRAD_NO_CONTRACT_BODY
+  constexpr Index R = gemmTileRowsOf<Scalar>;
   for (Index cb = 0; cb < cols; cb += 4) {
     for (Index rb = 0; rb < rows; rb += 4) {
-      double s[4][4] = {};  // s[column][row]
+      Scalar s[4][4] = {};  // s[column][row]
       for (Index kk = 0; kk < depth; ++kk) {
-        const double* x = panelA + kk * gemmTileRows + rb;
-        const double* y = panelB + kk * gemmTileCols + cb;
+        const Scalar* x = panelA + kk * R + rb;
+        const Scalar* y = panelB + kk * gemmTileCols + cb;
         for (int j = 0; j < 4; ++j)
           for (int i = 0; i < 4; ++i) s[j][i] = s[j][i] + x[i] * y[j];
       }
@@ -319,6 +334,83 @@ HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT inline void gemmTileAvx2(const doubl
     }
   }
 }
+
+/// The float twins: one 32 × 8 tile on AVX-512 (sixteen accumulators of 16 rows; eight when
+/// `Upper` is false), vmulps / vaddps with explicit round-to-nearest.
+template <bool Upper>
+HYPERGRAD_TARGET_AVX512 inline void gemmTileAvx512(const float* panelA, const float* panelB, Index depth, float* c,
+                                                   Index ldc, Index rows, Index cols, bool add) noexcept {
+  constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  constexpr Index R = gemmTileRowsOf<float>;
+  __m512 lo[8], hi[8];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) lo[j] = hi[j] = _mm512_setzero_ps();
+  for (Index kk = 0; kk < depth; ++kk) {
+    const __m512 a0 = _mm512_loadu_ps(panelA + kk * R);
+    const __m512 a1 = Upper ? _mm512_loadu_ps(panelA + kk * R + 16) : a0;
+    const float* y = panelB + kk * gemmTileCols;
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512 bj = _mm512_set1_ps(y[j]);
+      lo[j] = _mm512_add_round_ps(lo[j], _mm512_mul_round_ps(a0, bj, rn), rn);
+      if (Upper) hi[j] = _mm512_add_round_ps(hi[j], _mm512_mul_round_ps(a1, bj, rn), rn);
+    }
+  }
+  const auto rowMask = [](Index r) {
+    return static_cast<__mmask16>(r >= 16 ? 0xFFFF : r <= 0 ? 0 : (1u << r) - 1u);
+  };
+  const __mmask16 m0 = rowMask(rows), m1 = rowMask(rows - 16);
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    if (j >= cols) break;
+    float* out = c + j * ldc;
+    if (add) {
+      _mm512_mask_storeu_ps(out, m0, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m0, out), lo[j], rn));
+      if (Upper) _mm512_mask_storeu_ps(out + 16, m1, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m1, out + 16), hi[j], rn));
+    } else {
+      _mm512_mask_storeu_ps(out, m0, lo[j]);
+      if (Upper) _mm512_mask_storeu_ps(out + 16, m1, hi[j]);
+    }
+  }
+}
+
+/// One 32 × 8 float tile on AVX2: eight 16 × 4 sub-tiles of eight 8-lane accumulators.
+HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT inline void gemmTileAvx2(const float* panelA, const float* panelB,
+                                                                     Index depth, float* c, Index ldc, Index rows,
+                                                                     Index cols, bool add) noexcept {
+  HYPERGRAD_NO_CONTRACT_BODY
+  constexpr Index R = gemmTileRowsOf<float>;
+  for (Index cb = 0; cb < cols; cb += 4) {
+    for (Index rb = 0; rb < rows; rb += 16) {
+      __m256 lo[4], hi[4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
+      for (Index kk = 0; kk < depth; ++kk) {
+        const __m256 a0 = _mm256_loadu_ps(panelA + kk * R + rb);
+        const __m256 a1 = _mm256_loadu_ps(panelA + kk * R + rb + 8);
+        const float* y = panelB + kk * gemmTileCols + cb;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m256 bj = _mm256_broadcast_ss(y + j);
+          lo[j] = _mm256_add_ps(lo[j], _mm256_mul_ps(a0, bj));
+          hi[j] = _mm256_add_ps(hi[j], _mm256_mul_ps(a1, bj));
+        }
+      }
+      alignas(32) float s[4][16];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        _mm256_store_ps(s[j], lo[j]);
+        _mm256_store_ps(s[j] + 8, hi[j]);
+      }
+      const Index nr = std::min<Index>(16, rows - rb), nc = std::min<Index>(4, cols - cb);
+      for (Index j = 0; j < nc; ++j)
+        for (Index i = 0; i < nr; ++i) {
+          const Index at = (rb + i) + (cb + j) * ldc;
+          c[at] = add ? c[at] + s[j][i] : s[j][i];
+        }
+    }
+  }
+}
 HYPERGRAD_INTRINSICS_END
 #endif
 
@@ -366,35 +458,38 @@ inline GemmKernel gemmKernel() noexcept {
 }
 
 /// C (m × n, column stride ldc) = op(A)·op(B), or += when `accumulate`, by the exact-order
-/// arithmetic of the file comment; A and B column-major (op = transpose when trans*).
-inline void exactOrderGemm(Index m, Index n, Index k, const double* a, Index lda, bool transA, const double* b,
-                           Index ldb, bool transB, double* c, Index ldc, bool accumulate,
-                           Eigen::Matrix<double, Eigen::Dynamic, 1>& blockA,
-                           Eigen::Matrix<double, Eigen::Dynamic, 1>& blockB) {
+/// arithmetic of the file comment (in Scalar: double or float); A and B column-major (op =
+/// transpose when trans*).
+template <class Scalar>
+void exactOrderGemm(Index m, Index n, Index k, const Scalar* a, Index lda, bool transA, const Scalar* b, Index ldb,
+                    bool transB, Scalar* c, Index ldc, bool accumulate, Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& blockA,
+                    Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& blockB) {
+  static_assert(std::is_same_v<Scalar, double> || std::is_same_v<Scalar, float>, "exactOrderGemm: double or float");
+  constexpr Index R = gemmTileRowsOf<Scalar>;
   if (k == 0) {
     if (!accumulate)
-      for (Index j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, 0.0);
+      for (Index j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, Scalar(0));
     return;
   }
   const Index panels = (n + gemmTileCols - 1) / gemmTileCols;
   const Index maxDepth = std::min(gemmDepthBlock, k);
-  if (blockA.size() < gemmTileRows * maxDepth) blockA.resize(gemmTileRows * maxDepth);
+  if (blockA.size() < R * maxDepth) blockA.resize(R * maxDepth);
   if (blockB.size() < panels * gemmTileCols * maxDepth) blockB.resize(panels * gemmTileCols * maxDepth);
   const GemmKernel kernel = gemmKernel();
   for (Index k0 = 0; k0 < k; k0 += gemmDepthBlock) {
     const Index depth = std::min(gemmDepthBlock, k - k0);
     const bool add = accumulate || k0 > 0;
     gemmPackB(b, ldb, transB, k0, depth, n, blockB.data(), kernel == GemmKernel::Avx512);
-    for (Index i0 = 0; i0 < m; i0 += gemmTileRows) {
-      const Index rows = std::min(gemmTileRows, m - i0);
+    for (Index i0 = 0; i0 < m; i0 += R) {
+      const Index rows = std::min(R, m - i0);
       gemmPackA(a, lda, transA, i0, rows, k0, depth, blockA.data(), kernel == GemmKernel::Avx512);
       for (Index q = 0; q < panels; ++q) {
         const Index cols = std::min(gemmTileCols, n - q * gemmTileCols);
-        const double* panelB = blockB.data() + q * depth * gemmTileCols;
-        double* tile = c + i0 + q * gemmTileCols * ldc;
+        const Scalar* panelB = blockB.data() + q * depth * gemmTileCols;
+        Scalar* tile = c + i0 + q * gemmTileCols * ldc;
 #if HYPERGRAD_LANE_CODER
         if (kernel == GemmKernel::Avx512) {
-          if (rows > 8) gemmTileAvx512<true>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
+          if (rows > R / 2) gemmTileAvx512<true>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
           else gemmTileAvx512<false>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
           continue;
         }
@@ -443,9 +538,9 @@ void serialGemmKernel(Index m, Index n, Index k, const Scalar* a, Index lda, con
 #endif
 
 /// \brief C = op(A)·op(B), or C += op(A)·op(B) when `accumulate`; op(X) is X or Xᵀ. C is m × n,
-/// column-major with column stride ldc. Always single-threaded (see the file comment); for double
-/// the exact-order kernel (bits fixed by the operands and their shapes alone), for float — or
-/// with HYPERGRAD_EIGEN_GEMM — Eigen's sequential kernel.
+/// column-major with column stride ldc. Always single-threaded (see the file comment); the
+/// exact-order kernel (bits fixed by the operands and their shapes alone), or with
+/// HYPERGRAD_EIGEN_GEMM Eigen's sequential kernel.
 template <class Scalar>
 void serialGemm(const ConstMatrixView<Scalar>& a, bool transA, const ConstMatrixView<Scalar>& b, bool transB,
                 Scalar* c, Index ldc, bool accumulate, GemmScratch<Scalar>& scratch) {
@@ -463,7 +558,7 @@ void serialGemm(const ConstMatrixView<Scalar>& a, bool transA, const ConstMatrix
   const Index n = transB ? b.rows : b.cols;
   eigen_assert(k == (transB ? b.cols : b.rows));
 #if !defined(HYPERGRAD_EIGEN_GEMM)
-  if constexpr (std::is_same_v<Scalar, double>) {
+  if constexpr (std::is_same_v<Scalar, double> || std::is_same_v<Scalar, float>) {
     if (m == 0 || n == 0) return;
     exactOrderGemm(m, n, k, a.data, a.stride, transA, b.data, b.stride, transB, c, ldc, accumulate, scratch.blockA,
                    scratch.blockB);
