@@ -233,7 +233,7 @@ def main():
               target + (" (on allocated)" if target else ""), ok)
 
     # ---- 5) threads ------------------------------------------------------------------------------
-    t.section("5) Threads (OpenMP over information-buffer blocks; Eigen GEMM single-threaded)")
+    t.section("5) Threads (OpenMP over information-buffer blocks and MLP shards; GEMM single-threaded)")
     for n in ("N:100000", "N:44860", "smoke"):
         for op in ("multiply", "divide"):
             one = counter(runs, f"threads/{op}/bits-back/{n}/threads:1", "ns_per_element")
