@@ -15,6 +15,8 @@
 //  3) buffer_bits/<policy>/<wl>/gamma:<γ>           bits per weight per step vs log2(1/γ)
 //  4) memory/<wl>/gamma:0.9/T:<T>                   trajectory memory, exact vs stored
 //  (5, threads, is bench_threads.)
+//  6) gemm/<kernel>/<scalar>/<shape>                the MLP's exact-order GEMM kernels (portable,
+//                                                  AVX2, AVX-512) on the shard products, GFLOP/s
 //
 // The *interleaved* benchmarks run both sides of a ratio in the same iteration and time each
 // with the thread's CPU clock, so load from other processes on a shared machine affects both
@@ -30,6 +32,7 @@
 #include <Eigen/Core>
 
 #include <hypergrad/exact.hpp>
+#include <hypergrad/objectives/mlp/gemm.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
 
@@ -437,6 +440,33 @@ void memoryVsT(benchmark::State& state, const WorkloadSpec& spec, Index T, Index
 
 // ---- Registration ---------------------------------------------------------------------------------
 
+// 6) One exact-order GEMM kernel (forced; skipped where the processor lacks it) on one shape:
+// C (m × n) = op(A)·op(B) with the depth k, as the MLP's shards call it.
+template <class S>
+void gemmKernelCase(benchmark::State& st, hypergrad::detail::GemmKernel kernel, Index m, Index n, Index k, bool transA,
+                    bool transB) {
+  namespace hd = hypergrad::detail;
+  if (!hd::gemmKernelSupported(kernel)) {
+    st.SkipWithError("this processor lacks the kernel");
+    return;
+  }
+  std::vector<S> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(k * n)), c(static_cast<std::size_t>(m * n));
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<S>(std::sin(0.37 * static_cast<double>(i)));
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<S>(std::cos(0.11 * static_cast<double>(i)));
+  const hd::ConstMatrixView<S> va{a.data(), transA ? k : m, transA ? m : k, transA ? k : m};
+  const hd::ConstMatrixView<S> vb{b.data(), transB ? n : k, transB ? k : n, transB ? n : k};
+  hd::GemmScratch<S> scratch;
+  hd::gemmKernelOverride().store(static_cast<int>(kernel));
+  for (auto _ : st) {
+    hd::serialGemm(va, transA, vb, transB, c.data(), m, false, scratch);
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  hd::gemmKernelOverride().store(static_cast<int>(hd::GemmKernel::Automatic));
+  st.counters["GFLOPs"] =
+      benchmark::Counter(2e-9 * static_cast<double>(m * n * k), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void registerAll(bool longCases) {
   for (const WorkloadSpec& spec : {bench::mnistSpec(), bench::smokeSpec()}) {
     const bool smoke = spec.name == "smoke";
@@ -529,6 +559,40 @@ void registerAll(bool longCases) {
 
 }  // namespace
 
+static void registerGemm() {
+  namespace hd = hypergrad::detail;
+  struct Shape {
+    const char* name;
+    Index m, n, k;
+    bool transA, transB;
+  };
+  // The shard products of the paper's MLP (shard of 50 examples): the input layer's forward
+  // product, its weight gradient, the input mixed product; and a smoke shape.
+  const Shape shapes[] = {{"x_w1/m:50/n:50/k:784", 50, 50, 784, true, false},
+                          {"xT_delta/m:784/n:50/k:50", 784, 50, 50, false, false},
+                          {"delta_w1T/m:50/n:784/k:50", 50, 784, 50, false, true},
+                          {"smoke/m:17/n:9/k:33", 17, 9, 33, true, false}};
+  const std::pair<const char*, hd::GemmKernel> kernels[] = {
+      {"portable", hd::GemmKernel::Portable}, {"avx2", hd::GemmKernel::Avx2}, {"avx512", hd::GemmKernel::Avx512}};
+  for (const auto& [kname, kernel] : kernels)
+    for (const Shape& sh : shapes) {
+      const double minTime = std::string(sh.name).rfind("smoke", 0) == 0 ? 0.01 : 0.5;
+      benchmark::RegisterBenchmark((std::string("gemm/") + kname + "/double/" + sh.name).c_str(),
+                                   [=](benchmark::State& st) {
+                                     gemmKernelCase<double>(st, kernel, sh.m, sh.n, sh.k, sh.transA, sh.transB);
+                                   })
+          ->Unit(benchmark::kMicrosecond)->MinTime(minTime);
+      benchmark::RegisterBenchmark((std::string("gemm/") + kname + "/float/" + sh.name).c_str(),
+                                   [=](benchmark::State& st) {
+                                     gemmKernelCase<float>(st, kernel, sh.m, sh.n, sh.k, sh.transA, sh.transB);
+                                   })
+          ->Unit(benchmark::kMicrosecond)->MinTime(minTime);
+    }
+}
+
 int main(int argc, char** argv) {
-  return bench::runBenchmarks(argc, argv, registerAll);
+  return bench::runBenchmarks(argc, argv, [](bool longCases) {
+    registerAll(longCases);
+    registerGemm();
+  });
 }

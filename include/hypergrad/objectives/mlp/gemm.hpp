@@ -24,10 +24,11 @@
 /// with HYPERGRAD_NO_SIMD=1. The test checks each against a transcription of the definition, bit
 /// for bit, in double and in float (tests/objectives/test_gemm.cpp).
 ///
-/// Speed, double (one core of an AMD EPYC Zen 5, default flags, the MLP's shard products
-/// 50×784·784×50, 784×50·50×50, 50×50·50×784): AVX-512 60–78 GFLOP/s, above Eigen's own at
-/// -march=native (54–64, with FMA); AVX2 30–34; portable 13–14; Eigen's product at default flags
-/// (SSE2) 18–19.
+/// Speed (`bench_hypergrad --benchmark_filter=gemm/`, one core of an AMD EPYC Zen 5, default
+/// flags; the MLP's shard products 50×784·784×50, 784×50·50×50, 50×50·50×784), GFLOP/s: double
+/// AVX-512 60 / 73 / 73 (Eigen at -march=native, with FMA: 54–64), AVX2 34 / 35 / 31, portable
+/// 13–14 (Eigen at default flags, SSE2: 18–19); float AVX-512 69 / 153 / 126, AVX2 46 / 69 / 47
+/// (the first shape's transposing pack is scalar for float).
 ///
 /// Why not Eigen's product: its bits depend on the build's SIMD width and on FMA (a default build
 /// and a -march=native build disagree in the last bits), and at default flags it runs SSE2, 2
