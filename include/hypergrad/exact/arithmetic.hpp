@@ -1033,9 +1033,16 @@ class ExactKernel {
   HYPERGRAD_NOINLINE static void laneTakeBack(std::int64_t* const* state, const LaneLog& log, int count, Index i,
                                               Buffer& buf, LaneStacks& st) {
     for (int j = count; j-- > 0;) {
-      const bool undone = laneOp<true>(state, log, j, i, buf, st);
-      HYPERGRAD_ASSERT(undone);
-      static_cast<void>(undone);
+      if (laneOp<true>(state, log, j, i, buf, st)) continue;
+      // Only a multiply's undo can decline: laneDivide8 leaves a quotient near the int64 edge to
+      // the scalar coder (nothing changed). Its exact result is the value before the multiply, in
+      // range: divide element by element, in decreasing order, as laneDivide does.
+      const ElementOp& op = log.ops[j];
+      HYPERGRAD_ASSERT(!op.isAddition());
+      std::int64_t* x = state[op.state] + i;
+      st.store(buf);
+      for (Index e = 8; e-- > 0;) Rounding::template divideOne<DBits>(x[e], op.numerator, i + e, buf);
+      st.load(buf, st.firstStack);
     }
   }
   // Redoes operations [from, count) of a group whose undo failed at from − 1.
