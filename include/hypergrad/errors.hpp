@@ -58,6 +58,20 @@ class DataError : public Error {
   using Error::Error;  ///< Constructed from the message, like Error.
 };
 
+/// A process of a distributed evaluation failed, or the processes disagree on its inputs. Every
+/// process throws the same DistributedError (so that all of them leave the collective together
+/// and stay in step): what() names the failing rank, the batch and that rank's error with its type.
+class DistributedError : public Error {
+ public:
+  /// \param what the message; \param rank the failing process (−1 when the processes disagree)
+  DistributedError(const std::string& what, int rank) : Error(what), m_rank(rank) {}
+  /// The lowest rank whose evaluation failed, or −1 when the processes disagree on the inputs.
+  int rank() const noexcept { return m_rank; }
+
+ private:
+  int m_rank;
+};
+
 namespace detail {
 
 /// Builds a message from streamable parts: message("step ", t, " group ", g).

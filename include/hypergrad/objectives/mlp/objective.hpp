@@ -28,6 +28,12 @@
 /// sequence of operations whether it is requested alone or together with the others, so
 /// `reverseStep` is bit-identical to the three separate calls.
 ///
+/// **Processes (data parallelism).** With setShardDistribution() (e.g. an MPI one,
+/// <hypergrad/mpi.hpp>) each process evaluates only its own shards of every batch, and the
+/// shards' results are exchanged and added in the same shard order on every process: the results
+/// are bit-identical to the single-process ones at any number of processes and threads
+/// (parallel/shard_distribution.hpp). Every call is then collective.
+///
 /// **Thread safety.** MlpObjective keeps mutable per-shard workspaces so the hot path does not
 /// allocate; one object must therefore not be called from several threads at once (use one copy
 /// per thread). The object parallelises internally over shards.
@@ -35,6 +41,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <exception>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -48,6 +56,8 @@
 #include "../../errors.hpp"
 #include "../../layout.hpp"
 #include "../../objective.hpp"
+#include "../../exact/fingerprint.hpp"
+#include "../../parallel/shard_distribution.hpp"
 #include "../../parallel/shard_plan.hpp"
 #include "architecture.hpp"
 #include "network.hpp"
@@ -88,6 +98,7 @@ class BasicMlpObjective {
   using Network = detail::MlpNetwork<Scalar>;
   using Workspace = detail::MlpWorkspace<Scalar>;
   using Shard = detail::MlpShard<Scalar>;
+  using ComputeVector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
  public:
   /// \param architecture network shape; its input/output sizes must match the data
@@ -139,6 +150,19 @@ class BasicMlpObjective {
   Index shardSize() const noexcept { return m_shardSize; }
   /// \brief Sets the examples per shard (≥ 1). Keep it fixed between a forward and its reverse pass.
   void setShardSize(Index shardSize) { m_shardSize = detail::checkShardSize(shardSize, "MlpObjective::setShardSize"); }
+
+  /// \brief Shares the shards of every batch among processes (file comment, "Processes"); null
+  /// (the default) evaluates every shard here. The results do not change (same bits), only who
+  /// computes them: every process must hold an objective built from the same architecture, data,
+  /// batch schedule and shard size, and call its functions in the same order with the same
+  /// arguments — each call is collective. A failure on any process (a throwing batch schedule,
+  /// drifting weights) makes every process throw the same DistributedError. Copies of the
+  /// objective share the distribution; MlpLoss (the meta objective) is not distributed.
+  void setShardDistribution(std::shared_ptr<const ShardDistribution> distribution) {
+    m_distribution = std::move(distribution);
+  }
+  /// The shard distribution set by setShardDistribution(), or null (single process).
+  const std::shared_ptr<const ShardDistribution>& shardDistribution() const noexcept { return m_distribution; }
 
   /// θ's named blocks: one block "inputs" when the inputs are hyperparameters, else none.
   ParameterLayout hyperparameterLayout() const {
@@ -237,6 +261,10 @@ class BasicMlpObjective {
                                 Eigen::VectorXd& dtheta) const {
     detail::checkVectorSize(w, numParameters(), "MlpObjective::reverseStepWithDirection", "w");
     const char* fn = "reverseStepWithDirection";
+    if (m_distribution) {
+      reverseStepWithDirectionDistributed(w, t, direction, u, g, hu, dtheta);
+      return;
+    }
     gatherIndices(t, fn);
     const Index N = numParameters();
     const auto b = static_cast<Index>(m_batchIndex.size());
@@ -294,6 +322,7 @@ class BasicMlpObjective {
   /// an output is wanted), then the shard results added in shard order. Returns the mean loss.
   double run(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd* u, Eigen::VectorXd* g, Eigen::VectorXd* hu,
              Eigen::VectorXd* dtheta, const char* fn) const {
+    if (m_distribution) return runDistributed(w, t, u, g, hu, dtheta, fn);
     gatherIndices(t, fn);
     const Index N = numParameters();
     const auto b = static_cast<Index>(m_batchIndex.size());
@@ -340,6 +369,220 @@ class BasicMlpObjective {
     return lossSum / static_cast<double>(b);
   }
 
+  // ---- Distributed evaluation (setShardDistribution) -------------------------------------------
+  // Each process evaluates its own shards into rows [loss sum | g | H u | mixed rows], the rows of
+  // all shards are exchanged, and every process adds them in shard order with the operations of
+  // run(): shard 0's row is assigned, the others added (accumulate), the loss sums added from 0,
+  // the mixed rows scattered in batch order. So the bits are the single-process ones.
+
+  /// Where each output sits in a shard's row; absent outputs take no room.
+  struct RowLayout {
+    Index gradient = -1, hvp = -1, mixed = -1, width = 1;  // offset 0: the loss sum
+    RowLayout(bool g, bool hu, bool dtheta, Index N, Index mixedSize) {
+      if (g) gradient = std::exchange(width, width + N);
+      if (hu) hvp = std::exchange(width, width + N);
+      if (dtheta) mixed = std::exchange(width, width + mixedSize);
+    }
+  };
+
+  /// Writes shard s's results (slot `slot`) into its row; the network wrote double outputs there
+  /// already (shardRowOutput), float ones are converted (exactly).
+  void packRow(const RowLayout& rows, Index s, Index slot, Index count, double* row) const {
+    const Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+    const Index N = numParameters();
+    row[0] = static_cast<double>(shard.lossSum);
+    if constexpr (!std::is_same_v<Scalar, double>) {
+      if (rows.gradient >= 0) Eigen::Map<Eigen::VectorXd>(row + rows.gradient, N) = shard.gradient.template cast<double>();
+      if (rows.hvp >= 0) Eigen::Map<Eigen::VectorXd>(row + rows.hvp, N) = shard.hvp.template cast<double>();
+    }
+    if (rows.mixed >= 0) {
+      const Index F = m_data->numFeatures();
+      for (Index k = 0; k < count; ++k)
+        Eigen::Map<Eigen::VectorXd>(row + rows.mixed + k * F, F) = shard.ws.rInputGrad.row(k).transpose().template cast<double>();
+    }
+    static_cast<void>(s);
+  }
+
+  /// The network's output pointer for shard s in the distributed path: the row itself in double,
+  /// the shard's own vector in float (converted by packRow).
+  Scalar* shardRowOutput(double* rowOutput, ComputeVector& own) const {
+    if constexpr (std::is_same_v<Scalar, double>) {
+      static_cast<void>(own);
+      return rowOutput;
+    } else {
+      static_cast<void>(rowOutput);
+      own.resize(numParameters());
+      return own.data();
+    }
+  }
+
+  /// Adds every shard's row in shard order into the outputs (as run()'s combine step); returns
+  /// the sum of the shards' loss sums.
+  double combineRows(const RowLayout& rows, const ShardPlan& plan, Eigen::VectorXd* g, Eigen::VectorXd* hu,
+                     Eigen::VectorXd* dtheta) const {
+    const Index N = numParameters();
+    double lossSum = 0.0;
+    for (Index s = 0; s < plan.numShards(); ++s) {
+      const double* row = m_rowsAll.data() + s * rows.width;
+      lossSum += row[0];
+      auto add = [&](Eigen::VectorXd& out, Index offset) {
+        const Eigen::Map<const Eigen::VectorXd> part(row + offset, N);
+        if (s == 0) out = part;
+        else out += part;
+      };
+      if (g != nullptr) add(*g, rows.gradient);
+      if (hu != nullptr) add(*hu, rows.hvp);
+      if (dtheta != nullptr) {
+        const Index F = m_data->numFeatures();
+        for (Index k = 0; k < plan.size(s); ++k) {
+          const Index e = m_batchIndex[static_cast<std::size_t>(plan.begin(s) + k)];
+          dtheta->segment(e * F, F) += Eigen::Map<const Eigen::VectorXd>(row + rows.mixed + k * F, F);
+        }
+      }
+    }
+    return lossSum;
+  }
+
+  /// The fingerprint of an evaluation's inputs that the processes check to agree.
+  static std::uint64_t inputsPrint(const Eigen::VectorXd& w, const Eigen::VectorXd* u) noexcept {
+    std::uint64_t h = fingerprint(w.data(), w.size());
+    if (u != nullptr) h = (h * 0x9E3779B97F4A7C15ull) ^ fingerprint(u->data(), u->size());
+    return h;
+  }
+
+  /// Evaluates this process's shards of the current batch (m_batchIndex) into m_rowsLocal:
+  /// `sweep(s, slot, row)` runs shard s in workspace `slot`. All the owned shards stay alive
+  /// (their workspaces serve a second sweep in reverseStepWithDirection).
+  template <class Sweep>
+  void evaluateOwned(const ShardPlan& plan, ShardRange mine, const RowLayout& rows, Sweep&& sweep) const {
+    const Index count = mine.count();
+    if (static_cast<Index>(m_shards.size()) < count) m_shards.resize(static_cast<std::size_t>(count));
+    m_rowsLocal.resize(static_cast<std::size_t>(count * rows.width));
+    detail::forEachShard(count, [&](Index slot) {
+      const Index s = mine.first + slot;
+      double* row = m_rowsLocal.data() + slot * rows.width;
+      sweep(s, slot, row);
+      packRow(rows, s, slot, plan.size(s), row);
+    });
+  }
+
+  /// Exchanges the rows (collective) after the local evaluation, whose failure `error` carries.
+  void exchangeRows(const ShardExchangeHeader& header, const std::exception_ptr& error) const {
+    if (!error) m_rowsAll.resize(static_cast<std::size_t>(header.numShards * header.width));
+    m_distribution->allGatherShards(header, m_rowsLocal.data(), m_rowsAll.data(), error);
+  }
+
+  double runDistributed(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd* u, Eigen::VectorXd* g,
+                        Eigen::VectorXd* hu, Eigen::VectorXd* dtheta, const char* fn) const {
+    const Index N = numParameters();
+    const bool wantBackward = g != nullptr || hu != nullptr || dtheta != nullptr;
+    const RowLayout rows(g != nullptr, hu != nullptr, dtheta != nullptr, N, m_shardSize * m_data->numFeatures());
+    ShardExchangeHeader header{t, -1, rows.width, inputsPrint(w, u)};
+    std::exception_ptr error;
+    try {
+      gatherIndices(t, fn);
+      const ShardPlan plan(static_cast<Index>(m_batchIndex.size()), m_shardSize);
+      header.numShards = plan.numShards();
+      const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
+      const Scalar* wc = computeCopy(w, m_wCompute);
+      const Scalar* uc = u != nullptr ? computeCopy(*u, m_uCompute) : nullptr;
+      evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), rows, [&](Index s, Index slot, double* row) {
+        Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+        Workspace& ws = shard.ws;
+        gatherRows(plan.begin(s), plan.size(s), ws);
+        const typename Network::View input = detail::viewOf(ws.input);
+        shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
+        if (!wantBackward) return;
+        if (uc != nullptr) m_net.rForward(wc, uc, input, ws);
+        typename Network::Outputs out;
+        if (g != nullptr) out.gradient = shardRowOutput(row + rows.gradient, shard.gradient);
+        if (hu != nullptr) out.hvp = shardRowOutput(row + rows.hvp, shard.hvp);
+        out.inputMixed = dtheta != nullptr;
+        m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
+      });
+    } catch (...) {
+      error = std::current_exception();
+    }
+    exchangeRows(header, error);
+    const ShardPlan plan(static_cast<Index>(m_batchIndex.size()), m_shardSize);
+    if (g != nullptr) g->resize(N);
+    if (hu != nullptr) hu->resize(N);
+    if (dtheta != nullptr) {
+      dtheta->resize(numHyperparameters());
+      dtheta->setZero();
+    }
+    return combineRows(rows, plan, g, hu, dtheta) / static_cast<double>(plan.numItems());
+  }
+
+  void reverseStepWithDirectionDistributed(const Eigen::VectorXd& w, Index t, const DirectionFunction& direction,
+                                           Eigen::VectorXd& u, Eigen::VectorXd& g, Eigen::VectorXd& hu,
+                                           Eigen::VectorXd& dtheta) const {
+    const char* fn = "reverseStepWithDirection";
+    const Index N = numParameters();
+    const Index mixedSize = m_shardSize * m_data->numFeatures();
+    // First exchange: the gradient, from one forward and backward sweep per owned shard.
+    const RowLayout first(true, false, false, N, mixedSize);
+    ShardExchangeHeader header{t, -1, first.width, inputsPrint(w, nullptr)};
+    std::exception_ptr error;
+    const Scalar* wc = nullptr;
+    try {
+      gatherIndices(t, fn);
+      const ShardPlan plan(static_cast<Index>(m_batchIndex.size()), m_shardSize);
+      header.numShards = plan.numShards();
+      const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
+      wc = computeCopy(w, m_wCompute);
+      evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), first, [&](Index s, Index slot, double* row) {
+        Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+        Workspace& ws = shard.ws;
+        gatherRows(plan.begin(s), plan.size(s), ws);
+        const typename Network::View input = detail::viewOf(ws.input);
+        shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
+        typename Network::Outputs out;
+        out.gradient = shardRowOutput(row + first.gradient, shard.gradient);
+        m_net.backward(wc, nullptr, input, ws.labels.data(), scale, ws, out);
+      });
+    } catch (...) {
+      error = std::current_exception();
+    }
+    exchangeRows(header, error);
+    const ShardPlan plan(static_cast<Index>(m_batchIndex.size()), m_shardSize);
+    g.resize(N);
+    combineRows(first, plan, &g, nullptr, nullptr);
+    direction(g, u);  // the same g on every process: the same u
+    detail::checkVectorSize(u, N, "MlpObjective::reverseStepWithDirection", "the direction u");
+    // Second exchange: H u and the mixed product from the R-sweeps of the same shards.
+    const RowLayout second(false, true, m_inputsAreHyperparameters, N, mixedSize);
+    header.width = second.width;
+    header.inputs = inputsPrint(w, &u);
+    error = nullptr;
+    try {
+      const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
+      const Scalar* uc = computeCopy(u, m_uCompute);
+      evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), second, [&](Index, Index slot, double* row) {
+        Shard& shard = m_shards[static_cast<std::size_t>(slot)];
+        Workspace& ws = shard.ws;
+        const typename Network::View input = detail::viewOf(ws.input);
+        m_net.rForward(wc, uc, input, ws);
+        typename Network::Outputs out;
+        out.hvp = shardRowOutput(row + second.hvp, shard.hvp);
+        out.inputMixed = m_inputsAreHyperparameters;
+        out.deltasReady = true;
+        m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
+      });
+    } catch (...) {
+      error = std::current_exception();
+    }
+    exchangeRows(header, error);
+    hu.resize(N);
+    if (m_inputsAreHyperparameters) {
+      dtheta.resize(numHyperparameters());
+      dtheta.setZero();
+    } else {
+      dtheta.resize(0);
+    }
+    combineRows(second, plan, nullptr, &hu, m_inputsAreHyperparameters ? &dtheta : nullptr);
+  }
+
   /// Adds shard s's mixed product (its rows of ∂θ) into example-major θ, in batch order; += so
   /// repeated examples accumulate.
   void scatterInputMixed(const ShardPlan& plan, Index s, const Shard& shard, Eigen::VectorXd& dtheta) const {
@@ -349,8 +592,6 @@ class BasicMlpObjective {
       dtheta.segment(e * F, F) += shard.ws.rInputGrad.row(k).transpose().template cast<double>();
     }
   }
-
-  using ComputeVector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   /// In double, shard 0 writes into the caller's vector and the others into their own buffer; in
   /// float every shard writes into its own (converted and added by accumulate()).
@@ -425,6 +666,8 @@ class BasicMlpObjective {
   mutable std::vector<Shard> m_shards;
   mutable ComputeVector m_wCompute, m_uCompute;  // w, u in float (unused in double)
   mutable std::vector<Index> m_batchIndex;
+  std::shared_ptr<const ShardDistribution> m_distribution;  // null: every shard here
+  mutable std::vector<double> m_rowsLocal, m_rowsAll;       // the distributed path's shard rows
 };
 
 /// The training objective of an MLP computed in double: see BasicMlpObjective.

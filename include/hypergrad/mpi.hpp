@@ -1,0 +1,10 @@
+// hypergrad — exact hypergradients by reversible SGD with momentum.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file mpi.hpp
+/// \brief The MPI component (CMake target hypergrad::mpi; needs MPI, Debian: libopenmpi-dev):
+/// objectives evaluated data-parallel over MPI processes with results bit-identical to one
+/// process. Not included by <hypergrad.hpp>, which does not depend on MPI.
+
+#include "mpi/shard_distribution.hpp"

@@ -1,0 +1,157 @@
+// hypergrad — exact hypergradients by reversible SGD with momentum.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file mpi/shard_distribution.hpp
+/// \brief MpiShardDistribution: the shards of every batch shared among the processes of an MPI
+/// communicator, with results bit-identical to one process (parallel/shard_distribution.hpp).
+///
+/// Part of the optional MPI component (CMake target hypergrad::mpi, which links MPI::MPI_CXX; the
+/// core library does not depend on MPI). Only MPI's C API is used.
+///
+/// **Use.** After MPI_Init, every process builds the same objective and calls
+/// `objective.setShardDistribution(std::make_shared<hypergrad::mpi::MpiShardDistribution>())`;
+/// the rest of the program is the single-process one (each process runs the optimizer and the
+/// reverse pass on the same gradients, so their states stay identical). Destroy the distribution
+/// (and the objectives sharing it) before MPI_Finalize.
+///
+/// **Messages per exchange.** One MPI_Allgather of a 5-integer header per process (failure flag,
+/// batch, shard count, row width, input fingerprint); when a process failed, one MPI_Bcast of the
+/// lowest failing rank's error text; otherwise one MPI_Allgatherv of the shard rows (each row one
+/// derived datatype of `width` doubles, so that counts stay small integers).
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <exception>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "../errors.hpp"
+#include "../parallel/shard_distribution.hpp"
+
+namespace hypergrad {
+namespace mpi {
+
+/// \brief The shards of every batch shared among the processes of an MPI communicator (see the
+/// file comment and ShardDistribution).
+///
+/// Holds its own duplicate of the communicator, so that its collectives never match messages of
+/// the caller's. Not copyable; share it through a std::shared_ptr (objectives copy the pointer).
+class MpiShardDistribution final : public ShardDistribution {
+ public:
+  /// \param comm the processes that share the shards (collective over comm: MPI_Comm_dup)
+  /// \throws InvalidState when MPI is not initialised, or already finalised
+  explicit MpiShardDistribution(MPI_Comm comm = MPI_COMM_WORLD) {
+    int initialized = 0, finalized = 0;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    if (initialized == 0 || finalized != 0) {
+      throw InvalidState("MpiShardDistribution: MPI is not initialised (or already finalised); call MPI_Init "
+                         "first and keep MPI running while the distribution is in use");
+    }
+    check(MPI_Comm_dup(comm, &m_comm), "MPI_Comm_dup");
+    // Errors come back as codes (typed exceptions here) instead of aborting every process.
+    MPI_Comm_set_errhandler(m_comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(m_comm, &m_rank);
+    MPI_Comm_size(m_comm, &m_size);
+  }
+  ~MpiShardDistribution() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized == 0) MPI_Comm_free(&m_comm);
+  }
+  MpiShardDistribution(const MpiShardDistribution&) = delete;
+  MpiShardDistribution& operator=(const MpiShardDistribution&) = delete;
+
+  int rank() const noexcept override { return m_rank; }
+  int numProcesses() const noexcept override { return m_size; }
+  /// The distribution's own communicator (a duplicate of the one it was built with).
+  MPI_Comm communicator() const noexcept { return m_comm; }
+  /// Bytes of shard rows this process has received (its own rows not counted) since construction.
+  std::uint64_t bytesReceived() const noexcept { return m_bytesReceived; }
+  /// Exchanges (allGatherShards calls) since construction.
+  std::uint64_t numExchanges() const noexcept { return m_exchanges; }
+
+  void allGatherShards(const ShardExchangeHeader& header, const double* local, double* all,
+                       const std::exception_ptr& localError) const override {
+    ++m_exchanges;
+    // 1. Every process's header and failure flag.
+    const std::int64_t mine[5] = {localError ? 1 : 0, header.batch, header.numShards, header.width,
+                                  static_cast<std::int64_t>(header.inputs)};
+    std::vector<std::int64_t> every(5 * static_cast<std::size_t>(m_size));
+    check(MPI_Allgather(mine, 5, MPI_INT64_T, every.data(), 5, MPI_INT64_T, m_comm), "MPI_Allgather");
+    auto field = [&](int r, int k) { return every[5 * static_cast<std::size_t>(r) + static_cast<std::size_t>(k)]; };
+
+    // 2. A failure anywhere: the lowest failing rank's error, on every process.
+    for (int r = 0; r < m_size; ++r) {
+      if (field(r, 0) == 0) continue;
+      std::string text = r == m_rank ? detail::describeError(localError) : std::string();
+      long long length = static_cast<long long>(text.size());
+      check(MPI_Bcast(&length, 1, MPI_LONG_LONG, r, m_comm), "MPI_Bcast");
+      text.resize(static_cast<std::size_t>(length));
+      check(MPI_Bcast(text.data(), static_cast<int>(length), MPI_CHAR, r, m_comm), "MPI_Bcast");
+      throw DistributedError(detail::message("MPI rank ", r, " of ", m_size, " failed evaluating its shards of batch t = ",
+                                             field(r, 1), ": ", text),
+                             r);
+    }
+
+    // 3. The same batch, shards, row width and inputs everywhere.
+    for (int r = 1; r < m_size; ++r) {
+      for (int k = 1; k < 5; ++k) {
+        if (field(r, k) == field(0, k)) continue;
+        static const char* const names[5] = {"", "batch", "number of shards", "row width", "input fingerprint"};
+        throw DistributedError(
+            detail::message("MPI ranks disagree on a shard exchange: the ", names[k], " is ", field(0, k),
+                            " on rank 0 but ", field(r, k), " on rank ", r, " (batch t = ", field(0, 1),
+                            "). Every process must build its objective from the same data, batch schedule and shard "
+                            "size, and run the same schedules, seeds and initial weights, so that their weights stay "
+                            "identical"),
+            -1);
+      }
+    }
+
+    // 4. The rows: shard s of every process at s·width.
+    const std::int64_t n = header.numShards, width = header.width;
+    if (n > std::numeric_limits<int>::max() || width > std::numeric_limits<int>::max()) {
+      throw InvalidArgument(detail::message("MpiShardDistribution: ", n, " shards of ", width,
+                                            " values exceed MPI's int counts; use larger shards"));
+    }
+    std::vector<int> counts(static_cast<std::size_t>(m_size)), displs(static_cast<std::size_t>(m_size));
+    for (int r = 0; r < m_size; ++r) {
+      const ShardRange range = shardsOf(n, r, m_size);
+      counts[static_cast<std::size_t>(r)] = static_cast<int>(range.count());
+      displs[static_cast<std::size_t>(r)] = static_cast<int>(range.first);
+    }
+    MPI_Datatype row = MPI_DATATYPE_NULL;
+    check(MPI_Type_contiguous(static_cast<int>(width), MPI_DOUBLE, &row), "MPI_Type_contiguous");
+    MPI_Type_commit(&row);
+    const int rc = MPI_Allgatherv(local, counts[static_cast<std::size_t>(m_rank)], row, all, counts.data(),
+                                  displs.data(), row, m_comm);
+    MPI_Type_free(&row);
+    check(rc, "MPI_Allgatherv");
+    m_bytesReceived += static_cast<std::uint64_t>(n - counts[static_cast<std::size_t>(m_rank)]) *
+                       static_cast<std::uint64_t>(width) * sizeof(double);
+  }
+
+ private:
+  void check(int code, const char* what) const {
+    if (code == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING];
+    int length = 0;
+    MPI_Error_string(code, text, &length);
+    throw DistributedError(detail::message("MpiShardDistribution: ", what, " failed on rank ", m_rank, ": ",
+                                           std::string(text, static_cast<std::size_t>(length))),
+                           m_rank);
+  }
+
+  MPI_Comm m_comm = MPI_COMM_NULL;
+  int m_rank = 0;
+  int m_size = 1;
+  mutable std::uint64_t m_bytesReceived = 0;
+  mutable std::uint64_t m_exchanges = 0;
+};
+
+}  // namespace mpi
+}  // namespace hypergrad

@@ -1,0 +1,126 @@
+// hypergrad — exact hypergradients by reversible SGD with momentum.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file shard_distribution.hpp
+/// \brief ShardDistribution, the interface through which an objective shares the shards of its
+/// batches among processes (data parallelism) with results bit-identical at any number of them.
+///
+/// **Why the results do not change with the number of processes.** A batch is cut by a ShardPlan
+/// into shards that depend only on the batch and the shard size (shard_plan.hpp). Process p
+/// evaluates the shards ownedShards(n) gives it — a contiguous range, by rank — and the
+/// collective allGatherShards() then gives every process every shard's result row, so that each
+/// process adds the shards in shard order 0, 1, 2, ..., exactly as one process does. Nothing is
+/// pre-summed per process (a per-process partial sum would round differently for another
+/// partition), so 1, 2, 3 or 64 processes give the bits of the single-process library, with no
+/// change to its arithmetic. The price is communication: every process receives every shard's
+/// row (numShards × width values), where a fixed-point integer reduction would move one row; for
+/// a few shards per process (the paper's batch of 200 in shards of 50) the two are comparable.
+///
+/// **Failures.** A process whose shards throw still enters the collective, with its error: then
+/// every process throws the same DistributedError, naming the lowest failing rank, the batch
+/// and that rank's error (its type and message). So no process waits forever for a failed one,
+/// and all of them leave the call together, their state unchanged. The collective also checks
+/// that all processes evaluate the same batch with the same shards, row width and inputs (a
+/// fingerprint of w), and throws DistributedError (rank −1) on every process if not (different
+/// schedules, seeds, data or shard sizes).
+///
+/// The MPI implementation is hypergrad::mpi::MpiShardDistribution (<hypergrad/mpi/mpi.hpp>,
+/// target hypergrad::mpi); this header does not depend on MPI.
+
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <typeinfo>
+
+#include "../config.hpp"
+#include "../errors.hpp"
+
+namespace hypergrad {
+
+/// The shards [first, last) of a batch that one process evaluates.
+struct ShardRange {
+  Index first = 0;  ///< The first shard.
+  Index last = 0;   ///< One past the last shard.
+  /// Number of shards in the range.
+  Index count() const noexcept { return last - first; }
+};
+
+/// What each process contributes to a shard exchange (allGatherShards): the batch it evaluated,
+/// the shape of its result rows, and its failure, if any.
+struct ShardExchangeHeader {
+  Index batch = 0;      ///< The batch t (checked to agree, and named in errors).
+  Index numShards = 0;  ///< Shards of the batch (checked to agree).
+  Index width = 0;      ///< Values per shard row (checked to agree).
+  /// A fingerprint of the evaluation's inputs (w, and u when given; fingerprint.hpp), checked to
+  /// agree: processes whose weights have drifted apart (different schedules, seeds or initial
+  /// weights) are stopped at their first exchange instead of combining unrelated results.
+  std::uint64_t inputs = 0;
+};
+
+/// \brief How the shards of a batch are shared among processes (see the file comment).
+///
+/// Implementations provide the process count, the rank, and the collective allGatherShards();
+/// the partition of the shards (ownedShards) is fixed here, so that every implementation gives
+/// the same shards to the same rank.
+class ShardDistribution {
+ public:
+  virtual ~ShardDistribution() = default;
+
+  /// This process's index, 0 ≤ rank() < numProcesses().
+  virtual int rank() const noexcept = 0;
+  /// The number of processes sharing the shards.
+  virtual int numProcesses() const noexcept = 0;
+
+  /// The shards of an n-shard batch that process `rank` evaluates: ⌊rank·n/P⌋ to
+  /// ⌊(rank+1)·n/P⌋ (contiguous; empty for some ranks when n < P).
+  static ShardRange shardsOf(Index numShards, int rank, int numProcesses) noexcept {
+    const Index p = numProcesses, r = rank;
+    return {r * numShards / p, (r + 1) * numShards / p};
+  }
+  /// The shards of an n-shard batch that this process evaluates.
+  ShardRange ownedShards(Index numShards) const noexcept { return shardsOf(numShards, rank(), numProcesses()); }
+
+  /// \brief Collective (every process calls it, with the same header): gives every process every
+  /// shard's row.
+  /// \param header the batch, its number of shards and the row width (the same on every process)
+  /// \param local this process's rows, ownedShards(numShards).count() × width values, row by row
+  /// \param all receives numShards × width values: shard s's row at s·width
+  /// \param localError this process's failure (null if its shards succeeded; `local` is then unread)
+  /// \throws DistributedError on every process when any process failed (the lowest failing rank's
+  ///         error) or the headers differ; nothing is written to `all` then
+  virtual void allGatherShards(const ShardExchangeHeader& header, const double* local, double* all,
+                               const std::exception_ptr& localError) const = 0;
+};
+
+namespace detail {
+
+/// "Type: message" of an exception, for an error to be reported by another process.
+inline std::string describeError(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const InvalidArgument& x) {
+    return message("InvalidArgument: ", x.what());
+  } catch (const NonFiniteValue& x) {
+    return message("NonFiniteValue: ", x.what());
+  } catch (const FixedPointOverflow& x) {
+    return message("FixedPointOverflow: ", x.what());
+  } catch (const ExactnessViolation& x) {
+    return message("ExactnessViolation: ", x.what());
+  } catch (const InvalidState& x) {
+    return message("InvalidState: ", x.what());
+  } catch (const DataError& x) {
+    return message("DataError: ", x.what());
+  } catch (const DistributedError& x) {
+    return message("DistributedError: ", x.what());
+  } catch (const Error& x) {
+    return message("Error: ", x.what());
+  } catch (const std::exception& x) {
+    return message(typeid(x).name(), ": ", x.what());
+  } catch (...) {
+    return "an exception not derived from std::exception";
+  }
+}
+
+}  // namespace detail
+}  // namespace hypergrad
