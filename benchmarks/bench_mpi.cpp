@@ -1,0 +1,139 @@
+// Data parallelism over MPI (issue 13): the paper's MLP hypergradient (784-50-50-50-10, batch 200
+// in 4 shards of 50, T = 100) with the objective's shards shared among the processes of
+// MPI_COMM_WORLD, against the same run in one process without any exchange. Run it under mpiexec:
+//
+//   OMP_NUM_THREADS=1 mpiexec -n 2 build-bench/benchmarks/bench_mpi --benchmark_filter=mnist
+//   OMP_NUM_THREADS=2 build-bench/benchmarks/bench_mpi --benchmark_filter=mnist   # the threaded single process
+//
+//   mpi/hypergradient/<wl>/T:<T>     computeHypergradients with MpiShardDistribution: time per forward
+//                                    and reverse step, bytes received per step, RSS per process
+//   single/hypergradient/<wl>/T:<T>  the same run with no distribution (each process alone)
+//
+// Every case has a fixed iteration count, so all processes run the same collectives; only rank 0
+// reports. Both cases check that their hypergradients are bit-identical (the error counter).
+#include <benchmark/benchmark.h>
+#include <mpi.h>
+
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include <hypergrad/mpi.hpp>
+#include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/reverse.hpp>
+
+#include "bench_common.hpp"
+
+namespace {
+
+using bench::Workload;
+using bench::WorkloadSpec;
+using hypergrad::Index;
+
+int worldSize() {
+  int p = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &p);
+  return p;
+}
+
+// The reference result per workload, from one process without exchange (computed once).
+const hypergrad::Hypergradients& singleResult(const Workload& wl, Index T) {
+  static std::unique_ptr<hypergrad::Hypergradients> result;
+  if (!result) {
+    hypergrad::SgdMomentum<> opt(wl.layout, wl.alphas(T), wl.gammas(T, wl.spec.gamma));
+    result = std::make_unique<hypergrad::Hypergradients>(hypergrad::computeHypergradients(opt, wl.train, wl.validation, wl.w1));
+  }
+  return *result;
+}
+
+// The process's peak resident memory (VmHWM), MB.
+double peakRssMb() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0.0;
+}
+
+bool sameBits(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
+  return a.size() == b.size() &&
+         std::memcmp(a.data(), b.data(), sizeof(double) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+void hypergradient(benchmark::State& state, const WorkloadSpec& spec, Index T, bool distributed) {
+  const Workload& wl = bench::workload(spec);
+  hypergrad::MlpObjective f = wl.train;  // shares the data
+  std::shared_ptr<hypergrad::mpi::MpiShardDistribution> d;
+  if (distributed) {
+    d = std::make_shared<hypergrad::mpi::MpiShardDistribution>();
+    f.setShardDistribution(d);
+  }
+  const hypergrad::Hypergradients& reference = singleResult(wl, T);
+  double forward = 0.0, reverse = 0.0;
+  bool identical = true;
+  for (auto _ : state) {
+    hypergrad::SgdMomentum<> opt(wl.layout, wl.alphas(T), wl.gammas(T, wl.spec.gamma));
+    const hypergrad::Hypergradients hg = hypergrad::computeHypergradients(opt, f, wl.validation, wl.w1);
+    forward += hg.statistics.forwardSeconds;
+    reverse += hg.statistics.reverseSeconds;
+    identical = identical && sameBits(hg.learningRates, reference.learningRates) && sameBits(hg.momenta, reference.momenta);
+  }
+  const double runs = static_cast<double>(state.iterations()), steps = runs * static_cast<double>(T);
+  state.counters["processes"] = distributed ? worldSize() : 1;
+  state.counters["forward_ms_per_step"] = 1e3 * forward / steps;
+  state.counters["reverse_ms_per_step"] = 1e3 * reverse / steps;
+  // Exchanges: one per forward step, one per reverse step (the fused reverse step), one for the
+  // initial gradient of the reverse pass; bytes received by this process (rank 0).
+  state.counters["kib_received_per_step"] = d ? static_cast<double>(d->bytesReceived()) / 1024.0 / (2.0 * steps) : 0.0;
+  state.counters["peak_rss_mb"] = peakRssMb();
+  state.counters["bit_identical"] = identical ? 1 : 0;
+  if (!identical) state.SkipWithError("the hypergradients differ from the single-process run");
+}
+
+void registerAll() {
+  for (const WorkloadSpec& spec : {bench::mnistSpec(), bench::smokeSpec()}) {
+    const Index T = spec.steps;
+    const std::string tag = "/" + spec.name + "/T:" + std::to_string(T);
+    const int iterations = spec.name == "smoke" ? 1 : 3;
+    benchmark::RegisterBenchmark(("mpi/hypergradient" + tag).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradient(st, spec, T, true); })
+        ->Unit(benchmark::kMillisecond)->Iterations(iterations)->UseRealTime();
+    benchmark::RegisterBenchmark(("single/hypergradient" + tag).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradient(st, spec, T, false); })
+        ->Unit(benchmark::kMillisecond)->Iterations(iterations)->UseRealTime();
+  }
+}
+
+// Ranks other than 0 run the same benchmarks silently.
+class SilentReporter : public benchmark::BenchmarkReporter {
+ public:
+  bool ReportContext(const Context&) override { return true; }
+  void ReportRuns(const std::vector<Run>&) override {}
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  registerAll();
+  bool fileOut = false;  // --benchmark_out given: the silent ranks need a file reporter too
+  for (int i = 1; i < argc; ++i) fileOut = fileOut || std::strncmp(argv[i], "--benchmark_out=", 16) == 0;
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) {
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+  if (rank == 0) {
+    benchmark::RunSpecifiedBenchmarks();
+  } else {
+    SilentReporter silent, silentFile;
+    if (fileOut) benchmark::RunSpecifiedBenchmarks(&silent, &silentFile);
+    else benchmark::RunSpecifiedBenchmarks(&silent);
+  }
+  benchmark::Shutdown();
+  MPI_Finalize();
+  return 0;
+}
