@@ -233,6 +233,17 @@ void gemmPackB(const Scalar* b, Index ldb, bool trans, Index k0, Index depth, In
   }
 }
 
+/// Writes the sub-tile s (nc columns of nr rows, column j at s + j·stride) into C: C ← C + s
+/// (`add`) or C ← s, for the valid entries only (the tile kernels that sum in a local array).
+template <class Scalar>
+inline void gemmWriteBack(const Scalar* s, Index stride, Index nr, Index nc, Scalar* c, Index ldc, bool add) noexcept {
+  for (Index j = 0; j < nc; ++j)
+    for (Index i = 0; i < nr; ++i) {
+      Scalar& out = c[i + j * ldc];
+      out = add ? out + s[j * stride + i] : s[j * stride + i];
+    }
+}
+
 /// One R × 8 tile (R = gemmTileRowsOf<Scalar>), portable: the block sums s of the file comment
 /// in 4 × 4 sub-tiles, then C ← C + s (`add`) or C ← s for the valid rows × cols.
 template <class Scalar>
@@ -249,166 +260,163 @@ HYPERGRAD_NO_CONTRACT void gemmTilePortable(const Scalar* panelA, const Scalar* 
         for (int j = 0; j < 4; ++j)
           for (int i = 0; i < 4; ++i) s[j][i] = s[j][i] + x[i] * y[j];
       }
-      const Index nr = std::min<Index>(4, rows - rb), nc = std::min<Index>(4, cols - cb);
-      for (Index j = 0; j < nc; ++j)
-        for (Index i = 0; i < nr; ++i) {
-          const Index at = (rb + i) + (cb + j) * ldc;
-          c[at] = add ? c[at] + s[j][i] : s[j][i];
-        }
+      gemmWriteBack(&s[0][0], 4, std::min<Index>(4, rows - rb), std::min<Index>(4, cols - cb), c + rb + cb * ldc, ldc,
+                    add);
     }
   }
 }
 
 #if HYPERGRAD_LANE_CODER
 HYPERGRAD_INTRINSICS_BEGIN
-/// One 16 × 8 tile on AVX-512: sixteen accumulators of 8 rows (eight when `Upper` is false: a
-/// last panel of at most 8 rows); vmulpd / vaddpd with explicit round-to-nearest, which compilers
-/// do not contract (the bits of gemmTilePortable).
-template <bool Upper>
-HYPERGRAD_TARGET_AVX512 inline void gemmTileAvx512(const double* panelA, const double* panelB, Index depth, double* c,
+/// The AVX-512 vector of a scalar type: W lanes, and the operations the tile kernel needs —
+/// products and sums with explicit round-to-nearest, which compilers do not contract.
+template <class Scalar>
+struct GemmAvx512;
+template <>
+struct GemmAvx512<double> {
+  using V = __m512d;
+  using Mask = __mmask8;
+  static constexpr Index W = 8;
+  static constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  HYPERGRAD_TARGET_AVX512 static V zero() noexcept { return _mm512_setzero_pd(); }
+  HYPERGRAD_TARGET_AVX512 static V load(const double* p) noexcept { return _mm512_loadu_pd(p); }
+  HYPERGRAD_TARGET_AVX512 static V set1(double x) noexcept { return _mm512_set1_pd(x); }
+  HYPERGRAD_TARGET_AVX512 static V mul(V a, V b) noexcept { return _mm512_mul_round_pd(a, b, rn); }
+  HYPERGRAD_TARGET_AVX512 static V add(V a, V b) noexcept { return _mm512_add_round_pd(a, b, rn); }
+  HYPERGRAD_TARGET_AVX512 static V maskLoad(Mask m, const double* p) noexcept { return _mm512_maskz_loadu_pd(m, p); }
+  HYPERGRAD_TARGET_AVX512 static void maskStore(double* p, Mask m, V x) noexcept { _mm512_mask_storeu_pd(p, m, x); }
+};
+template <>
+struct GemmAvx512<float> {
+  using V = __m512;
+  using Mask = __mmask16;
+  static constexpr Index W = 16;
+  static constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  HYPERGRAD_TARGET_AVX512 static V zero() noexcept { return _mm512_setzero_ps(); }
+  HYPERGRAD_TARGET_AVX512 static V load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  HYPERGRAD_TARGET_AVX512 static V set1(float x) noexcept { return _mm512_set1_ps(x); }
+  HYPERGRAD_TARGET_AVX512 static V mul(V a, V b) noexcept { return _mm512_mul_round_ps(a, b, rn); }
+  HYPERGRAD_TARGET_AVX512 static V add(V a, V b) noexcept { return _mm512_add_round_ps(a, b, rn); }
+  HYPERGRAD_TARGET_AVX512 static V maskLoad(Mask m, const float* p) noexcept { return _mm512_maskz_loadu_ps(m, p); }
+  HYPERGRAD_TARGET_AVX512 static void maskStore(float* p, Mask m, V x) noexcept { _mm512_mask_storeu_ps(p, m, x); }
+};
+
+/// One R × 8 tile on AVX-512 (R = 2W: 16 doubles or 32 floats): sixteen accumulators of W rows
+/// (eight when `Upper` is false: a last panel of at most W rows), rounded products and sums (the
+/// bits of gemmTilePortable); C's valid rows through masked loads and stores.
+template <class Scalar, bool Upper>
+HYPERGRAD_TARGET_AVX512 inline void gemmTileAvx512(const Scalar* panelA, const Scalar* panelB, Index depth, Scalar* c,
                                                    Index ldc, Index rows, Index cols, bool add) noexcept {
-  constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-  __m512d lo[8], hi[8];
+  using T = GemmAvx512<Scalar>;
+  using V = typename T::V;
+  using Mask = typename T::Mask;
+  constexpr Index W = T::W, R = gemmTileRowsOf<Scalar>;
+  static_assert(R == 2 * W, "gemmTileAvx512: a tile is two vectors of rows");
+  V lo[8], hi[8];
 #pragma GCC unroll 8
-  for (int j = 0; j < 8; ++j) lo[j] = hi[j] = _mm512_setzero_pd();
+  for (int j = 0; j < 8; ++j) lo[j] = hi[j] = T::zero();
   for (Index kk = 0; kk < depth; ++kk) {
-    const __m512d a0 = _mm512_loadu_pd(panelA + kk * gemmTileRows);
-    const __m512d a1 = Upper ? _mm512_loadu_pd(panelA + kk * gemmTileRows + 8) : a0;
-    const double* y = panelB + kk * gemmTileCols;
+    const V a0 = T::load(panelA + kk * R);
+    const V a1 = Upper ? T::load(panelA + kk * R + W) : a0;
+    const Scalar* y = panelB + kk * gemmTileCols;
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) {
-      const __m512d bj = _mm512_set1_pd(y[j]);
-      lo[j] = _mm512_add_round_pd(lo[j], _mm512_mul_round_pd(a0, bj, rn), rn);
-      if (Upper) hi[j] = _mm512_add_round_pd(hi[j], _mm512_mul_round_pd(a1, bj, rn), rn);
-    }
-  }
-  const auto rowMask = [](Index r) { return static_cast<__mmask8>(r >= 8 ? 0xFF : r <= 0 ? 0 : (1u << r) - 1u); };
-  const __mmask8 m0 = rowMask(rows), m1 = rowMask(rows - 8);
-#pragma GCC unroll 8
-  for (int j = 0; j < 8; ++j) {
-    if (j >= cols) break;
-    double* out = c + j * ldc;
-    if (add) {
-      _mm512_mask_storeu_pd(out, m0, _mm512_add_round_pd(_mm512_maskz_loadu_pd(m0, out), lo[j], rn));
-      if (Upper) _mm512_mask_storeu_pd(out + 8, m1, _mm512_add_round_pd(_mm512_maskz_loadu_pd(m1, out + 8), hi[j], rn));
-    } else {
-      _mm512_mask_storeu_pd(out, m0, lo[j]);
-      if (Upper) _mm512_mask_storeu_pd(out + 8, m1, hi[j]);
-    }
-  }
-}
-
-/// One 16 × 8 tile on AVX2 (no AVX-512): four 8 × 4 sub-tiles of eight 4-lane accumulators;
-/// vmulpd / vaddpd, compiled with contraction off (the bits of gemmTilePortable).
-HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT inline void gemmTileAvx2(const double* panelA, const double* panelB,
-                                                                     Index depth, double* c, Index ldc, Index rows,
-                                                                     Index cols, bool add) noexcept {
-  HYPERGRAD_NO_CONTRACT_BODY
-  for (Index cb = 0; cb < cols; cb += 4) {
-    for (Index rb = 0; rb < rows; rb += 8) {
-      __m256d lo[4], hi[4];
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_pd();
-      for (Index kk = 0; kk < depth; ++kk) {
-        const __m256d a0 = _mm256_loadu_pd(panelA + kk * gemmTileRows + rb);
-        const __m256d a1 = _mm256_loadu_pd(panelA + kk * gemmTileRows + rb + 4);
-        const double* y = panelB + kk * gemmTileCols + cb;
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
-          const __m256d bj = _mm256_broadcast_sd(y + j);
-          lo[j] = _mm256_add_pd(lo[j], _mm256_mul_pd(a0, bj));
-          hi[j] = _mm256_add_pd(hi[j], _mm256_mul_pd(a1, bj));
-        }
-      }
-      alignas(32) double s[4][8];
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        _mm256_store_pd(s[j], lo[j]);
-        _mm256_store_pd(s[j] + 4, hi[j]);
-      }
-      const Index nr = std::min<Index>(8, rows - rb), nc = std::min<Index>(4, cols - cb);
-      for (Index j = 0; j < nc; ++j)
-        for (Index i = 0; i < nr; ++i) {
-          const Index at = (rb + i) + (cb + j) * ldc;
-          c[at] = add ? c[at] + s[j][i] : s[j][i];
-        }
-    }
-  }
-}
-
-/// The float twins: one 32 × 8 tile on AVX-512 (sixteen accumulators of 16 rows; eight when
-/// `Upper` is false), vmulps / vaddps with explicit round-to-nearest.
-template <bool Upper>
-HYPERGRAD_TARGET_AVX512 inline void gemmTileAvx512(const float* panelA, const float* panelB, Index depth, float* c,
-                                                   Index ldc, Index rows, Index cols, bool add) noexcept {
-  constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-  constexpr Index R = gemmTileRowsOf<float>;
-  __m512 lo[8], hi[8];
-#pragma GCC unroll 8
-  for (int j = 0; j < 8; ++j) lo[j] = hi[j] = _mm512_setzero_ps();
-  for (Index kk = 0; kk < depth; ++kk) {
-    const __m512 a0 = _mm512_loadu_ps(panelA + kk * R);
-    const __m512 a1 = Upper ? _mm512_loadu_ps(panelA + kk * R + 16) : a0;
-    const float* y = panelB + kk * gemmTileCols;
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) {
-      const __m512 bj = _mm512_set1_ps(y[j]);
-      lo[j] = _mm512_add_round_ps(lo[j], _mm512_mul_round_ps(a0, bj, rn), rn);
-      if (Upper) hi[j] = _mm512_add_round_ps(hi[j], _mm512_mul_round_ps(a1, bj, rn), rn);
+      const V bj = T::set1(y[j]);
+      lo[j] = T::add(lo[j], T::mul(a0, bj));
+      if (Upper) hi[j] = T::add(hi[j], T::mul(a1, bj));
     }
   }
   const auto rowMask = [](Index r) {
-    return static_cast<__mmask16>(r >= 16 ? 0xFFFF : r <= 0 ? 0 : (1u << r) - 1u);
+    return static_cast<Mask>(r >= W ? ~Mask(0) : r <= 0 ? Mask(0) : static_cast<Mask>((1u << r) - 1u));
   };
-  const __mmask16 m0 = rowMask(rows), m1 = rowMask(rows - 16);
+  const Mask m0 = rowMask(rows), m1 = rowMask(rows - W);
 #pragma GCC unroll 8
   for (int j = 0; j < 8; ++j) {
     if (j >= cols) break;
-    float* out = c + j * ldc;
+    Scalar* out = c + j * ldc;
     if (add) {
-      _mm512_mask_storeu_ps(out, m0, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m0, out), lo[j], rn));
-      if (Upper) _mm512_mask_storeu_ps(out + 16, m1, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m1, out + 16), hi[j], rn));
+      T::maskStore(out, m0, T::add(T::maskLoad(m0, out), lo[j]));
+      if (Upper) T::maskStore(out + W, m1, T::add(T::maskLoad(m1, out + W), hi[j]));
     } else {
-      _mm512_mask_storeu_ps(out, m0, lo[j]);
-      if (Upper) _mm512_mask_storeu_ps(out + 16, m1, hi[j]);
+      T::maskStore(out, m0, lo[j]);
+      if (Upper) T::maskStore(out + W, m1, hi[j]);
     }
   }
 }
 
-/// One 32 × 8 float tile on AVX2: eight 16 × 4 sub-tiles of eight 8-lane accumulators.
-HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT inline void gemmTileAvx2(const float* panelA, const float* panelB,
-                                                                     Index depth, float* c, Index ldc, Index rows,
+/// The AVX2 vector of a scalar type: W lanes; plain vmul / vadd, compiled (like the kernel) with
+/// contraction off.
+template <class Scalar>
+struct GemmAvx2;
+template <>
+struct GemmAvx2<double> {
+  using V = __m256d;
+  static constexpr Index W = 4;
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V zero() noexcept { return _mm256_setzero_pd(); }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V load(const double* p) noexcept { return _mm256_loadu_pd(p); }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V set1(const double* p) noexcept { return _mm256_broadcast_sd(p); }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V mul(V a, V b) noexcept {
+    HYPERGRAD_NO_CONTRACT_BODY
+    return _mm256_mul_pd(a, b);
+  }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V add(V a, V b) noexcept {
+    HYPERGRAD_NO_CONTRACT_BODY
+    return _mm256_add_pd(a, b);
+  }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static void store(double* p, V x) noexcept { _mm256_store_pd(p, x); }
+};
+template <>
+struct GemmAvx2<float> {
+  using V = __m256;
+  static constexpr Index W = 8;
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V zero() noexcept { return _mm256_setzero_ps(); }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V set1(const float* p) noexcept { return _mm256_broadcast_ss(p); }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V mul(V a, V b) noexcept {
+    HYPERGRAD_NO_CONTRACT_BODY
+    return _mm256_mul_ps(a, b);
+  }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static V add(V a, V b) noexcept {
+    HYPERGRAD_NO_CONTRACT_BODY
+    return _mm256_add_ps(a, b);
+  }
+  HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT static void store(float* p, V x) noexcept { _mm256_store_ps(p, x); }
+};
+
+/// One R × 8 tile on AVX2 (no AVX-512): 2W × 4 sub-tiles of eight W-lane accumulators, summed
+/// into a local array and written back (the bits of gemmTilePortable).
+template <class Scalar>
+HYPERGRAD_TARGET_AVX2 HYPERGRAD_NO_CONTRACT inline void gemmTileAvx2(const Scalar* panelA, const Scalar* panelB,
+                                                                     Index depth, Scalar* c, Index ldc, Index rows,
                                                                      Index cols, bool add) noexcept {
   HYPERGRAD_NO_CONTRACT_BODY
-  constexpr Index R = gemmTileRowsOf<float>;
+  using T = GemmAvx2<Scalar>;
+  using V = typename T::V;
+  constexpr Index W = T::W, R = gemmTileRowsOf<Scalar>;
   for (Index cb = 0; cb < cols; cb += 4) {
-    for (Index rb = 0; rb < rows; rb += 16) {
-      __m256 lo[4], hi[4];
+    for (Index rb = 0; rb < rows; rb += 2 * W) {
+      V lo[4], hi[4];
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
+      for (int j = 0; j < 4; ++j) lo[j] = hi[j] = T::zero();
       for (Index kk = 0; kk < depth; ++kk) {
-        const __m256 a0 = _mm256_loadu_ps(panelA + kk * R + rb);
-        const __m256 a1 = _mm256_loadu_ps(panelA + kk * R + rb + 8);
-        const float* y = panelB + kk * gemmTileCols + cb;
+        const V a0 = T::load(panelA + kk * R + rb);
+        const V a1 = T::load(panelA + kk * R + rb + W);
+        const Scalar* y = panelB + kk * gemmTileCols + cb;
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
-          const __m256 bj = _mm256_broadcast_ss(y + j);
-          lo[j] = _mm256_add_ps(lo[j], _mm256_mul_ps(a0, bj));
-          hi[j] = _mm256_add_ps(hi[j], _mm256_mul_ps(a1, bj));
+          const V bj = T::set1(y + j);
+          lo[j] = T::add(lo[j], T::mul(a0, bj));
+          hi[j] = T::add(hi[j], T::mul(a1, bj));
         }
       }
-      alignas(32) float s[4][16];
+      alignas(32) Scalar s[4][2 * W];
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        _mm256_store_ps(s[j], lo[j]);
-        _mm256_store_ps(s[j] + 8, hi[j]);
+        T::store(s[j], lo[j]);
+        T::store(s[j] + W, hi[j]);
       }
-      const Index nr = std::min<Index>(16, rows - rb), nc = std::min<Index>(4, cols - cb);
-      for (Index j = 0; j < nc; ++j)
-        for (Index i = 0; i < nr; ++i) {
-          const Index at = (rb + i) + (cb + j) * ldc;
-          c[at] = add ? c[at] + s[j][i] : s[j][i];
-        }
+      gemmWriteBack(&s[0][0], 2 * W, std::min<Index>(2 * W, rows - rb), std::min<Index>(4, cols - cb),
+                    c + rb + cb * ldc, ldc, add);
     }
   }
 }
@@ -490,8 +498,8 @@ void exactOrderGemm(Index m, Index n, Index k, const Scalar* a, Index lda, bool 
         Scalar* tile = c + i0 + q * gemmTileCols * ldc;
 #if HYPERGRAD_LANE_CODER
         if (kernel == GemmKernel::Avx512) {
-          if (rows > R / 2) gemmTileAvx512<true>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
-          else gemmTileAvx512<false>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
+          if (rows > R / 2) gemmTileAvx512<Scalar, true>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
+          else gemmTileAvx512<Scalar, false>(blockA.data(), panelB, depth, tile, ldc, rows, cols, add);
           continue;
         }
         if (kernel == GemmKernel::Avx2) {
