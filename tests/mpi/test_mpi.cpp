@@ -11,7 +11,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <vector>
 
@@ -21,6 +23,7 @@
 #include <hypergrad/objectives/mlp.hpp>
 #include <hypergrad/optimizers/adam.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/optimizers/snapshot.hpp>
 #include <hypergrad/reverse.hpp>
 
 using namespace hypergrad;
@@ -198,6 +201,36 @@ TEST_CASE("Adam hypergradients (the two-exchange reverse step) have the single-p
   CHECK(sameBits(one.initialState(0), many.initialState(0)));
   CHECK(one.schedule(0).norm() > 0.0);
   CHECK(sameOnEveryRank(fingerprint(many.schedule(0).data(), many.schedule(0).size())));
+}
+
+TEST_CASE("a distributed run saved on every process is reversed later by fresh optimizers, with the single-process bits",
+          "[mpi][reverse][snapshot]") {
+  Workload wl;
+  const ParameterLayout layout = wl.arch.layout();
+  const Index T = 40;
+  auto make = [&] {
+    return SgdMomentum<>(layout, Schedule::constant(T, layout.numGroups(), 0.05), Schedule::constant(T, layout.numGroups(), 0.9));
+  };
+  const VectorXd w1 = initialWeights(wl.arch, 9);
+  // Each process trains its (identical) copy of the state and saves it: here to memory, in a
+  // program to a file per rank.
+  SgdMomentum<> forward = make();
+  forward.start(w1);
+  for (Index t = 0; t < 25; ++t) forward.step(wl.shared);
+  std::stringstream saved;
+  saveRun(forward, saved);
+  CHECK(sameOnEveryRank(std::hash<std::string>{}(saved.str())));
+  // A fresh optimizer on every process loads it, finishes training and reverses, distributed.
+  SgdMomentum<> resumed = make();
+  loadRun(resumed, saved);
+  train(resumed, wl.shared);
+  const Hypergradients many = reverse(resumed, wl.shared, wl.valid);
+  SgdMomentum<> one = make();
+  const Hypergradients single = computeHypergradients(one, wl.single, wl.valid, w1);
+  CHECK(sameBits(single.learningRates, many.learningRates));
+  CHECK(sameBits(single.initialWeights, many.initialWeights));
+  CHECK(resumed.weightsEqual(w1));
+  CHECK(resumed.buffer().empty());
 }
 
 TEST_CASE("a batch schedule that throws on one process ends in the same DistributedError on every process, state unchanged",
