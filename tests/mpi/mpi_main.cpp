@@ -7,7 +7,9 @@
 #include <mpi.h>
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  // OpenMP threads run the shards; MPI is called only from this thread (FUNNELED).
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   int result = 0;
   {
     Catch::Session session;

@@ -13,7 +13,9 @@
 /// `objective.setShardDistribution(std::make_shared<hypergrad::mpi::MpiShardDistribution>())`;
 /// the rest of the program is the single-process one (each process runs the optimizer and the
 /// reverse pass on the same gradients, so their states stay identical). Destroy the distribution
-/// (and the objectives sharing it) before MPI_Finalize.
+/// (and the objectives sharing it) before MPI_Finalize. MPI is called only from the thread that
+/// calls the objective, never from its OpenMP threads: initialise MPI with
+/// `MPI_Init_thread(..., MPI_THREAD_FUNNELED, ...)` (or MPI_Init in a program without threads).
 ///
 /// **Messages per exchange.** One MPI_Allgather of a 5-integer header per process (failure flag,
 /// batch, shard count, row width, input fingerprint); when a process failed, one MPI_Bcast of the

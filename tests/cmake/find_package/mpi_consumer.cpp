@@ -5,7 +5,9 @@
 #include <memory>
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  // OpenMP threads run the shards; MPI is called only from this thread (FUNNELED).
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   int processes = 0;
   {
     const auto d = std::make_shared<hypergrad::mpi::MpiShardDistribution>();
