@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -96,6 +97,14 @@ inline double wallSeconds() {
 }
 
 // ---- Command line -------------------------------------------------------------------------------
+
+/// A number field `"key":value` (or `"key": value`) of a JSON text (NaN when absent): enough to
+/// read back Google Benchmark's --benchmark_out entries and benchmarks/torch's JSON lines.
+inline double jsonNumber(const std::string& text, const std::string& key) {
+  const std::string tag = "\"" + key + "\":";
+  const std::size_t at = text.find(tag);
+  return at == std::string::npos ? std::nan("") : std::strtod(text.c_str() + at + tag.size(), nullptr);
+}
 
 /// Removes "--hypergrad_long" from argv (before benchmark::Initialize sees it) and says whether
 /// it was there: it registers the long cases (T = 1000 hypergradients, T = 10000 memory).

@@ -12,6 +12,8 @@
 //     hypergradients/lanes/<wl>/T:<T>              one stack per block vs the lane layout (its
 //                                                  AVX-512 lane path) vs double training
 //     reverse_parts/<part>/<wl>                    per-step pieces of the reverse pass
+//     hypergradients/(batch|width)/<wl>/T:100/...   how cost grows with the batch and with N
+//                                                  (`--plot-growth RUN.json [PREFIX]` plots them)
 //  3) buffer_bits/<policy>/<wl>/gamma:<γ>           bits per weight per step vs log2(1/γ)
 //  4) memory/<wl>/gamma:0.9/T:<T>                   trajectory memory, exact vs stored
 //  (5, threads, is bench_threads.)
@@ -26,12 +28,18 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include <hypergrad/exact.hpp>
+#include <hypergrad/io/svg.hpp>
 #include <hypergrad/objectives/mlp/gemm.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/reverse.hpp>
@@ -237,12 +245,12 @@ void hypergradientsLanes(benchmark::State& state, const WorkloadSpec& spec, Inde
   state.counters["dalpha_max_rel_diff_lanes_vs_one_stack"] = diff;
 }
 
-// How cost grows with the minibatch: the exact hypergradient against plain double training of
-// the same batch size, interleaved (the exact layer's cost is per weight, the network's per
-// example, so the ratio should fall as the batch grows).
-void hypergradientsBatch(benchmark::State& state, const WorkloadSpec& spec, Index T, Index batchSize) {
-  const Workload& wl = bench::workload(spec);
-  const hypergrad::MlpObjective f = wl.objectiveWithBatch(batchSize);
+// How cost grows with the minibatch and with N: the exact hypergradient against plain double
+// training of the same objective, interleaved (the exact layer's cost is per weight, the network's
+// per example and weight, so the ratio should fall as the batch grows).
+void hypergradientsGrowth(benchmark::State& state, const Workload& wl, const hypergrad::MlpObjective& f, Index T) {
+  const WorkloadSpec& spec = wl.spec;
+  const Index batchSize = static_cast<Index>(f.batches()(0).size());
   ExactSgd exact = exactOptimizer(wl, T, spec.gamma);
   bench::DoubleMomentum plain = doubleOptimizer(wl, T, exact);
   const VectorXd v1 = VectorXd::Zero(wl.size());
@@ -264,12 +272,26 @@ void hypergradientsBatch(benchmark::State& state, const WorkloadSpec& spec, Inde
   }
   const auto iters = static_cast<double>(state.iterations());
   state.counters["batch_size"] = static_cast<double>(batchSize);
+  state.counters["num_parameters"] = static_cast<double>(wl.size());
   state.counters["exact_total_s"] = (forwardS + reverseS) / iters;
   state.counters["double_train_s"] = doubleS / iters;
   state.counters["ratio_vs_double_train"] = (forwardS + reverseS) / doubleS;
   state.counters["forward_ms_per_step"] = 1e3 * forwardS / (iters * static_cast<double>(T));
   state.counters["reverse_ms_per_step"] = 1e3 * reverseS / (iters * static_cast<double>(T));
   state.counters["double_ms_per_step"] = 1e3 * doubleS / (iters * static_cast<double>(T));
+}
+
+void hypergradientsBatch(benchmark::State& state, const WorkloadSpec& spec, Index T, Index batchSize) {
+  const Workload& wl = bench::workload(spec);
+  hypergradientsGrowth(state, wl, wl.objectiveWithBatch(batchSize), T);
+}
+
+// The paper's MLP with H hidden units per layer (784-H-H-H-10), batch 200.
+void hypergradientsWidth(benchmark::State& state, WorkloadSpec spec, Index T, Index hidden) {
+  spec.name += "-h" + std::to_string(hidden);
+  spec.sizes = {spec.sizes.front(), hidden, hidden, hidden, spec.sizes.back()};
+  const Workload& wl = bench::workload(spec);
+  hypergradientsGrowth(state, wl, wl.train, T);
 }
 
 void hypergradientsExact(benchmark::State& state, const WorkloadSpec& spec, Index T) {
@@ -514,6 +536,11 @@ void registerAll(bool longCases) {
                                      [spec, T, b](benchmark::State& st) { hypergradientsBatch(st, spec, T, b); })
             ->Unit(ms)->Iterations(1);
       }
+      for (const Index h : {25, 50, 100, 200}) {
+        benchmark::RegisterBenchmark(("hypergradients/width" + tT + "/hidden:" + std::to_string(h)).c_str(),
+                                     [spec, T, h](benchmark::State& st) { hypergradientsWidth(st, spec, T, h); })
+            ->Unit(ms)->Iterations(1);
+      }
     }
 
     for (Part p : {Part::Gradient, Part::Hvp, Part::MixedProduct, Part::ReverseStep, Part::ExactUnstep,
@@ -590,7 +617,50 @@ static void registerGemm() {
     }
 }
 
+// --plot-growth RUN.json [PREFIX]: the plots of how cost grows (hypergradient time / plain double
+// training time against the batch size and against N) from a --benchmark_out file of the
+// hypergradients/(batch|width) cases; writes PREFIX-batch.svg and PREFIX-width.svg.
+static int plotGrowth(const std::string& path, const std::string& prefix) {
+  std::ifstream in(path);
+  if (!in) {
+    std::fprintf(stderr, "bench_hypergrad: cannot read '%s'\n", path.c_str());
+    return 1;
+  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::map<double, double> byBatch, byN;
+  for (const char* kind : {"batch", "width"}) {
+    const std::string tag = std::string("\"name\": \"hypergradients/") + kind + "/";
+    for (std::size_t at = text.find(tag); at != std::string::npos; at = text.find(tag, at + 1)) {
+      const std::string entry = text.substr(at, text.find('}', at) - at);
+      const double ratio = bench::jsonNumber(entry, "ratio_vs_double_train");
+      if (std::string(kind) == "batch") byBatch[bench::jsonNumber(entry, "batch_size")] = ratio;
+      else byN[bench::jsonNumber(entry, "num_parameters")] = ratio;
+    }
+  }
+  auto line = [](const std::map<double, double>& m, std::vector<double>& x, std::vector<double>& y) {
+    for (const auto& [k, v] : m) x.push_back(std::log2(k)), y.push_back(v);
+  };
+  std::vector<double> x, y;
+  line(byBatch, x, y);
+  hypergrad::SvgPlot batch("Paper MLP, T = 100: hypergradient time / plain training time", "log2 batch size",
+                           "exact hypergradient / double training");
+  batch.addLine("784-50-50-50-10 (N = 44,860)", x, y);
+  batch.addHorizontalLine("issue 12's target at batch 200 (3.2x)", 3.2, hypergrad::LineStyle{8, true, 1.0});
+  batch.save(prefix + "-batch.svg");
+  x.clear(), y.clear();
+  line(byN, x, y);
+  hypergrad::SvgPlot width("784-H-H-H-10, batch 200, T = 100: hypergradient time / plain training time",
+                           "log2 N (parameters; H = 25, 50, 100, 200)", "exact hypergradient / double training");
+  width.addLine("exact hypergradient / double training", x, y);
+  width.addHorizontalLine("issue 12's target (3.2x)", 3.2, hypergrad::LineStyle{8, true, 1.0});
+  width.save(prefix + "-width.svg");
+  std::printf("plots: %s-batch.svg (%zu points), %s-width.svg (%zu points)\n", prefix.c_str(), byBatch.size(),
+              prefix.c_str(), byN.size());
+  return byBatch.empty() && byN.empty() ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc >= 3 && std::strcmp(argv[1], "--plot-growth") == 0) return plotGrowth(argv[2], argc >= 4 ? argv[3] : "cost_growth");
   return bench::runBenchmarks(argc, argv, [](bool longCases) {
     registerAll(longCases);
     registerGemm();

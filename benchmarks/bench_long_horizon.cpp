@@ -237,12 +237,7 @@ void checkpointedCase(benchmark::State& state, const WorkloadSpec& spec, Index T
   finish(state, "checkpointed", spec.name, T, seconds, rss0, r.stateBytes);
 }
 
-/// A number field `"key":value` of a JSON line (NaN when absent).
-double jsonNumber(const std::string& line, const std::string& key) {
-  const std::string tag = "\"" + key + "\":";
-  const std::size_t at = line.find(tag);
-  return at == std::string::npos ? std::nan("") : std::strtod(line.c_str() + at + tag.size(), nullptr);
-}
+using bench::jsonNumber;
 
 /// libtorch runs of benchmarks/torch (`bench_torch --impl torch ... --out FILE`, JSON lines):
 /// ms per step and the graph's memory (peak RSS over the computation − RSS after the setup), by T,
