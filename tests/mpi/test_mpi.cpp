@@ -143,6 +143,25 @@ TEST_CASE("fewer shards than processes: the processes without a shard still get 
   CHECK(sameBits(g1, g2));
 }
 
+TEST_CASE("the float-computed MLP: its distributed gradient and reverse step have the single-process bits", "[mpi][mlp][float]") {
+  const MlpArchitecture arch({16, 12, 5}, Activation::Tanh);
+  const auto train = std::make_shared<const Dataset>(syntheticData(100, 16, 5, 1));
+  MlpObjectiveFloat single(arch, train, SeededBatches(3, 100, 40)), shared(arch, train, SeededBatches(3, 100, 40));
+  single.setShardSize(10);
+  shared.setShardSize(10);
+  shared.setShardDistribution(world());
+  const VectorXd w = initialWeights(arch, 4);
+  const VectorXd u = VectorXd::LinSpaced(w.size(), -0.5, 0.5);
+  VectorXd g1, h1, m1, g2, h2, m2;
+  CHECK(shared.valueAndGradient(w, 2, g2) == single.valueAndGradient(w, 2, g1));
+  CHECK(sameBits(g1, g2));
+  single.reverseStep(w, 2, u, g1, h1, m1);
+  shared.reverseStep(w, 2, u, g2, h2, m2);
+  CHECK(sameBits(g1, g2));
+  CHECK(sameBits(h1, h2));
+  CHECK(h1.norm() > 0.0);
+}
+
 TEST_CASE("the training inputs as hyperparameters: the distributed mixed product has the single-process bits",
           "[mpi][mlp]") {
   const MlpArchitecture arch({10, 8, 4}, Activation::Tanh);
