@@ -151,6 +151,9 @@ int run(int argc, char** argv) {
     objective.setShardSize(o.shardSize);
     objective.setShardDistribution(shards);
     hypergrad::SgdMomentum<> sgd(layout, hypergrad::Schedule(p.value(0)), hypergrad::Schedule(p.value(1)));
+    // Every process must run the same schedules (they do: the same meta-loop on the same
+    // hypergradients); checked before training, not only when the weights drift apart.
+    if (shards) shards->requireSame("the schedules", sgd.schedules().fingerprint());
     const hypergrad::Hypergradients hg = hypergrad::computeHypergradients(
         sgd, objective, trainLoss, hypergrad::ScaledInit(layout, logScales, seed).weights(), VectorXd::Zero(N));
     digest = digestOf(digestOf(digest, hg.learningRates), hg.momenta);

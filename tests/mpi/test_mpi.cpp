@@ -313,6 +313,23 @@ TEST_CASE("processes whose objectives disagree (shard size, initial weights) are
   CHECK(g.allFinite());
 }
 
+TEST_CASE("requireSame stops processes whose schedules differ before training starts", "[mpi][errors]") {
+  const int P = worldSize(), me = worldRank();
+  const auto d = std::make_shared<mpi::MpiShardDistribution>();
+  const ParameterLayout layout = MlpArchitecture({16, 12, 5}, Activation::Tanh).layout();
+  const Index T = 5;
+  const SgdMomentum<> same(layout, Schedule::constant(T, layout.numGroups(), 0.05), Schedule::constant(T, layout.numGroups(), 0.9));
+  CHECK_NOTHROW(d->requireSame("the schedules", same.schedules().fingerprint()));
+  const SgdMomentum<> mine(layout, Schedule::constant(T, layout.numGroups(), me == P - 1 ? 0.06 : 0.05),
+                           Schedule::constant(T, layout.numGroups(), 0.9));
+  if (P == 1) {
+    CHECK_NOTHROW(d->requireSame("the schedules", mine.schedules().fingerprint()));
+  } else {
+    CHECK_THROWS_WITH(d->requireSame("the schedules", mine.schedules().fingerprint()),
+                      Catch::Matchers::Contains("MPI ranks disagree on the schedules: rank " + std::to_string(P - 1)));
+  }
+}
+
 TEST_CASE("MpiShardDistribution shares the shards by rank and counts what it receives", "[mpi]") {
   const auto d = std::make_shared<mpi::MpiShardDistribution>();
   CHECK(d->rank() == worldRank());

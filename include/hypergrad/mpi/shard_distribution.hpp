@@ -137,6 +137,18 @@ class MpiShardDistribution final : public ShardDistribution {
                        static_cast<std::uint64_t>(width) * sizeof(double);
   }
 
+  void requireSame(const std::string& what, std::uint64_t value) const override {
+    std::vector<std::uint64_t> every(static_cast<std::size_t>(m_size));
+    check(MPI_Allgather(&value, 1, MPI_UINT64_T, every.data(), 1, MPI_UINT64_T, m_comm), "MPI_Allgather");
+    for (int r = 1; r < m_size; ++r) {
+      if (every[static_cast<std::size_t>(r)] == every[0]) continue;
+      throw DistributedError(detail::message("MPI ranks disagree on ", what, ": rank ", r, " differs from rank 0 (",
+                                             "fingerprints ", every[static_cast<std::size_t>(r)], " and ", every[0],
+                                             "). Every process must run the same configuration"),
+                             -1);
+    }
+  }
+
  private:
   void check(int code, const char* what) const {
     if (code == MPI_SUCCESS) return;

@@ -91,6 +91,16 @@ class ShardDistribution {
   ///         error) or the headers differ; nothing is written to `all` then
   virtual void allGatherShards(const ShardExchangeHeader& header, const double* local, double* all,
                                const std::exception_ptr& localError) const = 0;
+
+  /// \brief Collective: checks that every process passes the same `value` — a fingerprint of
+  /// something that must agree, e.g. `opt.schedules().fingerprint()`, `fingerprint(w1.data(),
+  /// w1.size())` or a data set's — so that a mismatch is reported before training starts rather
+  /// than at the first exchange that sees its effect.
+  /// \param what names the value in the error ("the schedules")
+  /// \param value this process's fingerprint of it
+  /// \throws DistributedError (rank −1) on every process when the values differ, naming the first
+  ///         process whose value differs from rank 0's
+  virtual void requireSame(const std::string& what, std::uint64_t value) const = 0;
 };
 
 namespace detail {
