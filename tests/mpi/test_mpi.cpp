@@ -331,6 +331,7 @@ TEST_CASE("requireSame stops processes whose schedules differ before training st
 }
 
 TEST_CASE("MpiShardDistribution shares the shards by rank and counts what it receives", "[mpi]") {
+  CHECK_THROWS_AS(mpi::MpiShardDistribution(MPI_COMM_NULL), InvalidArgument);
   const auto d = std::make_shared<mpi::MpiShardDistribution>();
   CHECK(d->rank() == worldRank());
   CHECK(d->numProcesses() == worldSize());

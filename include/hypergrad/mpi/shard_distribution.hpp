@@ -44,7 +44,8 @@ namespace mpi {
 class MpiShardDistribution final : public ShardDistribution {
  public:
   /// \param comm the processes that share the shards (collective over comm: MPI_Comm_dup)
-  /// \throws InvalidState when MPI is not initialised, or already finalised
+  /// \throws InvalidState when MPI is not initialised, or already finalised; InvalidArgument for
+  ///         MPI_COMM_NULL
   explicit MpiShardDistribution(MPI_Comm comm = MPI_COMM_WORLD) {
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);
@@ -52,6 +53,10 @@ class MpiShardDistribution final : public ShardDistribution {
     if (initialized == 0 || finalized != 0) {
       throw InvalidState("MpiShardDistribution: MPI is not initialised (or already finalised); call MPI_Init "
                          "first and keep MPI running while the distribution is in use");
+    }
+    if (comm == MPI_COMM_NULL) {
+      throw InvalidArgument("MpiShardDistribution: the communicator is MPI_COMM_NULL; pass the communicator of the "
+                            "processes that share the shards (e.g. MPI_COMM_WORLD)");
     }
     check(MPI_Comm_dup(comm, &m_comm), "MPI_Comm_dup");
     // Errors come back as codes (typed exceptions here) instead of aborting every process.
