@@ -16,6 +16,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -37,14 +38,16 @@ int worldSize() {
   return p;
 }
 
-// The reference result per workload, from one process without exchange (computed once).
+// The reference result per workload, from one process without exchange (computed once each).
 const hypergrad::Hypergradients& singleResult(const Workload& wl, Index T) {
-  static std::unique_ptr<hypergrad::Hypergradients> result;
-  if (!result) {
+  static std::map<std::string, hypergrad::Hypergradients> results;
+  const std::string key = wl.spec.name + "/T:" + std::to_string(T);
+  auto it = results.find(key);
+  if (it == results.end()) {
     hypergrad::SgdMomentum<> opt(wl.layout, wl.alphas(T), wl.gammas(T, wl.spec.gamma));
-    result = std::make_unique<hypergrad::Hypergradients>(hypergrad::computeHypergradients(opt, wl.train, wl.validation, wl.w1));
+    it = results.emplace(key, hypergrad::computeHypergradients(opt, wl.train, wl.validation, wl.w1)).first;
   }
-  return *result;
+  return it->second;
 }
 
 // The process's peak resident memory (VmHWM), MB.

@@ -6,7 +6,7 @@ foreach(np 1 2 3)
   if(np EQUAL 1)
     set(extra --single)
   endif()
-  execute_process(COMMAND "${MPIEXEC}" ${NP_FLAG} ${np} "${EXE}" --quick ${extra}
+  execute_process(COMMAND "${MPIEXEC}" ${NP_FLAG} ${np} ${MPI_FLAGS} "${EXE}" --quick ${extra}
                   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "distributed_schedule with ${np} process(es) failed (${rc}):\n${out}\n${err}")

@@ -189,9 +189,14 @@ int main(int argc, char** argv) {
   int rc = 1;
   try {
     rc = run(argc, argv);
-  } catch (const std::exception& e) {
-    // Every process throws the same DistributedError when one fails; each says so once.
+  } catch (const hypergrad::DistributedError& e) {
+    // Every process throws the same DistributedError when one fails: all leave together.
     std::fprintf(stderr, "error: %s\n", e.what());
+  } catch (const std::exception& e) {
+    // An error on this process alone (its data file, say): the others would wait for it in
+    // their next collective, so end them all.
+    std::fprintf(stderr, "error: %s\n", e.what());
+    MPI_Abort(MPI_COMM_WORLD, 1);
   }
   MPI_Finalize();
   return rc;

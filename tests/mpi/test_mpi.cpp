@@ -20,6 +20,7 @@
 #include <hypergrad/exact/fingerprint.hpp>
 #include <hypergrad/init.hpp>
 #include <hypergrad/mpi.hpp>
+#include <hypergrad/objective.hpp>
 #include <hypergrad/objectives/mlp.hpp>
 #include <hypergrad/optimizers/adam.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
@@ -181,6 +182,36 @@ TEST_CASE("the training inputs as hyperparameters: the distributed mixed product
   CHECK(m1.norm() > 0.0);
 }
 
+TEST_CASE("the mixed product alone and the two-exchange reverse step with a direction have the single-process bits, in double and float",
+          "[mpi][mlp]") {
+  const MlpArchitecture arch({10, 8, 4}, Activation::Tanh);
+  const auto train = std::make_shared<const Dataset>(syntheticData(30, 10, 4, 7));
+  // The direction of an Adam-like rule: u from g, the same on every process since g is.
+  const DirectionFunction direction = [](const VectorXd& g, VectorXd& u) { u = g.array() * 3.0 + 0.25; };
+  auto compare = [&](auto single, auto shared) {
+    single.setShardSize(5);
+    shared.setShardSize(5);
+    shared.setShardDistribution(world());
+    const VectorXd w = initialWeights(arch, 8);
+    const VectorXd u = VectorXd::LinSpaced(w.size(), -1.0, 1.0);
+    VectorXd m1, m2, u1, u2, g1, g2, h1, h2, d1, d2;
+    single.mixedProduct(w, 2, u, m1);
+    shared.mixedProduct(w, 2, u, m2);
+    CHECK(sameBits(m1, m2));
+    CHECK(m1.norm() > 0.0);
+    single.reverseStepWithDirection(w, 3, direction, u1, g1, h1, d1);
+    shared.reverseStepWithDirection(w, 3, direction, u2, g2, h2, d2);
+    CHECK(sameBits(u1, u2));
+    CHECK(sameBits(g1, g2));
+    CHECK(sameBits(h1, h2));
+    CHECK(sameBits(d1, d2));
+    CHECK(d1.norm() > 0.0);
+  };
+  compare(MlpObjective(arch, train, SeededBatches(3, 30, 24), true), MlpObjective(arch, train, SeededBatches(3, 30, 24), true));
+  compare(MlpObjectiveFloat(arch, train, SeededBatches(3, 30, 24), true),
+          MlpObjectiveFloat(arch, train, SeededBatches(3, 30, 24), true));
+}
+
 TEST_CASE("momentum SGD hypergradients at T = 100 have the single-process bits on every process", "[mpi][reverse]") {
   Workload wl;
   const ParameterLayout layout = wl.arch.layout();
@@ -311,6 +342,18 @@ TEST_CASE("processes whose objectives disagree (shard size, initial weights) are
                     Catch::Matchers::Contains("input fingerprint") && Catch::Matchers::Contains("on rank 1"));
   f.gradient(initialWeights(arch, 4), 0, g);  // agreeing again: back in step
   CHECK(g.allFinite());
+  // Another batch schedule, or other data, on one process: the weights stay equal (the exchange
+  // shares the rows), so only the fingerprint of the batch and the data can tell.
+  MlpObjective otherBatches(arch, train, SeededBatches(me == 1 ? 4 : 3, 100, 40));
+  otherBatches.setShardDistribution(world());
+  CHECK_THROWS_WITH(otherBatches.gradient(initialWeights(arch, 4), 0, g),
+                    Catch::Matchers::Contains("input fingerprint") && Catch::Matchers::Contains("on rank 1"));
+  Dataset changed = *train;
+  if (me == 1) changed.labels(7) = (changed.labels(7) + 1) % 5;
+  MlpObjective otherData(arch, std::move(changed), SeededBatches(3, 100, 40));
+  otherData.setShardDistribution(world());
+  CHECK_THROWS_WITH(otherData.value(initialWeights(arch, 4), 1),
+                    Catch::Matchers::Contains("input fingerprint") && Catch::Matchers::Contains("on rank 1"));
 }
 
 TEST_CASE("requireSame stops processes whose schedules differ before training starts", "[mpi][errors]") {

@@ -9,13 +9,19 @@
 /// Part of the optional MPI component (CMake target hypergrad::mpi, which links MPI::MPI_CXX; the
 /// core library does not depend on MPI). Only MPI's C API is used.
 ///
-/// **Use.** After MPI_Init, every process builds the same objective and calls
+/// **Use.** After MPI_Init_thread, every process builds the same objective and calls
 /// `objective.setShardDistribution(std::make_shared<hypergrad::mpi::MpiShardDistribution>())`;
 /// the rest of the program is the single-process one (each process runs the optimizer and the
 /// reverse pass on the same gradients, so their states stay identical). Destroy the distribution
 /// (and the objectives sharing it) before MPI_Finalize. MPI is called only from the thread that
-/// calls the objective, never from its OpenMP threads: initialise MPI with
-/// `MPI_Init_thread(..., MPI_THREAD_FUNNELED, ...)` (or MPI_Init in a program without threads).
+/// calls the objective, never from its OpenMP threads: when that is the thread that initialised
+/// MPI, `MPI_Init_thread(..., MPI_THREAD_FUNNELED, ...)` suffices (MPI_Init in a program without
+/// threads).
+///
+/// **Errors outside the objective.** The objective's calls turn a failure on one process into
+/// the same DistributedError everywhere. An exception thrown on one process only, outside those
+/// calls (say, while reading its data before the first exchange), leaves the others waiting in
+/// their next collective: catch it and call MPI_Abort, or agree first (requireSame).
 ///
 /// **Messages per exchange.** One MPI_Allgather of a 5-integer header per process (failure flag,
 /// batch, shard count, row width, input fingerprint); when a process failed, one MPI_Bcast of the
@@ -108,7 +114,8 @@ class MpiShardDistribution final : public ShardDistribution {
     for (int r = 1; r < m_size; ++r) {
       for (int k = 1; k < 5; ++k) {
         if (field(r, k) == field(0, k)) continue;
-        static const char* const names[5] = {"", "batch", "number of shards", "row width", "input fingerprint"};
+        static const char* const names[5] = {"", "batch", "number of shards", "row width",
+                                             "input fingerprint (of w, u, the batch's examples and the data)"};
         throw DistributedError(
             detail::message("MPI ranks disagree on a shard exchange: the ", names[k], " is ", field(0, k),
                             " on rank 0 but ", field(r, k), " on rank ", r, " (batch t = ", field(0, 1),

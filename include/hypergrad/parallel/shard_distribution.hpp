@@ -22,10 +22,12 @@
 /// and that rank's error (its type and message). So no process waits forever for a failed one,
 /// and all of them leave the call together, their state unchanged. The collective also checks
 /// that all processes evaluate the same batch with the same shards, row width and inputs (a
-/// fingerprint of w), and throws DistributedError (rank −1) on every process if not (different
-/// schedules, seeds, data or shard sizes).
+/// fingerprint of w, u, the batch's example indices and the data), and throws DistributedError
+/// (rank −1) on every process if not (different schedules, seeds, data or shard sizes).
+/// Argument errors (a w of the wrong size) are thrown before the collective, alike on every
+/// process, since every process passes the same arguments.
 ///
-/// The MPI implementation is hypergrad::mpi::MpiShardDistribution (<hypergrad/mpi/mpi.hpp>,
+/// The MPI implementation is hypergrad::mpi::MpiShardDistribution (<hypergrad/mpi.hpp>,
 /// target hypergrad::mpi); this header does not depend on MPI.
 
 #include <cstdint>

@@ -59,6 +59,7 @@
 #include "../../exact/fingerprint.hpp"
 #include "../../parallel/shard_distribution.hpp"
 #include "../../parallel/shard_plan.hpp"
+#include "../../random.hpp"
 #include "architecture.hpp"
 #include "network.hpp"
 
@@ -200,6 +201,7 @@ class BasicMlpObjective {
     auto fresh = std::make_shared<Dataset>(*m_data);
     fresh->inputs = Eigen::Map<const Dataset::InputMatrix>(theta.data(), fresh->numExamples(), F);
     m_data = std::move(fresh);
+    ++m_dataVersion;
   }
 
   /// \brief The minibatch loss L(w, θ, t).
@@ -443,10 +445,25 @@ class BasicMlpObjective {
     return lossSum;
   }
 
-  /// The fingerprint of an evaluation's inputs that the processes check to agree.
+  /// The fingerprint of an evaluation's inputs that the processes check to agree: w (and u).
   static std::uint64_t inputsPrint(const Eigen::VectorXd& w, const Eigen::VectorXd* u) noexcept {
     std::uint64_t h = fingerprint(w.data(), w.size());
     if (u != nullptr) h = (h * 0x9E3779B97F4A7C15ull) ^ fingerprint(u->data(), u->size());
+    return h;
+  }
+  /// Adds the batch's example indices and the data set (its fingerprint, computed once per data
+  /// version) to an inputs fingerprint: processes with other data or another batch schedule would
+  /// compute other shards, while the exchange keeps their weights equal — only this shows it.
+  std::uint64_t withBatchAndData(std::uint64_t h) const {
+    if (m_dataPrintVersion != m_dataVersion) {
+      const Dataset& d = *m_data;
+      std::uint64_t p = fingerprint(d.inputs.data(), d.inputs.size());
+      for (Index i = 0; i < d.labels.size(); ++i) p = mix64(p ^ static_cast<std::uint64_t>(d.labels(i)));
+      m_dataPrint = mix64(p ^ static_cast<std::uint64_t>(d.numClasses));
+      m_dataPrintVersion = m_dataVersion;
+    }
+    h = mix64(h ^ m_dataPrint);
+    for (const Index e : m_batchIndex) h = mix64(h ^ static_cast<std::uint64_t>(e));
     return h;
   }
 
@@ -481,6 +498,7 @@ class BasicMlpObjective {
     std::exception_ptr error;
     try {
       gatherIndices(t, fn);
+      header.inputs = withBatchAndData(header.inputs);
       const ShardPlan plan(static_cast<Index>(m_batchIndex.size()), m_shardSize);
       header.numShards = plan.numShards();
       const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
@@ -527,6 +545,7 @@ class BasicMlpObjective {
     const Scalar* wc = nullptr;
     try {
       gatherIndices(t, fn);
+      header.inputs = withBatchAndData(header.inputs);
       const ShardPlan plan(static_cast<Index>(m_batchIndex.size()), m_shardSize);
       header.numShards = plan.numShards();
       const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
@@ -553,7 +572,7 @@ class BasicMlpObjective {
     // Second exchange: H u and the mixed product from the R-sweeps of the same shards.
     const RowLayout second(false, true, m_inputsAreHyperparameters, N, mixedSize);
     header.width = second.width;
-    header.inputs = inputsPrint(w, &u);
+    header.inputs = withBatchAndData(inputsPrint(w, &u));
     error = nullptr;
     try {
       const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
@@ -668,6 +687,8 @@ class BasicMlpObjective {
   mutable std::vector<Index> m_batchIndex;
   std::shared_ptr<const ShardDistribution> m_distribution;  // null: every shard here
   mutable std::vector<double> m_rowsLocal, m_rowsAll;       // the distributed path's shard rows
+  std::uint64_t m_dataVersion = 0;                           // +1 whenever m_data is replaced
+  mutable std::uint64_t m_dataPrintVersion = ~std::uint64_t(0), m_dataPrint = 0;  // withBatchAndData's cache
 };
 
 /// The training objective of an MLP computed in double: see BasicMlpObjective.
