@@ -12,36 +12,14 @@
 #include <hypergrad/reverse.hpp>
 
 #include "../support/double_trainer.hpp"
+#include "../support/mlp_fixture.hpp"
 
 using namespace hypergrad;
 
 namespace {
 
-// Uniform inputs labelled by a random linear teacher; the teacher depends on (features, classes)
-// only, so training and validation sets drawn with different seeds share it.
-Dataset syntheticData(Index examples, Index features, Index classes, std::uint64_t seed) {
-  CounterRng teacherRng(features * 1000 + classes), rng(seed);
-  Dataset d;
-  d.inputs.resize(examples, features);
-  d.labels.resize(examples);
-  d.numClasses = classes;
-  Eigen::MatrixXd teacher(features, classes);
-  for (Index i = 0; i < teacher.size(); ++i) teacher(i) = teacherRng.normal();
-  for (Index j = 0; j < examples; ++j) {
-    for (Index i = 0; i < features; ++i) d.inputs(j, i) = rng.uniform();
-    Eigen::Index best;
-    (d.inputs.row(j) * teacher).maxCoeff(&best);
-    d.labels(j) = static_cast<int>(best);
-  }
-  return d;
-}
-
-Eigen::VectorXd initialWeights(const MlpArchitecture& arch, std::uint64_t seed) {
-  std::vector<Index> fanIn = arch.groupFanIn();
-  Eigen::VectorXd f(static_cast<Index>(fanIn.size()));
-  for (std::size_t k = 0; k < fanIn.size(); ++k) f(static_cast<Index>(k)) = static_cast<double>(fanIn[k]);
-  return ScaledInit(arch.layout(), ScaledInit::logScalesFromFanIn(f), seed).weights();
-}
+using fixture::initialWeights;
+using fixture::syntheticData;
 
 // Records the weights the steps start from (the callback sees w_{t+1}) and the loss each step reported.
 struct Curve {

@@ -26,6 +26,7 @@
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/optimizers/snapshot.hpp>
 #include <hypergrad/reverse.hpp>
+#include "../support/mlp_fixture.hpp"
 
 using namespace hypergrad;
 using Eigen::MatrixXd;
@@ -44,29 +45,8 @@ int worldSize() {
   return p;
 }
 
-Dataset syntheticData(Index examples, Index features, Index classes, std::uint64_t seed) {
-  CounterRng teacherRng(features * 1000 + classes), rng(seed);
-  Dataset d;
-  d.inputs.resize(examples, features);
-  d.labels.resize(examples);
-  d.numClasses = classes;
-  MatrixXd teacher(features, classes);
-  for (Index i = 0; i < teacher.size(); ++i) teacher(i) = teacherRng.normal();
-  for (Index j = 0; j < examples; ++j) {
-    for (Index i = 0; i < features; ++i) d.inputs(j, i) = rng.uniform();
-    Eigen::Index best;
-    (d.inputs.row(j) * teacher).maxCoeff(&best);
-    d.labels(j) = static_cast<int>(best);
-  }
-  return d;
-}
-
-VectorXd initialWeights(const MlpArchitecture& arch, std::uint64_t seed) {
-  const std::vector<Index> fanIn = arch.groupFanIn();
-  VectorXd f(static_cast<Index>(fanIn.size()));
-  for (std::size_t k = 0; k < fanIn.size(); ++k) f(static_cast<Index>(k)) = static_cast<double>(fanIn[k]);
-  return ScaledInit(arch.layout(), ScaledInit::logScalesFromFanIn(f), seed).weights();
-}
+using fixture::initialWeights;
+using fixture::syntheticData;
 
 bool sameBits(const VectorXd& a, const VectorXd& b) {
   return a.size() == b.size() &&

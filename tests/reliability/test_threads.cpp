@@ -19,6 +19,8 @@
 #include <omp.h>
 #endif
 
+#include "../support/mlp_fixture.hpp"
+
 using namespace hypergrad;
 
 #if !defined(_OPENMP)
@@ -49,29 +51,8 @@ class Threads {
   int m_saved;
 };
 
-Dataset syntheticData(Index examples, Index features, Index classes, std::uint64_t seed) {
-  CounterRng teacherRng(features * 1000 + classes), rng(seed);
-  Dataset d;
-  d.inputs.resize(examples, features);
-  d.labels.resize(examples);
-  d.numClasses = classes;
-  Eigen::MatrixXd teacher(features, classes);
-  for (Index i = 0; i < teacher.size(); ++i) teacher(i) = teacherRng.normal();
-  for (Index j = 0; j < examples; ++j) {
-    for (Index i = 0; i < features; ++i) d.inputs(j, i) = rng.uniform();
-    Eigen::Index best;
-    (d.inputs.row(j) * teacher).maxCoeff(&best);
-    d.labels(j) = static_cast<int>(best);
-  }
-  return d;
-}
-
-Eigen::VectorXd initialWeights(const MlpArchitecture& arch, std::uint64_t seed) {
-  std::vector<Index> fanIn = arch.groupFanIn();
-  Eigen::VectorXd f(static_cast<Index>(fanIn.size()));
-  for (std::size_t k = 0; k < fanIn.size(); ++k) f(static_cast<Index>(k)) = static_cast<double>(fanIn[k]);
-  return ScaledInit(arch.layout(), ScaledInit::logScalesFromFanIn(f), seed).weights();
-}
+using fixture::initialWeights;
+using fixture::syntheticData;
 
 /// Records every gradient of the forward pass and every recomputed gradient of the reverse pass.
 struct Recorder {
