@@ -280,13 +280,9 @@ class BasicMlpObjective {
         numShards, numShards,
         [&](Index s, Index slot) {
           Shard& shard = m_shards[static_cast<std::size_t>(slot)];
-          Workspace& ws = shard.ws;
-          gatherRows(plan.begin(s), plan.size(s), ws);
-          const typename Network::View input = detail::viewOf(ws.input);
-          shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
           typename Network::Outputs out;
           out.gradient = shardOutput(s, g, shard.gradient);
-          m_net.backward(wc, nullptr, input, ws.labels.data(), scale, ws, out);
+          sweepShard(plan, s, shard, wc, nullptr, scale, out);
         },
         [&](Index s, Index slot) { accumulate(s, g, m_shards[static_cast<std::size_t>(slot)].gradient); });
     direction(g, u);
@@ -303,14 +299,7 @@ class BasicMlpObjective {
         numShards, numShards,
         [&](Index s, Index slot) {
           Shard& shard = m_shards[static_cast<std::size_t>(slot)];
-          Workspace& ws = shard.ws;
-          const typename Network::View input = detail::viewOf(ws.input);
-          m_net.rForward(wc, uc, input, ws);
-          typename Network::Outputs out;
-          out.hvp = shardOutput(s, hu, shard.hvp);
-          out.inputMixed = m_inputsAreHyperparameters;
-          out.deltasReady = true;
-          m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
+          resweepShard(shard, wc, uc, scale, shardOutput(s, hu, shard.hvp));
         },
         [&](Index s, Index slot) {
           const Shard& shard = m_shards[static_cast<std::size_t>(slot)];
@@ -320,6 +309,34 @@ class BasicMlpObjective {
   }
 
  private:
+  /// One shard's sweep, the same in every path: its rows of the batch, the forward pass, the
+  /// R-forward pass along u when `uc` is given, and the backward pass into `out` when it asks for
+  /// any output. The activations and the backward chain stay in the shard's workspace.
+  void sweepShard(const ShardPlan& plan, Index s, Shard& shard, const Scalar* wc, const Scalar* uc, Scalar scale,
+                  const typename Network::Outputs& out) const {
+    Workspace& ws = shard.ws;
+    gatherRows(plan.begin(s), plan.size(s), ws);
+    const typename Network::View input = detail::viewOf(ws.input);
+    shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
+    if (out.gradient == nullptr && out.hvp == nullptr && !out.inputMixed) return;
+    if (uc != nullptr) m_net.rForward(wc, uc, input, ws);
+    m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
+  }
+
+  /// reverseStepWithDirection's second sweep of a shard that sweepShard() ran without u: the
+  /// R-forward pass along u and the R-backward into `hvp` (and the mixed product when the inputs
+  /// are θ), reusing the first sweep's activations and backward chain.
+  void resweepShard(Shard& shard, const Scalar* wc, const Scalar* uc, Scalar scale, Scalar* hvp) const {
+    Workspace& ws = shard.ws;
+    const typename Network::View input = detail::viewOf(ws.input);
+    m_net.rForward(wc, uc, input, ws);
+    typename Network::Outputs out;
+    out.hvp = hvp;
+    out.inputMixed = m_inputsAreHyperparameters;
+    out.deltasReady = true;
+    m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
+  }
+
   /// Every entry point: shards of batch t, each swept (forward; R-forward when u; backward when
   /// an output is wanted), then the shard results added in shard order. Returns the mean loss.
   double run(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd* u, Eigen::VectorXd* g, Eigen::VectorXd* hu,
@@ -334,7 +351,6 @@ class BasicMlpObjective {
     if (static_cast<Index>(m_shards.size()) < slots) m_shards.resize(static_cast<std::size_t>(slots));
     if (g != nullptr) g->resize(N);
     if (hu != nullptr) hu->resize(N);
-    const bool wantBackward = g != nullptr || hu != nullptr || dtheta != nullptr;
     const Scalar scale = Scalar(1) / static_cast<Scalar>(b);
     const Scalar* wc = computeCopy(w, m_wCompute);
     const Scalar* uc = u != nullptr ? computeCopy(*u, m_uCompute) : nullptr;
@@ -348,17 +364,11 @@ class BasicMlpObjective {
         numShards, slots,
         [&](Index s, Index slot) {
           Shard& shard = m_shards[static_cast<std::size_t>(slot)];
-          Workspace& ws = shard.ws;
-          gatherRows(plan.begin(s), plan.size(s), ws);
-          const typename Network::View input = detail::viewOf(ws.input);
-          shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
-          if (!wantBackward) return;
-          if (uc != nullptr) m_net.rForward(wc, uc, input, ws);
           typename Network::Outputs out;
           if (g != nullptr) out.gradient = shardOutput(s, *g, shard.gradient);
           if (hu != nullptr) out.hvp = shardOutput(s, *hu, shard.hvp);
           out.inputMixed = dtheta != nullptr;
-          m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
+          sweepShard(plan, s, shard, wc, uc, scale, out);
         },
         [&](Index s, Index slot) {
           // Fixed order: output = ((shard 0 + shard 1) + shard 2) + ...
@@ -492,7 +502,6 @@ class BasicMlpObjective {
   double runDistributed(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd* u, Eigen::VectorXd* g,
                         Eigen::VectorXd* hu, Eigen::VectorXd* dtheta, const char* fn) const {
     const Index N = numParameters();
-    const bool wantBackward = g != nullptr || hu != nullptr || dtheta != nullptr;
     const RowLayout rows(g != nullptr, hu != nullptr, dtheta != nullptr, N, m_shardSize * m_data->numFeatures());
     ShardExchangeHeader header{t, -1, rows.width, inputsPrint(w, u)};
     std::exception_ptr error;
@@ -506,17 +515,11 @@ class BasicMlpObjective {
       const Scalar* uc = u != nullptr ? computeCopy(*u, m_uCompute) : nullptr;
       evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), rows, [&](Index s, Index slot, double* row) {
         Shard& shard = m_shards[static_cast<std::size_t>(slot)];
-        Workspace& ws = shard.ws;
-        gatherRows(plan.begin(s), plan.size(s), ws);
-        const typename Network::View input = detail::viewOf(ws.input);
-        shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
-        if (!wantBackward) return;
-        if (uc != nullptr) m_net.rForward(wc, uc, input, ws);
         typename Network::Outputs out;
         if (g != nullptr) out.gradient = shardRowOutput(row + rows.gradient, shard.gradient);
         if (hu != nullptr) out.hvp = shardRowOutput(row + rows.hvp, shard.hvp);
         out.inputMixed = dtheta != nullptr;
-        m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
+        sweepShard(plan, s, shard, wc, uc, scale, out);
       });
     } catch (...) {
       error = std::current_exception();
@@ -552,13 +555,9 @@ class BasicMlpObjective {
       wc = computeCopy(w, m_wCompute);
       evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), first, [&](Index s, Index slot, double* row) {
         Shard& shard = m_shards[static_cast<std::size_t>(slot)];
-        Workspace& ws = shard.ws;
-        gatherRows(plan.begin(s), plan.size(s), ws);
-        const typename Network::View input = detail::viewOf(ws.input);
-        shard.lossSum = m_net.forward(wc, input, ws.labels.data(), ws);
         typename Network::Outputs out;
         out.gradient = shardRowOutput(row + first.gradient, shard.gradient);
-        m_net.backward(wc, nullptr, input, ws.labels.data(), scale, ws, out);
+        sweepShard(plan, s, shard, wc, nullptr, scale, out);
       });
     } catch (...) {
       error = std::current_exception();
@@ -579,14 +578,7 @@ class BasicMlpObjective {
       const Scalar* uc = computeCopy(u, m_uCompute);
       evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), second, [&](Index, Index slot, double* row) {
         Shard& shard = m_shards[static_cast<std::size_t>(slot)];
-        Workspace& ws = shard.ws;
-        const typename Network::View input = detail::viewOf(ws.input);
-        m_net.rForward(wc, uc, input, ws);
-        typename Network::Outputs out;
-        out.hvp = shardRowOutput(row + second.hvp, shard.hvp);
-        out.inputMixed = m_inputsAreHyperparameters;
-        out.deltasReady = true;
-        m_net.backward(wc, uc, input, ws.labels.data(), scale, ws, out);
+        resweepShard(shard, wc, uc, scale, shardRowOutput(row + second.hvp, shard.hvp));
       });
     } catch (...) {
       error = std::current_exception();
