@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -323,4 +324,51 @@ TEST_CASE("ScaledInit::fromNoise reproduces a given initialisation bit for bit a
   CHECK_THROWS_AS(init.setLogScales(huge), InvalidArgument);
   CHECK(init.logScales() == logS);
   CHECK(init.weights().allFinite());
+}
+
+TEST_CASE("schedule sums are cut at fixed 4096-element blocks, so a slice of whole blocks has the same pieces",
+          "[reverse][pieces]") {
+  ParameterLayout layout;
+  layout.addGroup("a", 5000);   // [0, 5000): two pieces, cut at 4096
+  layout.addGroup("b", 3000);   // [5000, 8000): one piece
+  layout.addGroup("c", 9000);   // [8000, 17000): cut at 8192, 12288, 16384
+  layout.addGroup("d", 1);      // [17000, 17001)
+  const std::vector<detail::SumPiece> all = detail::sumPieces(layout, 0, layout.size());
+  const std::vector<std::array<Index, 3>> expected{{0, 0, 4096},     {0, 4096, 5000},   {1, 5000, 8000},
+                                                   {2, 8000, 8192},  {2, 8192, 12288},  {2, 12288, 16384},
+                                                   {2, 16384, 17000}, {3, 17000, 17001}};
+  REQUIRE(all.size() == expected.size());
+  for (std::size_t p = 0; p < all.size(); ++p) {
+    CAPTURE(p);
+    CHECK(all[p].group == expected[p][0]);
+    CHECK(all[p].begin == expected[p][1]);
+    CHECK(all[p].end == expected[p][2]);
+  }
+  // Any range cut at block boundaries has exactly the pieces of the whole inside it.
+  for (Index first : {Index(0), Index(4096), Index(8192), Index(12288)}) {
+    for (Index last : {Index(8192), Index(16384), layout.size()}) {
+      if (last <= first) continue;
+      CAPTURE(first, last);
+      const std::vector<detail::SumPiece> part = detail::sumPieces(layout, first, last);
+      std::size_t k = 0;
+      for (const detail::SumPiece& p : all) {
+        if (p.begin < first || p.end > last) continue;
+        REQUIRE(k < part.size());
+        CHECK(part[k].group == p.group);
+        CHECK(part[k].begin == p.begin);
+        CHECK(part[k].end == p.end);
+        ++k;
+      }
+      CHECK(k == part.size());
+    }
+  }
+  // The pieces' sums add into their groups in element order.
+  Eigen::MatrixXd pieceSums(1, static_cast<Index>(all.size()));
+  for (Index p = 0; p < pieceSums.cols(); ++p) pieceSums(0, p) = static_cast<double>(p + 1);
+  Eigen::MatrixXd sums = Eigen::MatrixXd::Zero(1, layout.numGroups());
+  detail::addPieces(all, pieceSums, sums);
+  CHECK(sums(0, 0) == 1.0 + 2.0);
+  CHECK(sums(0, 1) == 3.0);
+  CHECK(sums(0, 2) == 4.0 + 5.0 + 6.0 + 7.0);
+  CHECK(sums(0, 3) == 8.0);
 }

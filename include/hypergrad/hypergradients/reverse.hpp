@@ -20,6 +20,7 @@
 /// `coefficients(t, out)`, `stateReader()` (`.value(s, i)`), `unstepWeights()`,
 /// `restepWeights()`, `unstepOptimizerState(g)`, `step(f)` and `checkRecoveredStart()`.
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -84,19 +85,55 @@ class AdjointElement {
 
 enum class AdjointPhase { Weights, Direction, State };
 
-/// One adjoint phase of step t over every element, group by group: the per-group schedule sums
-/// accumulate in element order into column k of `sums` (J × G), those of the running products
-/// into column k of `productSums` (J × G): a fixed summation order.
+/// The elements whose schedule-gradient contributions are summed together: the per-group sums
+/// (∂f/∂α_{t,k} = Σ_{i ∈ k} …) are added within each piece — a group cut at the multiples of
+/// kScheduleSumBlock elements — and then piece by piece. The boundaries depend on the layout
+/// only, never on threads or processes: a process that owns whole blocks computes its pieces'
+/// sums exactly as one process does, and the pieces' sums combine into the same bits.
+struct SumPiece {
+  Index group = 0;  ///< The parameter group.
+  Index begin = 0;  ///< The first element.
+  Index end = 0;    ///< One past the last element.
+};
+/// Elements per summation block (see SumPiece): the information buffer's default block size.
+constexpr Index kScheduleSumBlock = 4096;
+
+/// The pieces of `layout`'s elements [first, last), in element order.
+inline std::vector<SumPiece> sumPieces(const ParameterLayout& layout, Index first, Index last) {
+  std::vector<SumPiece> pieces;
+  for (Index k = 0; k < layout.numGroups(); ++k) {
+    const ParameterGroup& grp = layout.group(k);
+    Index i = std::max(grp.offset, first);
+    const Index end = std::min(grp.offset + grp.size, last);
+    while (i < end) {
+      const Index blockEnd = std::min(end, (i / kScheduleSumBlock + 1) * kScheduleSumBlock);
+      pieces.push_back({k, i, blockEnd});
+      i = blockEnd;
+    }
+  }
+  return pieces;
+}
+
+/// Adds the pieces' sums (columns of `pieceSums`, J × pieces) into their groups' columns of
+/// `sums` (J × G, which the caller zeroed), piece by piece in element order.
+inline void addPieces(const std::vector<SumPiece>& pieces, const Eigen::MatrixXd& pieceSums, Eigen::MatrixXd& sums) {
+  for (std::size_t p = 0; p < pieces.size(); ++p) sums.col(pieces[p].group) += pieceSums.col(static_cast<Index>(p));
+}
+
+/// One adjoint phase of step t over every element, piece by piece (SumPiece): the schedule sums
+/// accumulate in element order into column p of `sums` (J × pieces), those of the running
+/// products into column p of `productSums`: a fixed summation order.
 template <class Rule, class Reader, class Coefficients>
-void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, const ParameterLayout& layout,
+void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, const std::vector<SumPiece>& pieces,
                  const std::vector<Coefficients>& coefficients, Eigen::VectorXd* adjoints,
                  double* u,  // NOLINT(readability-non-const-parameter): the rule's direction() writes it
                  const double* g,
                  Eigen::MatrixXd& sums, Eigen::MatrixXd& productSums) {
   constexpr std::size_t J = Rule::numSchedules > 0 ? static_cast<std::size_t>(Rule::numSchedules) : 1;
-  for (Index k = 0; k < layout.numGroups(); ++k) {
-    const ParameterGroup& grp = layout.group(k);
-    const Coefficients& c = coefficients[static_cast<std::size_t>(k)];
+  for (std::size_t p = 0; p < pieces.size(); ++p) {
+    const SumPiece& piece = pieces[p];
+    const Index k = static_cast<Index>(p);
+    const Coefficients& c = coefficients[static_cast<std::size_t>(piece.group)];
     // The group's running sums live in locals, which the compiler keeps in registers: through
     // the matrices' memory every element's add waited for the previous one's store (a third of
     // the adjoint passes' time). Same additions in the same order: the same bits.
@@ -105,7 +142,7 @@ void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, c
       sum[j] = sums(static_cast<Index>(j), k);
       productSum[j] = productSums(static_cast<Index>(j), k);
     }
-    for (Index i = grp.offset; i < grp.offset + grp.size; ++i) {
+    for (Index i = piece.begin; i < piece.end; ++i) {
       AdjointElement<Reader, Rule::numStates> b(reader, adjoints, i, u, g, sum.data(), productSum.data());
       if (phase == AdjointPhase::Weights) {
         Rule::adjointWeights(b, c);
@@ -241,21 +278,25 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
   for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j) = Eigen::MatrixXd::Zero(opt.numIterations(), numGroups);
 
   Eigen::VectorXd u(n), w(n), g(n), hu(n), mixed(numHyper);
-  Eigen::MatrixXd sums(Rule::numSchedules, numGroups);  // per-group schedule sums of one step
-  // ∂f/∂ (running product of ratio schedule j at t) per group, and the recursion of chainProducts.
-  Eigen::MatrixXd productSums(Rule::numSchedules, numGroups), productTails = Eigen::MatrixXd::Zero(Rule::numSchedules, numGroups),
+  const ParameterLayout& layout = opt.layout();
+  const std::vector<detail::SumPiece> pieces = detail::sumPieces(layout, 0, n);
+  const auto numPieces = static_cast<Index>(pieces.size());
+  // Per step: the schedule sums per piece and per group; ∂f/∂ (running product of ratio schedule
+  // j at t) per piece and per group; and the recursion of chainProducts.
+  Eigen::MatrixXd pieceSums(Rule::numSchedules, numPieces), pieceProductSums(Rule::numSchedules, numPieces);
+  Eigen::MatrixXd sums(Rule::numSchedules, numGroups), productSums(Rule::numSchedules, numGroups),
+      productTails = Eigen::MatrixXd::Zero(Rule::numSchedules, numGroups),
       nextValues = Eigen::MatrixXd::Zero(Rule::numSchedules, numGroups);
   std::vector<Coefficients> coefficients;
-  const ParameterLayout& layout = opt.layout();
   try {
     (detail::callReverseBegin(callbacks, opt, out.metaObjective), ...);
     for (Index t = T; t-- > 0;) {
       opt.coefficients(t, coefficients);
-      sums.setZero();
-      productSums.setZero();
+      pieceSums.setZero();
+      pieceProductSums.setZero();
       // Adjoint of the weights half at the post-step state (and u, unless it needs g_t).
       detail::adjointPass<Rule>(detail::AdjointPhase::Weights, !Rule::directionNeedsGradient, opt.stateReader(),
-                                layout, coefficients, adjoints.data(), u.data(), nullptr, sums, productSums);
+                                pieces, coefficients, adjoints.data(), u.data(), nullptr, pieceSums, pieceProductSums);
       opt.unstepWeights();  // w_t, exact
       opt.weights(w);
       if constexpr (!Rule::directionNeedsGradient) {
@@ -271,8 +312,9 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
                                                       gt.size(), " entries, expected ", n));
               }
               ut.resize(n);
-              detail::adjointPass<Rule>(detail::AdjointPhase::Direction, true, opt.stateReader(), layout,
-                                        coefficients, adjoints.data(), ut.data(), gt.data(), sums, productSums);
+              detail::adjointPass<Rule>(detail::AdjointPhase::Direction, true, opt.stateReader(), pieces,
+                                        coefficients, adjoints.data(), ut.data(), gt.data(), pieceSums,
+                                        pieceProductSums);
             },
             u, g, hu, mixed);
       }
@@ -286,10 +328,14 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
       detail::checkFiniteProduct(mixed, "mixed product", t, nullptr);
       opt.unstepOptimizerState(g);  // the other states at t, exact (checks g_t against the record)
       // Adjoint of the state half at the pre-step state.
-      detail::adjointPass<Rule>(detail::AdjointPhase::State, false, opt.stateReader(), layout, coefficients,
-                                adjoints.data(), u.data(), g.data(), sums, productSums);
+      detail::adjointPass<Rule>(detail::AdjointPhase::State, false, opt.stateReader(), pieces, coefficients,
+                                adjoints.data(), u.data(), g.data(), pieceSums, pieceProductSums);
       dw += hu;
       dtheta += mixed;
+      sums.setZero();
+      productSums.setZero();
+      detail::addPieces(pieces, pieceSums, sums);
+      detail::addPieces(pieces, pieceProductSums, productSums);
       detail::chainProducts(coefficients, productSums, productTails, nextValues, sums);
       for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j).row(t) = sums.row(j);
       [[maybe_unused]] const ReverseState state{g, dw, u, adjoints.data(), S};
