@@ -15,7 +15,9 @@
 #include "hypergrad/errors.hpp"
 #include "hypergrad/init.hpp"
 #include "hypergrad/layout.hpp"
+#include "hypergrad/parallel/shard_distribution.hpp"
 #include "hypergrad/parallel/shard_plan.hpp"
+#include "hypergrad/parallel/sharded_optimizer.hpp"
 #include "hypergrad/random.hpp"
 #include "hypergrad/schedule.hpp"
 

@@ -26,64 +26,12 @@
 #include <hypergrad/optimizers/sgd_momentum.hpp>
 #include <hypergrad/optimizers/snapshot.hpp>
 #include <hypergrad/reverse.hpp>
-#include "../support/mlp_fixture.hpp"
+#include "mpi_fixture.hpp"
 
 using namespace hypergrad;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
-
-namespace {
-
-int worldRank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int worldSize() {
-  int p = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &p);
-  return p;
-}
-
-using fixture::initialWeights;
-using fixture::syntheticData;
-
-bool sameBits(const VectorXd& a, const VectorXd& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), sizeof(double) * static_cast<std::size_t>(a.size())) == 0;
-}
-bool sameBits(const MatrixXd& a, const MatrixXd& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(double) * static_cast<std::size_t>(a.size())) == 0;
-}
-
-// True on every process when `print` is the same on every process.
-bool sameOnEveryRank(std::uint64_t print) {
-  std::vector<std::uint64_t> all(static_cast<std::size_t>(worldSize()));
-  MPI_Allgather(&print, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
-  for (std::uint64_t p : all)
-    if (p != all[0]) return false;
-  return true;
-}
-
-std::shared_ptr<const ShardDistribution> world() { return std::make_shared<mpi::MpiShardDistribution>(); }
-
-// The paper's shape, scaled down: 4 shards of 10 per batch of 40, so 1-4 processes split the
-// shards differently (3 processes: 1 + 1 + 2).
-struct Workload {
-  MlpArchitecture arch{{16, 12, 12, 5}, Activation::Tanh};
-  std::shared_ptr<const Dataset> train = std::make_shared<const Dataset>(syntheticData(200, 16, 5, 1));
-  MlpLoss valid{arch, syntheticData(80, 16, 5, 2)};
-  MlpObjective single{arch, train, SeededBatches(3, 200, 40)};
-  MlpObjective shared{arch, train, SeededBatches(3, 200, 40)};
-  Workload() {
-    single.setShardSize(10);
-    shared.setShardSize(10);
-    shared.setShardDistribution(world());
-  }
-};
-
-}  // namespace
+using namespace mpitest;
 
 TEST_CASE("a distributed MLP's loss, gradient, Hessian-vector product and fused reverse step have the single-process bits",
           "[mpi][mlp]") {

@@ -45,14 +45,16 @@ namespace hypergrad {
 namespace detail {
 
 // Throws NonFiniteValue naming the iteration, the entry and (for w-sized vectors) its group.
-inline void checkFiniteProduct(const Eigen::VectorXd& x, const char* what, Index t, const ParameterLayout* layout) {
-  for (Index i = 0; i < x.size(); ++i) {
-    if (std::isfinite(x(i))) continue;
+inline void checkFiniteProduct(const Eigen::VectorXd& x, const char* what, Index t, const ParameterLayout* layout,
+                               Index offset = 0) {
+  for (Index xi = 0; xi < x.size(); ++xi) {
+    if (std::isfinite(x(xi))) continue;
+    const Index i = xi + offset;
     std::string group;
     if (layout != nullptr)
       for (const ParameterGroup& grp : layout->groups())
         if (i >= grp.offset && i < grp.offset + grp.size) group = detail::message(", group '", grp.name, "'");
-    throw NonFiniteValue(detail::message("reverse: the ", what, " at iteration ", t, group, ", entry ", i, " is ", x(i),
+    throw NonFiniteValue(detail::message("reverse: the ", what, " at iteration ", t, group, ", entry ", i, " is ", x(xi),
                                          ". The optimizer is back where reverse() started (iteration unchanged); "
                                          "check the objective's second derivatives there"));
   }
@@ -86,27 +88,50 @@ class AdjointElement {
 enum class AdjointPhase { Weights, Direction, State };
 
 /// The elements whose schedule-gradient contributions are summed together: the per-group sums
-/// (∂f/∂α_{t,k} = Σ_{i ∈ k} …) are added within each piece — a group cut at the multiples of
-/// kScheduleSumBlock elements — and then piece by piece. The boundaries depend on the layout
-/// only, never on threads or processes: a process that owns whole blocks computes its pieces'
-/// sums exactly as one process does, and the pieces' sums combine into the same bits.
+/// (∂f/∂α_{t,k} = Σ_{i ∈ k} …) are added within each piece — a group cut at the multiples of the
+/// information buffer's block size — and then piece by piece. The boundaries depend on the
+/// layout and the block size only, never on threads or processes: a process that owns whole
+/// blocks (ShardedOptimizer) computes its pieces' sums exactly as one process does, and the
+/// pieces' sums combine into the same bits.
 struct SumPiece {
   Index group = 0;  ///< The parameter group.
   Index begin = 0;  ///< The first element.
   Index end = 0;    ///< One past the last element.
 };
-/// Elements per summation block (see SumPiece): the information buffer's default block size.
+/// Elements per summation block (see SumPiece) for optimizers without an information buffer
+/// (the reference optimizer): the buffer's default block size.
 constexpr Index kScheduleSumBlock = 4096;
 
-/// The pieces of `layout`'s elements [first, last), in element order.
-inline std::vector<SumPiece> sumPieces(const ParameterLayout& layout, Index first, Index last) {
+template <class, class = void>
+struct HasBlockSize : std::false_type {};
+template <class O>
+struct HasBlockSize<O, std::void_t<decltype(Index(std::declval<const O&>().blockSize()))>> : std::true_type {};
+
+/// The summation block of `opt`'s reverse pass: its buffer's block size, else kScheduleSumBlock.
+template <class Optimizer>
+Index sumBlockSize(const Optimizer& opt) {
+  if constexpr (HasBlockSize<Optimizer>::value) return opt.blockSize();
+  else return kScheduleSumBlock;
+}
+
+/// True for an optimizer whose state is sharded over processes (ShardedOptimizer: it has a
+/// slicing); reverse() then works on this process's slice.
+template <class, class = void>
+struct IsSharded : std::false_type {};
+template <class O>
+struct IsSharded<O, std::void_t<decltype(std::declval<const O&>().slicing())>> : std::true_type {};
+
+/// The pieces of `layout`'s elements [first, last), in element order, for summation blocks of
+/// `block` elements.
+inline std::vector<SumPiece> sumPieces(const ParameterLayout& layout, Index first, Index last,
+                                       Index block = kScheduleSumBlock) {
   std::vector<SumPiece> pieces;
   for (Index k = 0; k < layout.numGroups(); ++k) {
     const ParameterGroup& grp = layout.group(k);
     Index i = std::max(grp.offset, first);
     const Index end = std::min(grp.offset + grp.size, last);
     while (i < end) {
-      const Index blockEnd = std::min(end, (i / kScheduleSumBlock + 1) * kScheduleSumBlock);
+      const Index blockEnd = std::min(end, (i / block + 1) * block);
       pieces.push_back({k, i, blockEnd});
       i = blockEnd;
     }
@@ -122,10 +147,11 @@ inline void addPieces(const std::vector<SumPiece>& pieces, const Eigen::MatrixXd
 
 /// One adjoint phase of step t over every element, piece by piece (SumPiece): the schedule sums
 /// accumulate in element order into column p of `sums` (J × pieces), those of the running
-/// products into column p of `productSums`: a fixed summation order.
+/// products into column p of `productSums`: a fixed summation order. The state, the adjoints, u
+/// and g hold elements from `offset` on (a sharded optimizer's slice; 0 otherwise).
 template <class Rule, class Reader, class Coefficients>
 void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, const std::vector<SumPiece>& pieces,
-                 const std::vector<Coefficients>& coefficients, Eigen::VectorXd* adjoints,
+                 Index offset, const std::vector<Coefficients>& coefficients, Eigen::VectorXd* adjoints,
                  double* u,  // NOLINT(readability-non-const-parameter): the rule's direction() writes it
                  const double* g,
                  Eigen::MatrixXd& sums, Eigen::MatrixXd& productSums) {
@@ -142,7 +168,7 @@ void adjointPass(AdjointPhase phase, bool withDirection, const Reader& reader, c
       sum[j] = sums(static_cast<Index>(j), k);
       productSum[j] = productSums(static_cast<Index>(j), k);
     }
-    for (Index i = piece.begin; i < piece.end; ++i) {
+    for (Index i = piece.begin - offset; i < piece.end - offset; ++i) {
       AdjointElement<Reader, Rule::numStates> b(reader, adjoints, i, u, g, sum.data(), productSum.data());
       if (phase == AdjointPhase::Weights) {
         Rule::adjointWeights(b, c);
@@ -243,11 +269,19 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
     throw InvalidState("reverse: a reverse step is half done (after unstepWeights()); finish it or call "
                        "restepWeights() first");
   }
-  const Index n = opt.size();
+  // A sharded optimizer (ShardedOptimizer) reverses this process's slice [offset, offset + n) of
+  // the N parameters: the adjoints, u, g and H u are slices there, w and θ whole.
+  constexpr bool sharded = detail::IsSharded<Optimizer>::value;
+  const Index N = opt.size();
+  Index n = N, offset = 0;
+  if constexpr (sharded) {
+    n = opt.sliceSize();
+    offset = opt.sliceBegin();
+  }
   const Index numGroups = opt.layout().numGroups();
-  if (f.numParameters() != n) {
+  if (f.numParameters() != N) {
     throw InvalidArgument(detail::message("reverse: the objective has ", f.numParameters(),
-                                          " parameters but the optimizer has ", n));
+                                          " parameters but the optimizer has ", N));
   }
 
   const auto clockStart = std::chrono::steady_clock::now();
@@ -256,13 +290,14 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
   out.finalWeights = opt.weights();
   std::array<Eigen::VectorXd, static_cast<std::size_t>(S)> adjoints;
   Eigen::VectorXd& dw = adjoints[0];
-  dw.resize(n);
+  dw.resize(N);
   out.metaObjective = meta.valueAndGradient(out.finalWeights, dw);
-  if (dw.size() != n) {
-    throw InvalidArgument(detail::message("reverse: the meta objective's gradient has ", dw.size(), " entries, expected ", n));
+  if (dw.size() != N) {
+    throw InvalidArgument(detail::message("reverse: the meta objective's gradient has ", dw.size(), " entries, expected ", N));
   }
   if (!dw.allFinite() || !std::isfinite(out.metaObjective))
     throw NonFiniteValue("reverse: the meta objective or its gradient at the final weights is not finite");
+  if constexpr (sharded) dw = dw.segment(offset, n).eval();  // every process computed it whole
   for (int s = 1; s < S; ++s) adjoints[static_cast<std::size_t>(s)] = Eigen::VectorXd::Zero(n);
 
   const Index numHyper = f.numHyperparameters();
@@ -277,10 +312,14 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
   }
   for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j) = Eigen::MatrixXd::Zero(opt.numIterations(), numGroups);
 
-  Eigen::VectorXd u(n), w(n), g(n), hu(n), mixed(numHyper);
+  Eigen::VectorXd u(n), w(N), g(n), hu(n), mixed(numHyper);
   const ParameterLayout& layout = opt.layout();
-  const std::vector<detail::SumPiece> pieces = detail::sumPieces(layout, 0, n);
+  const Index sumBlock = detail::sumBlockSize(opt);
+  const std::vector<detail::SumPiece> pieces = detail::sumPieces(layout, offset, offset + n, sumBlock);
   const auto numPieces = static_cast<Index>(pieces.size());
+  // Sharded: every process's pieces, gathered each step (the single process's pieces, in order).
+  const std::vector<detail::SumPiece> allPieces = sharded ? detail::sumPieces(layout, 0, N, sumBlock) : std::vector<detail::SumPiece>();
+  Eigen::MatrixXd allPieceSums, allPieceProductSums;
   // Per step: the schedule sums per piece and per group; ∂f/∂ (running product of ratio schedule
   // j at t) per piece and per group; and the recursion of chainProducts.
   Eigen::MatrixXd pieceSums(Rule::numSchedules, numPieces), pieceProductSums(Rule::numSchedules, numPieces);
@@ -296,53 +335,85 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
       pieceProductSums.setZero();
       // Adjoint of the weights half at the post-step state (and u, unless it needs g_t).
       detail::adjointPass<Rule>(detail::AdjointPhase::Weights, !Rule::directionNeedsGradient, opt.stateReader(),
-                                pieces, coefficients, adjoints.data(), u.data(), nullptr, pieceSums, pieceProductSums);
+                                pieces, offset, coefficients, adjoints.data(), u.data(), nullptr, pieceSums,
+                                pieceProductSums);
       opt.unstepWeights();  // w_t, exact
-      opt.weights(w);
       if constexpr (!Rule::directionNeedsGradient) {
-        reverseStep(f, w, t, u, g, hu, mixed);  // g_t, H_t u, (∂_θ g_t)ᵀ u from one pass
+        // g_t, H_t u, (∂_θ g_t)ᵀ u from one pass
+        if constexpr (sharded) {
+          opt.reverseStep(f, t, u, g, hu, mixed);
+        } else {
+          opt.weights(w);
+          reverseStep(f, w, t, u, g, hu, mixed);
+        }
       } else {
         // g_t first, then u from it, then H_t u and the mixed product (one forward pass when the
         // objective has reverseStepWithDirection).
-        reverseStepWithDirection(
-            f, w, t,
-            [&](const Eigen::VectorXd& gt, Eigen::VectorXd& ut) {
-              if (gt.size() != n) {
-                throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective's gradient has ",
-                                                      gt.size(), " entries, expected ", n));
-              }
-              ut.resize(n);
-              detail::adjointPass<Rule>(detail::AdjointPhase::Direction, true, opt.stateReader(), pieces,
-                                        coefficients, adjoints.data(), ut.data(), gt.data(), pieceSums,
-                                        pieceProductSums);
-            },
-            u, g, hu, mixed);
+        const DirectionFunction direction = [&](const Eigen::VectorXd& gt, Eigen::VectorXd& ut) {
+          if (gt.size() != n) {
+            throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective's gradient has ",
+                                                  gt.size(), " entries, expected ", n));
+          }
+          ut.resize(n);
+          detail::adjointPass<Rule>(detail::AdjointPhase::Direction, true, opt.stateReader(), pieces, offset,
+                                    coefficients, adjoints.data(), ut.data(), gt.data(), pieceSums, pieceProductSums);
+        };
+        if constexpr (sharded) {
+          opt.reverseStepWithDirection(f, t, direction, u, g, hu, mixed);
+        } else {
+          opt.weights(w);
+          reverseStepWithDirection(f, w, t, direction, u, g, hu, mixed);
+        }
       }
-      if (g.size() != n || hu.size() != n || mixed.size() != numHyper) {
-        throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective returned sizes ", g.size(),
-                                              ", ", hu.size(), ", ", mixed.size(),
-                                              " for the gradient, Hessian-vector product and mixed product; expected ",
-                                              n, ", ", n, ", ", numHyper));
+      const auto checkProducts = [&] {
+        if (g.size() != n || hu.size() != n || mixed.size() != numHyper) {
+          throw InvalidArgument(detail::message("reverse: at iteration ", t, " the objective returned sizes ", g.size(),
+                                                ", ", hu.size(), ", ", mixed.size(),
+                                                " for the gradient, Hessian-vector product and mixed product; expected ",
+                                                n, ", ", n, ", ", numHyper));
+        }
+        detail::checkFiniteProduct(hu, "Hessian-vector product", t, &layout, offset);
+        detail::checkFiniteProduct(mixed, "mixed product", t, nullptr);
+      };
+      if constexpr (sharded) {
+        // The checks see this process's slices: their outcome is agreed, so that every process
+        // throws (and restores) together.
+        std::exception_ptr local;
+        try {
+          checkProducts();
+        } catch (...) {
+          local = std::current_exception();
+        }
+        opt.agree(t, local, "checking its slices of the objective's products at iteration");
+      } else {
+        checkProducts();
       }
-      detail::checkFiniteProduct(hu, "Hessian-vector product", t, &layout);
-      detail::checkFiniteProduct(mixed, "mixed product", t, nullptr);
       opt.unstepOptimizerState(g);  // the other states at t, exact (checks g_t against the record)
       // Adjoint of the state half at the pre-step state.
-      detail::adjointPass<Rule>(detail::AdjointPhase::State, false, opt.stateReader(), pieces, coefficients,
+      detail::adjointPass<Rule>(detail::AdjointPhase::State, false, opt.stateReader(), pieces, offset, coefficients,
                                 adjoints.data(), u.data(), g.data(), pieceSums, pieceProductSums);
       dw += hu;
       dtheta += mixed;
       sums.setZero();
       productSums.setZero();
-      detail::addPieces(pieces, pieceSums, sums);
-      detail::addPieces(pieces, pieceProductSums, productSums);
+      if constexpr (sharded) {
+        opt.gatherPieceSums(pieceSums, pieceProductSums, allPieceSums, allPieceProductSums);
+        detail::addPieces(allPieces, allPieceSums, sums);
+        detail::addPieces(allPieces, allPieceProductSums, productSums);
+      } else {
+        detail::addPieces(pieces, pieceSums, sums);
+        detail::addPieces(pieces, pieceProductSums, productSums);
+      }
       detail::chainProducts(coefficients, productSums, productTails, nextValues, sums);
       for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j).row(t) = sums.row(j);
       [[maybe_unused]] const ReverseState state{g, dw, u, adjoints.data(), S};
       (detail::callReverseStep(callbacks, opt, t, state), ...);
     }
     opt.checkRecoveredStart();
-    for (int s = 0; s < S; ++s) out.initialState(s) = std::move(adjoints[static_cast<std::size_t>(s)]);
+    for (int s = 0; s < S; ++s) {
+      if constexpr (sharded) out.initialState(s) = opt.gather(adjoints[static_cast<std::size_t>(s)], "gathering the initial-state hypergradients at iteration");
+      else out.initialState(s) = std::move(adjoints[static_cast<std::size_t>(s)]);
+    }
     out.hyperparameters = std::move(dtheta);
     out.hyperparameterLayout = hyperparameterLayout(f);
     out.statistics.reverseSeconds =

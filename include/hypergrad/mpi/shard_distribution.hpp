@@ -23,10 +23,11 @@
 /// calls (say, while reading its data before the first exchange), leaves the others waiting in
 /// their next collective: catch it and call MPI_Abort, or agree first (requireSame).
 ///
-/// **Messages per exchange.** One MPI_Allgather of a 5-integer header per process (failure flag,
-/// batch, shard count, row width, input fingerprint); when a process failed, one MPI_Bcast of the
-/// lowest failing rank's error text; otherwise one MPI_Allgatherv of the shard rows (each row one
-/// derived datatype of `width` doubles, so that counts stay small integers).
+/// **Messages per exchange.** agree(): one MPI_Allgather of a 5-integer header per process
+/// (failure flag, batch, shard count, row width, input fingerprint); when a process failed, one
+/// MPI_Bcast of the lowest failing rank's error text. Then the values: one MPI_Allgatherv
+/// (allGatherValues, allGatherShards) or MPI_Alltoallv (allToAllValues) of doubles; counts
+/// beyond int's range are refused (InvalidArgument).
 
 #include <mpi.h>
 
@@ -84,11 +85,10 @@ class MpiShardDistribution final : public ShardDistribution {
   MPI_Comm communicator() const noexcept { return m_comm; }
   /// Bytes of shard rows this process has received (its own rows not counted) since construction.
   std::uint64_t bytesReceived() const noexcept { return m_bytesReceived; }
-  /// Exchanges (allGatherShards calls) since construction.
+  /// Exchanges (agree() calls: one per exchange of values) since construction.
   std::uint64_t numExchanges() const noexcept { return m_exchanges; }
 
-  void allGatherShards(const ShardExchangeHeader& header, const double* local, double* all,
-                       const std::exception_ptr& localError) const override {
+  void agree(const ShardExchangeHeader& header, const std::exception_ptr& localError) const override {
     ++m_exchanges;
     // 1. Every process's header and failure flag.
     const std::int64_t mine[5] = {localError ? 1 : 0, header.batch, header.numShards, header.width,
@@ -105,12 +105,12 @@ class MpiShardDistribution final : public ShardDistribution {
       check(MPI_Bcast(&length, 1, MPI_LONG_LONG, r, m_comm), "MPI_Bcast");
       text.resize(static_cast<std::size_t>(length));
       check(MPI_Bcast(text.data(), static_cast<int>(length), MPI_CHAR, r, m_comm), "MPI_Bcast");
-      throw DistributedError(detail::message("MPI rank ", r, " of ", m_size, " failed evaluating its shards of batch t = ",
+      throw DistributedError(detail::message("MPI rank ", r, " of ", m_size, " failed ", header.operation, " t = ",
                                              field(r, 1), ": ", text),
                              r);
     }
 
-    // 3. The same batch, shards, row width and inputs everywhere.
+    // 3. The same batch, shards, width and inputs everywhere.
     for (int r = 1; r < m_size; ++r) {
       for (int k = 1; k < 5; ++k) {
         if (field(r, k) == field(0, k)) continue;
@@ -125,28 +125,27 @@ class MpiShardDistribution final : public ShardDistribution {
             -1);
       }
     }
+  }
 
-    // 4. The rows: shard s of every process at s·width.
-    const std::int64_t n = header.numShards, width = header.width;
-    if (n > std::numeric_limits<int>::max() || width > std::numeric_limits<int>::max()) {
-      throw InvalidArgument(detail::message("MpiShardDistribution: ", n, " shards of ", width,
-                                            " values exceed MPI's int counts; use larger shards"));
-    }
-    std::vector<int> counts(static_cast<std::size_t>(m_size)), displs(static_cast<std::size_t>(m_size));
-    for (int r = 0; r < m_size; ++r) {
-      const ShardRange range = shardsOf(n, r, m_size);
-      counts[static_cast<std::size_t>(r)] = static_cast<int>(range.count());
-      displs[static_cast<std::size_t>(r)] = static_cast<int>(range.first);
-    }
-    MPI_Datatype row = MPI_DATATYPE_NULL;
-    check(MPI_Type_contiguous(static_cast<int>(width), MPI_DOUBLE, &row), "MPI_Type_contiguous");
-    MPI_Type_commit(&row);
-    const int rc = MPI_Allgatherv(local, counts[static_cast<std::size_t>(m_rank)], row, all, counts.data(),
-                                  displs.data(), row, m_comm);
-    MPI_Type_free(&row);
-    check(rc, "MPI_Allgatherv");
-    m_bytesReceived += static_cast<std::uint64_t>(n - counts[static_cast<std::size_t>(m_rank)]) *
-                       static_cast<std::uint64_t>(width) * sizeof(double);
+  void allGatherValues(const double* local, const Index* counts, double* all) const override {
+    std::vector<int> c(static_cast<std::size_t>(m_size)), displs(static_cast<std::size_t>(m_size));
+    offsets(counts, c, displs, "MPI_Allgatherv");
+    check(MPI_Allgatherv(local, c[static_cast<std::size_t>(m_rank)], MPI_DOUBLE, all, c.data(), displs.data(),
+                         MPI_DOUBLE, m_comm),
+          "MPI_Allgatherv");
+    m_bytesReceived += static_cast<std::uint64_t>(displs.back() + c.back() - c[static_cast<std::size_t>(m_rank)]) *
+                       sizeof(double);
+  }
+
+  void allToAllValues(const double* send, const Index* sendCounts, double* recv,
+                      const Index* recvCounts) const override {
+    std::vector<int> sc(static_cast<std::size_t>(m_size)), sd(sc.size()), rc(sc.size()), rd(sc.size());
+    offsets(sendCounts, sc, sd, "MPI_Alltoallv");
+    offsets(recvCounts, rc, rd, "MPI_Alltoallv");
+    check(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_DOUBLE, recv, rc.data(), rd.data(), MPI_DOUBLE, m_comm),
+          "MPI_Alltoallv");
+    m_bytesReceived += static_cast<std::uint64_t>(rd.back() + rc.back() - rc[static_cast<std::size_t>(m_rank)]) *
+                       sizeof(double);
   }
 
   void requireSame(const std::string& what, std::uint64_t value) const override {
@@ -162,6 +161,21 @@ class MpiShardDistribution final : public ShardDistribution {
   }
 
  private:
+  // MPI's int counts and displacements from Index counts; InvalidArgument beyond int's range.
+  void offsets(const Index* counts, std::vector<int>& c, std::vector<int>& displs, const char* what) const {
+    std::int64_t total = 0;
+    for (int r = 0; r < m_size; ++r) {
+      const auto k = static_cast<std::size_t>(r);
+      if (counts[k] < 0 || total + counts[k] > std::numeric_limits<int>::max()) {
+        throw InvalidArgument(detail::message("MpiShardDistribution: ", what, " of ", total + counts[k],
+                                              " values exceeds MPI's int counts; use smaller shards or more processes"));
+      }
+      c[k] = static_cast<int>(counts[k]);
+      displs[k] = static_cast<int>(total);
+      total += counts[k];
+    }
+  }
+
   void check(int code, const char* what) const {
     if (code == MPI_SUCCESS) return;
     char text[MPI_MAX_ERROR_STRING];

@@ -30,10 +30,14 @@
 /// The MPI implementation is hypergrad::mpi::MpiShardDistribution (<hypergrad/mpi.hpp>,
 /// target hypergrad::mpi); this header does not depend on MPI.
 
+#include <algorithm>
 #include <cstdint>
 #include <exception>
 #include <string>
 #include <typeinfo>
+#include <vector>
+
+#include <Eigen/Core>
 
 #include "../config.hpp"
 #include "../errors.hpp"
@@ -58,6 +62,44 @@ struct ShardExchangeHeader {
   /// agree: processes whose weights have drifted apart (different schedules, seeds or initial
   /// weights) are stopped at their first exchange instead of combining unrelated results.
   std::uint64_t inputs = 0;
+  /// What the processes were doing, for the error message "rank r failed <operation> t = <batch>".
+  const char* operation = "evaluating its shards of batch";
+};
+
+/// \brief One contiguous slice of the parameter vector per process: the sharded optimizer state
+/// (parallel/sharded_optimizer.hpp). The cuts are at multiples of an alignment — a multiple of the
+/// information buffer's block size and of the reverse pass's 4096-element schedule-sum blocks —
+/// so that each process's buffer blocks and sum blocks are the single process's own; process r
+/// owns alignment units ⌊r·U/P⌋ to ⌊(r+1)·U/P⌋ of the U = ⌈N / alignment⌉ (some own none when
+/// U < P).
+class ParameterSlicing {
+ public:
+  ParameterSlicing() = default;
+  /// \throws InvalidArgument unless numParameters ≥ 1, alignment ≥ 1 and numProcesses ≥ 1
+  ParameterSlicing(Index numParameters, Index alignment, int numProcesses)
+      : m_n(numParameters), m_alignment(alignment), m_processes(numProcesses) {
+    if (numParameters < 1 || alignment < 1 || numProcesses < 1) {
+      throw InvalidArgument(detail::message("ParameterSlicing: ", numParameters, " parameters, alignment ", alignment,
+                                            ", ", numProcesses, " processes; each must be at least 1"));
+    }
+  }
+  Index numParameters() const noexcept { return m_n; }  ///< N.
+  Index alignment() const noexcept { return m_alignment; }  ///< Elements per unit; slices start at multiples of it.
+  int numProcesses() const noexcept { return m_processes; }  ///< P.
+  /// The first element of process r's slice.
+  Index begin(int r) const noexcept { return std::min(m_n, unitsBefore(r) * m_alignment); }
+  /// One past the last element of process r's slice.
+  Index end(int r) const noexcept { return begin(r + 1); }
+  /// The number of elements process r owns.
+  Index size(int r) const noexcept { return end(r) - begin(r); }
+
+ private:
+  Index unitsBefore(int r) const noexcept {
+    const Index units = (m_n + m_alignment - 1) / m_alignment;
+    return static_cast<Index>(r) * units / m_processes;
+  }
+  Index m_n = 0, m_alignment = 1;
+  int m_processes = 1;
 };
 
 /// \brief How the shards of a batch are shared among processes (see the file comment).
@@ -83,16 +125,56 @@ class ShardDistribution {
   /// The shards of an n-shard batch that this process evaluates.
   ShardRange ownedShards(Index numShards) const noexcept { return shardsOf(numShards, rank(), numProcesses()); }
 
+  /// \brief Collective (every process calls it): the agreement that precedes every exchange.
+  /// Each process brings its header and its failure, if any.
+  /// \throws DistributedError on every process when any process failed (naming the lowest
+  ///         failing rank, header.operation, the batch and that rank's error with its type) or
+  ///         when the headers' batch, shard count, width or inputs differ (rank −1)
+  virtual void agree(const ShardExchangeHeader& header, const std::exception_ptr& localError) const = 0;
+
+  /// \brief Collective, after agree(): process r contributes counts[r] values (`local`); every
+  /// process receives all of them in rank order (`all`, Σ counts values). `counts` is the same
+  /// on every process.
+  virtual void allGatherValues(const double* local, const Index* counts, double* all) const = 0;
+
+  /// \brief Collective, after agree(): process p sends sendCounts[q] values to each process q
+  /// (`send`: q's values after those of processes before q) and receives recvCounts[p] values
+  /// from each process p (`recv`, in rank order). sendCounts[q] on p equals recvCounts[p] on q.
+  virtual void allToAllValues(const double* send, const Index* sendCounts, double* recv,
+                              const Index* recvCounts) const = 0;
+
+  /// \brief Collective: every process's slice of a vector (`slice`, slicing.size(rank()) values)
+  /// gathered into the whole (`whole`, resized to N) on every process — agree(), then
+  /// allGatherValues(). `localError` is this process's failure (then `slice` is unread).
+  void allGatherSlices(const ShardExchangeHeader& header, const ParameterSlicing& slicing, const Eigen::VectorXd& slice,
+                       Eigen::VectorXd& whole, std::exception_ptr localError) const {
+    std::vector<Index> counts(static_cast<std::size_t>(numProcesses()));
+    try {  // a failed allocation is this process's failure, told to the others
+      for (int r = 0; r < numProcesses(); ++r) counts[static_cast<std::size_t>(r)] = slicing.size(r);
+      whole.resize(slicing.numParameters());
+    } catch (...) {
+      if (!localError) localError = std::current_exception();
+    }
+    agree(header, localError);
+    allGatherValues(slice.data(), counts.data(), whole.data());
+  }
+
   /// \brief Collective (every process calls it, with the same header): gives every process every
-  /// shard's row.
+  /// shard's row — agree(), then allGatherValues() of the rows.
   /// \param header the batch, its number of shards and the row width (the same on every process)
   /// \param local this process's rows, ownedShards(numShards).count() × width values, row by row
   /// \param all receives numShards × width values: shard s's row at s·width
   /// \param localError this process's failure (null if its shards succeeded; `local` is then unread)
   /// \throws DistributedError on every process when any process failed (the lowest failing rank's
   ///         error) or the headers differ; nothing is written to `all` then
-  virtual void allGatherShards(const ShardExchangeHeader& header, const double* local, double* all,
-                               const std::exception_ptr& localError) const = 0;
+  void allGatherShards(const ShardExchangeHeader& header, const double* local, double* all,
+                       const std::exception_ptr& localError) const {
+    agree(header, localError);
+    std::vector<Index> counts(static_cast<std::size_t>(numProcesses()));
+    for (int r = 0; r < numProcesses(); ++r)
+      counts[static_cast<std::size_t>(r)] = shardsOf(header.numShards, r, numProcesses()).count() * header.width;
+    allGatherValues(local, counts.data(), all);
+  }
 
   /// \brief Collective: checks that every process passes the same `value` — a fingerprint of
   /// something that must agree, e.g. `opt.schedules().fingerprint()`, `fingerprint(w1.data(),

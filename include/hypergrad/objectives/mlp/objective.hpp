@@ -308,7 +308,51 @@ class BasicMlpObjective {
         });
   }
 
+  // ---- Sharded optimizer state (parallel/sharded_optimizer.hpp) ------------------------------------
+  // The entry points a ShardedOptimizer calls: as gradient(), reverseStep() and
+  // reverseStepWithDirection() with a distribution, but each process receives only its slice
+  // [slicing.begin(rank), slicing.end(rank)) of g and H u — the bits of the same entries of the
+  // full vectors — and the other processes' slices never travel (an MPI_Alltoallv of slices). They
+  // are collective and need setShardDistribution(); InvalidState without one.
+
+  /// \brief Loss and this process's slice of g at the full weights w (collective).
+  double gradientSlice(const Eigen::VectorXd& w, Index t, const ParameterSlicing& slicing, Eigen::VectorXd& g) const {
+    requireDistribution("gradientSlice");
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::gradientSlice", "w");
+    return runDistributed(w, t, nullptr, &g, nullptr, nullptr, "gradientSlice", &slicing);
+  }
+
+  /// \brief The reverse step with sliced outputs (collective): the processes' slices of u are
+  /// gathered, then this process's slices of g and H u and the whole mixed product are returned.
+  void reverseStepSlice(const Eigen::VectorXd& w, Index t, const ParameterSlicing& slicing, const Eigen::VectorXd& u,
+                        Eigen::VectorXd& g, Eigen::VectorXd& hu, Eigen::VectorXd& dtheta) const {
+    requireDistribution("reverseStepSlice");
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::reverseStepSlice", "w");
+    detail::checkVectorSize(u, outputLength(&slicing), "MlpObjective::reverseStepSlice", "this process's slice of u");
+    const ShardExchangeHeader gather{t, -1, numParameters(), inputsPrint(w, nullptr), "gathering the Hessian direction u of batch"};
+    m_distribution->allGatherSlices(gather, slicing, u, m_uFull, nullptr);
+    if (!m_inputsAreHyperparameters) dtheta.resize(0);
+    runDistributed(w, t, &m_uFull, &g, &hu, m_inputsAreHyperparameters ? &dtheta : nullptr, "reverseStepSlice", &slicing);
+  }
+
+  /// \brief reverseStepWithDirection() with sliced outputs (collective): `direction(g, u)` maps
+  /// this process's slice of g to its slice of u; the slices of u are gathered for H u.
+  void reverseStepWithDirectionSlice(const Eigen::VectorXd& w, Index t, const ParameterSlicing& slicing,
+                                     const DirectionFunction& direction, Eigen::VectorXd& u, Eigen::VectorXd& g,
+                                     Eigen::VectorXd& hu, Eigen::VectorXd& dtheta) const {
+    requireDistribution("reverseStepWithDirectionSlice");
+    detail::checkVectorSize(w, numParameters(), "MlpObjective::reverseStepWithDirectionSlice", "w");
+    reverseStepWithDirectionDistributed(w, t, direction, u, g, hu, dtheta, &slicing);
+  }
+
  private:
+  void requireDistribution(const char* fn) const {
+    if (!m_distribution) {
+      throw InvalidState(detail::message("MlpObjective::", fn, ": no shard distribution is set; the sliced entry points "
+                                         "of a sharded optimizer need setShardDistribution()"));
+    }
+  }
+
   /// One shard's sweep, the same in every path: its rows of the batch, the forward pass, the
   /// R-forward pass along u when `uc` is given, and the backward pass into `out` when it asks for
   /// any output. The activations and the backward chain stay in the shard's workspace.
@@ -428,11 +472,11 @@ class BasicMlpObjective {
     }
   }
 
-  /// Adds every shard's row in shard order into the outputs (as run()'s combine step); returns
+  /// Adds every shard's row (m_rowsAll, `rows` with outputs of `N` values: all parameters, or
+  /// this process's slice) in shard order into the outputs, as run()'s combine step does; returns
   /// the sum of the shards' loss sums.
-  double combineRows(const RowLayout& rows, const ShardPlan& plan, Eigen::VectorXd* g, Eigen::VectorXd* hu,
+  double combineRows(const RowLayout& rows, Index N, const ShardPlan& plan, Eigen::VectorXd* g, Eigen::VectorXd* hu,
                      Eigen::VectorXd* dtheta) const {
-    const Index N = numParameters();
     double lossSum = 0.0;
     for (Index s = 0; s < plan.numShards(); ++s) {
       const double* row = m_rowsAll.data() + s * rows.width;
@@ -493,15 +537,72 @@ class BasicMlpObjective {
     });
   }
 
-  /// Exchanges the rows (collective) after the local evaluation, whose failure `error` carries.
-  void exchangeRows(const ShardExchangeHeader& header, const std::exception_ptr& error) const {
-    if (!error) m_rowsAll.resize(static_cast<std::size_t>(header.numShards * header.width));
+  /// Exchanges the rows (collective) after the local evaluation, whose failure `error` carries;
+  /// with a slicing, each process receives only its slice of every row (exchangeSlices). Returns
+  /// the layout of the rows received.
+  RowLayout exchangeRows(const ShardExchangeHeader& header, std::exception_ptr error, const RowLayout& rows,
+                         const ParameterSlicing* slicing) const {
+    if (slicing != nullptr) return exchangeSlices(header, error, rows, *slicing);
+    if (!error) {
+      try {  // a failed allocation is this process's failure, told to the others
+        m_rowsAll.resize(static_cast<std::size_t>(header.numShards * header.width));
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
     m_distribution->allGatherShards(header, m_rowsLocal.data(), m_rowsAll.data(), error);
+    return rows;
   }
 
+  /// The sliced exchange: process q receives, for every shard in shard order, the row [loss sum |
+  /// the slice of each N-long output | the mixed rows]; the other processes' slices never travel.
+  RowLayout exchangeSlices(const ShardExchangeHeader& header, std::exception_ptr error, const RowLayout& rows,
+                           const ParameterSlicing& slicing) const {
+    const int P = m_distribution->numProcesses(), me = m_distribution->rank();
+    const Index mixedSize = m_shardSize * m_data->numFeatures();
+    auto sliceRows = [&](int q) {
+      return RowLayout(rows.gradient >= 0, rows.hvp >= 0, rows.mixed >= 0, slicing.size(q), mixedSize);
+    };
+    const RowLayout mine = sliceRows(me);
+    std::vector<Index> sendCounts(static_cast<std::size_t>(P)), recvCounts(static_cast<std::size_t>(P));
+    if (!error) {
+      try {
+        const ShardRange owned = m_distribution->ownedShards(header.numShards);
+        Index total = 0;
+        for (int q = 0; q < P; ++q) total += owned.count() * sliceRows(q).width;
+        m_sliceSend.resize(static_cast<std::size_t>(total));
+        m_rowsAll.resize(static_cast<std::size_t>(header.numShards * mine.width));
+        double* out = m_sliceSend.data();
+        for (int q = 0; q < P; ++q) {
+          const RowLayout to = sliceRows(q);
+          const Index begin = slicing.begin(q), n = slicing.size(q);
+          sendCounts[static_cast<std::size_t>(q)] = owned.count() * to.width;
+          for (Index slot = 0; slot < owned.count(); ++slot, out += to.width) {
+            const double* row = m_rowsLocal.data() + slot * rows.width;
+            out[0] = row[0];
+            if (rows.gradient >= 0) std::copy_n(row + rows.gradient + begin, n, out + to.gradient);
+            if (rows.hvp >= 0) std::copy_n(row + rows.hvp + begin, n, out + to.hvp);
+            if (rows.mixed >= 0) std::copy_n(row + rows.mixed, mixedSize, out + to.mixed);
+          }
+        }
+        for (int p = 0; p < P; ++p)
+          recvCounts[static_cast<std::size_t>(p)] = ShardDistribution::shardsOf(header.numShards, p, P).count() * mine.width;
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    m_distribution->agree(header, error);
+    m_distribution->allToAllValues(m_sliceSend.data(), sendCounts.data(), m_rowsAll.data(), recvCounts.data());
+    return mine;
+  }
+
+  /// The distributed run(): this process's shards, the exchange, the combination in shard order.
+  /// With a slicing, g and hu are this process's slices (sharded optimizer state).
   double runDistributed(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd* u, Eigen::VectorXd* g,
-                        Eigen::VectorXd* hu, Eigen::VectorXd* dtheta, const char* fn) const {
+                        Eigen::VectorXd* hu, Eigen::VectorXd* dtheta, const char* fn,
+                        const ParameterSlicing* slicing = nullptr) const {
     const Index N = numParameters();
+    const Index n = outputLength(slicing);
     const RowLayout rows(g != nullptr, hu != nullptr, dtheta != nullptr, N, m_shardSize * m_data->numFeatures());
     ShardExchangeHeader header{t, -1, rows.width, inputsPrint(w, u)};
     std::exception_ptr error;
@@ -513,6 +614,9 @@ class BasicMlpObjective {
       const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
       const Scalar* wc = computeCopy(w, m_wCompute);
       const Scalar* uc = u != nullptr ? computeCopy(*u, m_uCompute) : nullptr;
+      if (g != nullptr) g->resize(n);
+      if (hu != nullptr) hu->resize(n);
+      if (dtheta != nullptr) dtheta->setZero(numHyperparameters());
       evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), rows, [&](Index s, Index slot, double* row) {
         Shard& shard = m_shards[static_cast<std::size_t>(slot)];
         typename Network::Outputs out;
@@ -524,22 +628,20 @@ class BasicMlpObjective {
     } catch (...) {
       error = std::current_exception();
     }
-    exchangeRows(header, error);
+    const RowLayout received = exchangeRows(header, error, rows, slicing);
     const ShardPlan plan(static_cast<Index>(m_batchIndex.size()), m_shardSize);
-    if (g != nullptr) g->resize(N);
-    if (hu != nullptr) hu->resize(N);
-    if (dtheta != nullptr) {
-      dtheta->resize(numHyperparameters());
-      dtheta->setZero();
-    }
-    return combineRows(rows, plan, g, hu, dtheta) / static_cast<double>(plan.numItems());
+    return combineRows(received, n, plan, g, hu, dtheta) / static_cast<double>(plan.numItems());
   }
 
+  /// The distributed reverseStepWithDirection(): g exchanged, u from it, H u and the mixed product
+  /// exchanged. With a slicing, g, u and hu are this process's slices, and the processes' slices
+  /// of u are gathered before the R-sweeps.
   void reverseStepWithDirectionDistributed(const Eigen::VectorXd& w, Index t, const DirectionFunction& direction,
                                            Eigen::VectorXd& u, Eigen::VectorXd& g, Eigen::VectorXd& hu,
-                                           Eigen::VectorXd& dtheta) const {
+                                           Eigen::VectorXd& dtheta, const ParameterSlicing* slicing = nullptr) const {
     const char* fn = "reverseStepWithDirection";
     const Index N = numParameters();
+    const Index n = outputLength(slicing);
     const Index mixedSize = m_shardSize * m_data->numFeatures();
     // First exchange: the gradient, from one forward and backward sweep per owned shard.
     const RowLayout first(true, false, false, N, mixedSize);
@@ -553,6 +655,10 @@ class BasicMlpObjective {
       header.numShards = plan.numShards();
       const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
       wc = computeCopy(w, m_wCompute);
+      g.resize(n);
+      hu.resize(n);
+      if (m_inputsAreHyperparameters) dtheta.setZero(numHyperparameters());
+      else dtheta.resize(0);
       evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), first, [&](Index s, Index slot, double* row) {
         Shard& shard = m_shards[static_cast<std::size_t>(slot)];
         typename Network::Outputs out;
@@ -562,20 +668,34 @@ class BasicMlpObjective {
     } catch (...) {
       error = std::current_exception();
     }
-    exchangeRows(header, error);
+    const RowLayout firstReceived = exchangeRows(header, error, first, slicing);
     const ShardPlan plan(static_cast<Index>(m_batchIndex.size()), m_shardSize);
-    g.resize(N);
-    combineRows(first, plan, &g, nullptr, nullptr);
-    direction(g, u);  // the same g on every process: the same u
-    detail::checkVectorSize(u, N, "MlpObjective::reverseStepWithDirection", "the direction u");
+    combineRows(firstReceived, n, plan, &g, nullptr, nullptr);
+    const Eigen::VectorXd* uFull = &u;
+    if (slicing == nullptr) {
+      direction(g, u);  // the same g on every process: the same u
+      detail::checkVectorSize(u, n, "MlpObjective::reverseStepWithDirection", "the direction u");
+    } else {
+      error = nullptr;
+      try {  // u from this process's slice of g; a failure here is told to the others
+        direction(g, u);
+        detail::checkVectorSize(u, n, "MlpObjective::reverseStepWithDirection", "the direction u");
+      } catch (...) {
+        error = std::current_exception();
+      }
+      const ShardExchangeHeader gather{t, plan.numShards(), N, inputsPrint(w, nullptr),
+                                       "computing the Hessian direction u of batch"};
+      m_distribution->allGatherSlices(gather, *slicing, u, m_uFull, error);
+      uFull = &m_uFull;
+    }
     // Second exchange: H u and the mixed product from the R-sweeps of the same shards.
     const RowLayout second(false, true, m_inputsAreHyperparameters, N, mixedSize);
     header.width = second.width;
-    header.inputs = withBatchAndData(inputsPrint(w, &u));
+    header.inputs = withBatchAndData(inputsPrint(w, uFull));
     error = nullptr;
     try {
       const Scalar scale = Scalar(1) / static_cast<Scalar>(plan.numItems());
-      const Scalar* uc = computeCopy(u, m_uCompute);
+      const Scalar* uc = computeCopy(*uFull, m_uCompute);
       evaluateOwned(plan, m_distribution->ownedShards(plan.numShards()), second, [&](Index, Index slot, double* row) {
         Shard& shard = m_shards[static_cast<std::size_t>(slot)];
         resweepShard(shard, wc, uc, scale, shardRowOutput(row + second.hvp, shard.hvp));
@@ -583,15 +703,21 @@ class BasicMlpObjective {
     } catch (...) {
       error = std::current_exception();
     }
-    exchangeRows(header, error);
-    hu.resize(N);
-    if (m_inputsAreHyperparameters) {
-      dtheta.resize(numHyperparameters());
-      dtheta.setZero();
-    } else {
-      dtheta.resize(0);
+    const RowLayout secondReceived = exchangeRows(header, error, second, slicing);
+    combineRows(secondReceived, n, plan, nullptr, &hu, m_inputsAreHyperparameters ? &dtheta : nullptr);
+  }
+
+  /// The length of g and H u: all parameters, or with a slicing this process's slice (after
+  /// checking that the slicing fits).
+  Index outputLength(const ParameterSlicing* slicing) const {
+    if (slicing == nullptr) return numParameters();
+    if (slicing->numParameters() != numParameters() || slicing->numProcesses() != m_distribution->numProcesses()) {
+      throw InvalidArgument(detail::message("MlpObjective: the parameter slicing is for ", slicing->numParameters(),
+                                            " parameters and ", slicing->numProcesses(), " processes; the objective has ",
+                                            numParameters(), " parameters and its distribution ",
+                                            m_distribution->numProcesses(), " processes"));
     }
-    combineRows(second, plan, nullptr, &hu, m_inputsAreHyperparameters ? &dtheta : nullptr);
+    return slicing->size(m_distribution->rank());
   }
 
   /// Adds shard s's mixed product (its rows of ∂θ) into example-major θ, in batch order; += so
@@ -679,6 +805,8 @@ class BasicMlpObjective {
   mutable std::vector<Index> m_batchIndex;
   std::shared_ptr<const ShardDistribution> m_distribution;  // null: every shard here
   mutable std::vector<double> m_rowsLocal, m_rowsAll;       // the distributed path's shard rows
+  mutable std::vector<double> m_sliceSend;                   // the sliced exchange's outgoing rows
+  mutable Eigen::VectorXd m_uFull;                           // u gathered from the processes' slices
   std::uint64_t m_dataVersion = 0;                           // +1 whenever m_data is replaced
   mutable std::uint64_t m_dataPrintVersion = ~std::uint64_t(0), m_dataPrint = 0;  // withBatchAndData's cache
 };
