@@ -1,10 +1,14 @@
 # ctest driver of the distributed_schedule example (--quick): one process without any exchange
-# (--single), then 2 and 3 processes under mpiexec; the three hypergradient digests must be equal.
+# (--single), then 2 and 3 processes under mpiexec, with the optimizer state whole on every
+# process and sharded (--sharded-state); the five hypergradient digests must be equal.
 set(digests)
-foreach(np 1 2 3)
+foreach(run 1 2 3 2s 3s)
+  string(REGEX REPLACE "s$" "" np "${run}")
   set(extra)
-  if(np EQUAL 1)
+  if(run STREQUAL "1")
     set(extra --single)
+  elseif(NOT run STREQUAL np)
+    set(extra --sharded-state)
   endif()
   execute_process(COMMAND "${MPIEXEC}" ${NP_FLAG} ${np} ${MPI_FLAGS} "${EXE}" --quick ${extra}
                   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -16,10 +20,10 @@ foreach(np 1 2 3)
     message(FATAL_ERROR "distributed_schedule with ${np} process(es) printed no digest:\n${out}")
   endif()
   list(APPEND digests "${d}")
-  message(STATUS "${np} process(es): ${d}")
+  message(STATUS "${np} process(es) ${extra}: ${d}")
 endforeach()
 list(REMOVE_DUPLICATES digests)
 list(LENGTH digests distinct)
 if(NOT distinct EQUAL 1)
-  message(FATAL_ERROR "the digests differ between 1, 2 and 3 processes: ${digests}")
+  message(FATAL_ERROR "the digests differ between 1, 2 and 3 processes (whole or sharded state): ${digests}")
 endif()

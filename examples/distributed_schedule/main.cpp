@@ -34,6 +34,7 @@ namespace {
 struct Options {
   bool quick = false;
   bool single = false;  // no shard distribution: the single-process library, for the digest
+  bool shardedState = false;  // each process keeps a slice of the optimizer state (ShardedOptimizer)
   std::string data;     // "" = hypergrad::defaultDataDirectory()
   Index metaIterations = -1;
   Index shardSize = -1;  // -1: 50 (the paper's batch of 200 in 4 shards), --quick 10 (batch 50 in 5)
@@ -50,14 +51,17 @@ Options parse(int argc, char** argv) {
     };
     if (a == "--quick") o.quick = true;
     else if (a == "--single") o.single = true;
+    else if (a == "--sharded-state") o.shardedState = true;
     else if (a == "--data") o.data = next();
     else if (a == "--meta-iterations") o.metaIterations = std::stol(next());
     else if (a == "--seed") o.seed = std::stoull(next());
     else if (a == "--shard-size") o.shardSize = std::stol(next());
     else if (a == "--help" || a == "-h") {
-      std::printf("usage: mpiexec -n P %s [--quick] [--single] [--data DIR] [--meta-iterations N] [--shard-size S] [--seed N]\n"
+      std::printf("usage: mpiexec -n P %s [--quick] [--single | --sharded-state] [--data DIR] [--meta-iterations N]\n"
+                  "                  [--shard-size S] [--seed N]\n"
                   "  --quick         MLP 784-20-10, T = 10, 500 examples (synthetic when DIR holds no MNIST files)\n"
                   "  --single        evaluate every shard here (no exchange): the digest to compare with\n"
+                  "  --sharded-state each process keeps only its slice of the optimizer state and buffer\n"
                   "  --shard-size S  examples per shard (default 50; --quick 10): the unit shared among processes\n",
                   argv[0]);
       std::exit(0);
@@ -68,6 +72,8 @@ Options parse(int argc, char** argv) {
   if (o.metaIterations == -1) o.metaIterations = o.quick ? 3 : 10;
   if (o.shardSize == -1) o.shardSize = o.quick ? 10 : hypergrad::defaultMlpShardSize;
   if (o.metaIterations < 1) throw hypergrad::InvalidArgument("--meta-iterations must be >= 1");
+  if (o.single && o.shardedState)
+    throw hypergrad::InvalidArgument("--sharded-state shares the optimizer state among processes; it needs no --single");
   return o;
 }
 
@@ -86,6 +92,15 @@ hypergrad::Dataset synthetic(Index n, std::uint64_t seed) {
   }
   return d;
 }
+
+// Records the information buffer's size at the end of training, when it is largest.
+struct BufferAtTrainEnd {
+  std::size_t bytes = 0;
+  template <class Optimizer>
+  void onTrainEnd(const Optimizer& opt) {
+    bytes = opt.buffer().memoryBytes();
+  }
+};
 
 std::uint64_t digestOf(std::uint64_t digest, const MatrixXd& m) {
   for (Index i = 0; i < m.size(); ++i) {
@@ -144,18 +159,33 @@ int run(int argc, char** argv) {
   params.add("learning rates", MatrixXd::Constant(T, G, 0.1), hypergrad::Transform::Log);
   params.add("momenta", MatrixXd::Constant(T, G, 0.9), hypergrad::Transform::Logit);
   std::uint64_t digest = 0;
+  Index stateElements = 0;      // the elements of w and v this process keeps
+  std::size_t bufferBytes = 0;  // this process's information buffer after training, the largest
   auto evaluate = [&](const hypergrad::MetaParameters& p, Index metaIteration) {
     const std::uint64_t seed = o.seed * 1000003u + std::uint64_t(metaIteration);
     hypergrad::MlpObjective objective(arch, trainLoss.sharedData(),
                                       hypergrad::SeededBatches(seed, trainLoss.data().numExamples(), batchSize));
     objective.setShardSize(o.shardSize);
     objective.setShardDistribution(shards);
-    hypergrad::SgdMomentum<> sgd(layout, hypergrad::Schedule(p.value(0)), hypergrad::Schedule(p.value(1)));
+    const VectorXd w1 = hypergrad::ScaledInit(layout, logScales, seed).weights();
+    const hypergrad::Schedule alpha(p.value(0)), gamma(p.value(1));
     // Every process must run the same schedules (they do: the same meta-loop on the same
     // hypergradients); checked before training, not only when the weights drift apart.
-    if (shards) shards->requireSame("the schedules", sgd.schedules().fingerprint());
-    const hypergrad::Hypergradients hg = hypergrad::computeHypergradients(
-        sgd, objective, trainLoss, hypergrad::ScaledInit(layout, logScales, seed).weights(), VectorXd::Zero(N));
+    BufferAtTrainEnd peak;
+    hypergrad::Hypergradients hg;
+    if (o.shardedState) {
+      // Each process keeps its slice of w, v and the information buffer (whole buffer blocks).
+      hypergrad::ShardedOptimizer<hypergrad::SgdMomentum<>> sgd(shards, layout, alpha, gamma);
+      shards->requireSame("the schedules", sgd.schedules().fingerprint());
+      hg = hypergrad::computeHypergradients(sgd, objective, trainLoss, w1, VectorXd::Zero(N), peak);
+      stateElements = sgd.sliceSize();
+    } else {
+      hypergrad::SgdMomentum<> sgd(layout, alpha, gamma);
+      if (shards) shards->requireSame("the schedules", sgd.schedules().fingerprint());
+      hg = hypergrad::computeHypergradients(sgd, objective, trainLoss, w1, VectorXd::Zero(N), peak);
+      stateElements = N;
+    }
+    bufferBytes = std::max(bufferBytes, peak.bytes);
     digest = digestOf(digestOf(digest, hg.learningRates), hg.momenta);
     if (print) {
       std::printf("meta-iteration %2ld: final training loss %.6f, |dalpha| %.6e, digest %016llx\n", long(metaIteration),
@@ -175,6 +205,8 @@ int run(int argc, char** argv) {
     std::printf("final training loss %.6f (first %.6f), validation loss %.6f\n", result.objectives.back(),
                 result.objectives.front(), result.metrics.back().at("valid loss"));
     std::printf("hypergradient digest: %016llx\n", static_cast<unsigned long long>(digest));
+    std::printf("rank 0 keeps %ld of %ld weights' optimizer state; its buffer after training: %.2f MB (the largest)\n",
+                long(stateElements), long(N), double(bufferBytes) / 1e6);
     std::printf("wall time %.1f s\n", seconds);
   }
   return 0;

@@ -113,8 +113,10 @@ class ShardedOptimizer {
 
   // ---- Run (each operation collective) -------------------------------------------------------------
 
-  /// Begins a run from the whole initial states (weights first; the same on every process; each
-  /// process keeps its slice). Throws leaving the previous run as it was, on every process.
+  /// Begins a run from the whole initial states (weights first; Eigen vectors of doubles, rounded
+  /// to the grid as ReversibleOptimizer::start() rounds them; the same on every process, which
+  /// is checked; each process keeps its slice). Throws leaving the previous run as it was, on
+  /// every process.
   template <class... Initial>
   void start(const Initial&... initial) {
     static_assert(sizeof...(Initial) >= 1 && sizeof...(Initial) <= static_cast<std::size_t>(numStates),
@@ -124,7 +126,7 @@ class ShardedOptimizer {
     std::optional<typename Optimizer::RunState> previous;
     bool startedHere = false;
     try {
-      (void)std::initializer_list<int>{(checkWhole(initial), print = mix64(print ^ fingerprint(initial.data(), initial.size())), 0)...};
+      (void)std::initializer_list<int>{(checkWhole(initial), print = mix64(print ^ wholePrint(initial)), 0)...};
       if (m_local.started()) previous = m_local.exportRun();
       m_local.start(initial.segment(begin(), sliceSize())...);
       startedHere = true;
@@ -418,6 +420,11 @@ class ShardedOptimizer {
     return out;
   }
 
+  template <class Derived>
+  static std::uint64_t wholePrint(const Eigen::MatrixBase<Derived>& x) {
+    const Eigen::VectorXd v = x;  // x may be an expression (VectorXd::Zero(n))
+    return fingerprint(v.data(), v.size());
+  }
   template <class Derived>
   void checkWhole(const Eigen::MatrixBase<Derived>& x) const {
     if (x.size() != size()) {
