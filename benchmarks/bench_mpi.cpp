@@ -7,7 +7,12 @@
 //
 //   mpi/hypergradient/<wl>/T:<T>     computeHypergradients with MpiShardDistribution: time per forward
 //                                    and reverse step, bytes received per step, RSS per process
+//   sharded/hypergradient/<wl>/T:<T> the same with the optimizer state sharded (ShardedOptimizer):
+//                                    each process keeps its slice of w, v and the buffer
 //   single/hypergradient/<wl>/T:<T>  the same run with no distribution (each process alone)
+//
+// state_mb: the optimizer state this process keeps — w, v and their start snapshot for its
+// elements, and its information buffer at the end of training, when it is largest.
 //
 // Every case has a fixed iteration count, so all processes run the same collectives; only rank 0
 // reports. Both cases check that their hypergradients are bit-identical (the error counter).
@@ -64,26 +69,49 @@ bool sameBits(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
          std::memcmp(a.data(), b.data(), sizeof(double) * static_cast<std::size_t>(a.size())) == 0;
 }
 
-void hypergradient(benchmark::State& state, const WorkloadSpec& spec, Index T, bool distributed) {
+// The information buffer's size at the end of training, when it is largest.
+struct BufferAtTrainEnd {
+  std::size_t bytes = 0;
+  template <class Optimizer>
+  void onTrainEnd(const Optimizer& opt) {
+    bytes = opt.buffer().memoryBytes();
+  }
+};
+
+enum class Mode { Single, Distributed, Sharded };
+
+void hypergradient(benchmark::State& state, const WorkloadSpec& spec, Index T, Mode mode) {
   const Workload& wl = bench::workload(spec);
   hypergrad::MlpObjective f = wl.train;  // shares the data
   std::shared_ptr<hypergrad::mpi::MpiShardDistribution> d;
-  if (distributed) {
+  if (mode != Mode::Single) {
     d = std::make_shared<hypergrad::mpi::MpiShardDistribution>();
     f.setShardDistribution(d);
   }
   const hypergrad::Hypergradients& reference = singleResult(wl, T);
-  double forward = 0.0, reverse = 0.0;
+  double forward = 0.0, reverse = 0.0, stateBytes = 0.0;
   bool identical = true;
   for (auto _ : state) {
-    hypergrad::SgdMomentum<> opt(wl.layout, wl.alphas(T), wl.gammas(T, wl.spec.gamma));
-    const hypergrad::Hypergradients hg = hypergrad::computeHypergradients(opt, f, wl.validation, wl.w1);
+    BufferAtTrainEnd buffer;
+    hypergrad::Hypergradients hg;
+    Index elements = wl.layout.size();
+    if (mode == Mode::Sharded) {
+      hypergrad::ShardedOptimizer<hypergrad::SgdMomentum<>> opt(d, wl.layout, wl.alphas(T), wl.gammas(T, wl.spec.gamma));
+      hg = hypergrad::computeHypergradients(opt, f, wl.validation, wl.w1, buffer);
+      elements = opt.sliceSize();
+    } else {
+      hypergrad::SgdMomentum<> opt(wl.layout, wl.alphas(T), wl.gammas(T, wl.spec.gamma));
+      hg = hypergrad::computeHypergradients(opt, f, wl.validation, wl.w1, buffer);
+    }
+    // w and v, each with its start snapshot, 8 bytes per element; and the buffer.
+    stateBytes = 4.0 * 8.0 * static_cast<double>(elements) + static_cast<double>(buffer.bytes);
     forward += hg.statistics.forwardSeconds;
     reverse += hg.statistics.reverseSeconds;
     identical = identical && sameBits(hg.learningRates, reference.learningRates) && sameBits(hg.momenta, reference.momenta);
   }
   const double runs = static_cast<double>(state.iterations()), steps = runs * static_cast<double>(T);
-  state.counters["processes"] = distributed ? worldSize() : 1;
+  state.counters["processes"] = mode != Mode::Single ? worldSize() : 1;
+  state.counters["state_mb"] = stateBytes / 1e6;
   state.counters["forward_ms_per_step"] = 1e3 * forward / steps;
   state.counters["reverse_ms_per_step"] = 1e3 * reverse / steps;
   // Exchanges: one per forward step, one per reverse step (the fused reverse step), one for the
@@ -100,10 +128,13 @@ void registerAll() {
     const std::string tag = "/" + spec.name + "/T:" + std::to_string(T);
     const int iterations = spec.name == "smoke" ? 1 : 3;
     benchmark::RegisterBenchmark(("mpi/hypergradient" + tag).c_str(),
-                                 [spec, T](benchmark::State& st) { hypergradient(st, spec, T, true); })
+                                 [spec, T](benchmark::State& st) { hypergradient(st, spec, T, Mode::Distributed); })
+        ->Unit(benchmark::kMillisecond)->Iterations(iterations)->UseRealTime();
+    benchmark::RegisterBenchmark(("sharded/hypergradient" + tag).c_str(),
+                                 [spec, T](benchmark::State& st) { hypergradient(st, spec, T, Mode::Sharded); })
         ->Unit(benchmark::kMillisecond)->Iterations(iterations)->UseRealTime();
     benchmark::RegisterBenchmark(("single/hypergradient" + tag).c_str(),
-                                 [spec, T](benchmark::State& st) { hypergradient(st, spec, T, false); })
+                                 [spec, T](benchmark::State& st) { hypergradient(st, spec, T, Mode::Single); })
         ->Unit(benchmark::kMillisecond)->Iterations(iterations)->UseRealTime();
   }
 }
