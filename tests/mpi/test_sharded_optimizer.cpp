@@ -203,3 +203,62 @@ TEST_CASE("a sharded optimizer refuses a layout with fewer buffer blocks than pr
             Catch::Matchers::Contains("smaller block size"));
   }
 }
+
+TEST_CASE("a batch that fails on one process during a sharded reverse pass: every process throws and is back at T",
+          "[mpi][sharded][errors]") {
+  Workload wl;
+  const int P = worldSize(), me = worldRank(), bad = P - 1;
+  const ParameterLayout layout = wl.arch.layout();
+  const Index T = 10, G = layout.numGroups();
+  bool armed = false;
+  const SeededBatches batches(3, 200, 40);
+  MlpObjective f(wl.arch, wl.train, [&](Index t) -> std::vector<Index> {
+    if (armed && t == 4 && me == bad) throw DataError("the batch file for t = 4 is gone");
+    return batches(t);
+  });
+  f.setShardSize(10);
+  f.setShardDistribution(world());
+  ShardedOptimizer<SgdMomentum<>> many(world(), layout, Schedule(learningRates(T, G)), Schedule::constant(T, G, 0.9),
+                                       kBlock);
+  const VectorXd w1 = initialWeights(wl.arch, 7);
+  many.start(w1);
+  train(many, f);
+  const VectorXd wT = many.weights();
+  armed = true;
+  try {
+    reverse(many, f, wl.valid);
+    FAIL("the reverse pass should have thrown at t = 4");
+  } catch (const DistributedError& e) {
+    CHECK(e.rank() == bad);
+    CHECK_THAT(std::string(e.what()), Catch::Matchers::Contains("batch t = 4") &&
+                                          Catch::Matchers::Contains("the batch file for t = 4 is gone"));
+  }
+  // Every process re-took the steps it had reversed: back at T with the same weights.
+  CHECK(many.iteration() == T);
+  CHECK_FALSE(many.halfStep());
+  CHECK(sameBits(many.weights(), wT));
+  armed = false;
+  const Hypergradients b = reverse(many, f, wl.valid);
+  SgdMomentum<> one(layout, Schedule(learningRates(T, G)), Schedule::constant(T, G, 0.9), kBlock);
+  const Hypergradients a = computeHypergradients(one, wl.single, wl.valid, w1);
+  CHECK(sameBits(a.learningRates, b.learningRates));
+  CHECK(sameBits(a.initialWeights, b.initialWeights));
+  CHECK(many.buffer().empty());
+}
+
+TEST_CASE("processes whose sharded optimizers get other schedules are stopped at construction", "[mpi][sharded][errors]") {
+  Workload wl;
+  const ParameterLayout layout = wl.arch.layout();
+  const Index T = 5, G = layout.numGroups();
+  const double alpha = worldRank() == worldSize() - 1 && worldSize() > 1 ? 0.06 : 0.05;
+  auto make = [&] {
+    return ShardedOptimizer<SgdMomentum<>>(world(), layout, Schedule::constant(T, G, alpha), Schedule::constant(T, G, 0.9),
+                                           kBlock);
+  };
+  if (worldSize() == 1) {
+    CHECK_NOTHROW(make());
+  } else {
+    CHECK_THROWS_WITH(make(), Catch::Matchers::Contains("disagree on the sharded optimizer's schedules") &&
+                                  Catch::Matchers::Contains("rank " + std::to_string(worldSize() - 1)));
+  }
+}

@@ -84,7 +84,9 @@ class ShardedOptimizer {
   /// \param schedules    the rule's schedules for all groups, T × G each
   /// \param options      as for the optimizer; the block size is also the slicing's unit
   /// \throws InvalidArgument as the optimizer does, and when some process would own no block
-  ///         (fewer blocks than processes: use a smaller block size or fewer processes)
+  ///         (fewer blocks than processes: use a smaller block size or fewer processes);
+  ///         DistributedError on every process when the processes' schedules or block sizes
+  ///         differ (the constructor is collective: every process constructs it)
   ShardedOptimizer(std::shared_ptr<const ShardDistribution> distribution, ParameterLayout layout,
                    std::array<Schedule, static_cast<std::size_t>(numSchedules)> schedules,
                    OptimizerOptions options = OptimizerOptions())
@@ -97,6 +99,9 @@ class ShardedOptimizer {
       m_piecesOf.push_back(static_cast<Index>(
           detail::sumPieces(m_layout, m_slicing.begin(r), m_slicing.end(r), options.blockSize).size()));
     }
+    // Collective: processes with other schedules (or block sizes) would slice and step differently.
+    m_distribution->requireSame("the sharded optimizer's schedules and block size",
+                                mix64(m_schedules.fingerprint() ^ static_cast<std::uint64_t>(options.blockSize)));
   }
 
   /// The same with the schedules as separate arguments: `(distribution, layout, α, γ)` or
