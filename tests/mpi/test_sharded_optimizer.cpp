@@ -9,11 +9,14 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <hypergrad/optimizers/adam.hpp>
 #include <hypergrad/optimizers/sgd_momentum.hpp>
+#include <hypergrad/optimizers/snapshot.hpp>
 #include <hypergrad/parallel/sharded_optimizer.hpp>
 #include <hypergrad/reverse.hpp>
 
@@ -261,4 +264,108 @@ TEST_CASE("processes whose sharded optimizers get other schedules are stopped at
     CHECK_THROWS_WITH(make(), Catch::Matchers::Contains("disagree on the sharded optimizer's schedules") &&
                                   Catch::Matchers::Contains("rank " + std::to_string(worldSize() - 1)));
   }
+}
+
+namespace {
+// Throws from onForwardStep on one process at one step; or asks to stop there.
+struct OneProcessCallback {
+  Index at;
+  int rank;
+  bool stopInstead;
+  template <class Opt>
+  bool onForwardStep(const Opt& /*opt*/, Index t, const VectorXd& /*g*/) {
+    if (t != at || worldRank() != rank) return false;
+    if (stopInstead) return true;
+    throw std::runtime_error("the callback's log file is full");
+  }
+};
+}  // namespace
+
+TEST_CASE("a callback that throws or stops on one process: every process throws or stops with it (sharded)",
+          "[mpi][sharded][errors]") {
+  Workload wl;
+  const int bad = worldSize() - 1;
+  const ParameterLayout layout = wl.arch.layout();
+  const Index T = 8, G = layout.numGroups();
+  ShardedOptimizer<SgdMomentum<>> many(world(), layout, Schedule::constant(T, G, 0.05), Schedule::constant(T, G, 0.9),
+                                       kBlock);
+  const VectorXd w1 = initialWeights(wl.arch, 8);
+  many.start(w1);
+  try {
+    train(many, wl.shared, OneProcessCallback{3, bad, false});
+    FAIL("train should have thrown");
+  } catch (const DistributedError& e) {
+    CHECK(e.rank() == bad);
+    CHECK_THAT(std::string(e.what()), Catch::Matchers::Contains("onForwardStep") &&
+                                          Catch::Matchers::Contains("the callback's log file is full"));
+  }
+  // train() reversed the steps it took, on every process together.
+  CHECK(many.iteration() == 0);
+  CHECK(many.buffer().empty());
+  CHECK(many.local().weightsEqual(VectorXd(w1.segment(many.sliceBegin(), many.sliceSize()))));
+  // A stop on one process stops all of them after the same step.
+  const TrainSummary s = train(many, wl.shared, OneProcessCallback{4, bad, true});
+  CHECK(s.stoppedEarly);
+  CHECK(many.iteration() == 5);
+  CHECK(sameOnEveryRank(static_cast<std::uint64_t>(many.iteration())));
+}
+
+TEST_CASE("a sharded run saved per process is loaded by fresh sharded optimizers and reversed with the single-process bits",
+          "[mpi][sharded][snapshot]") {
+  Workload wl;
+  const ParameterLayout layout = wl.arch.layout();
+  const Index T = 30, G = layout.numGroups();
+  auto make = [&] {
+    return ShardedOptimizer<SgdMomentum<>>(world(), layout, Schedule(learningRates(T, G)), Schedule::constant(T, G, 0.9),
+                                           kBlock);
+  };
+  const VectorXd w1 = initialWeights(wl.arch, 9);
+  std::stringstream saved;  // a file per process in a program
+  {
+    ShardedOptimizer<SgdMomentum<>> forward = make();
+    forward.start(w1);
+    for (Index t = 0; t < 20; ++t) forward.step(wl.shared);
+    saveRun(forward.local(), saved);
+  }
+  ShardedOptimizer<SgdMomentum<>> resumed = make();
+  resumed.loadLocalRun([&](SgdMomentum<>& local) { loadRun(local, saved); });
+  CHECK(resumed.iteration() == 20);
+  train(resumed, wl.shared);
+  const Hypergradients b = reverse(resumed, wl.shared, wl.valid);
+  SgdMomentum<> one(layout, Schedule(learningRates(T, G)), Schedule::constant(T, G, 0.9), kBlock);
+  const Hypergradients a = computeHypergradients(one, wl.single, wl.valid, w1);
+  CHECK(sameBits(a.learningRates, b.learningRates));
+  CHECK(sameBits(a.initialWeights, b.initialWeights));
+  CHECK(resumed.buffer().empty());
+  // A run of another iteration on one process is refused on all, each keeping its run.
+  SgdMomentum<>::RunState mine = resumed.exportRun();
+  if (worldRank() == worldSize() - 1 && worldSize() > 1) mine.iteration = 1;
+  if (worldSize() > 1) {
+    CHECK_THROWS_AS(resumed.importRun(mine), DistributedError);
+    CHECK(resumed.iteration() == 0);
+  }
+}
+
+TEST_CASE("a reverse step whose recomputed gradient differs on one process: every process is back where it was",
+          "[mpi][sharded][errors]") {
+  Workload wl;
+  const int bad = worldSize() - 1;
+  const ParameterLayout layout = wl.arch.layout();
+  const Index T = 8, G = layout.numGroups();
+  ShardedOptimizer<SgdMomentum<>> many(world(), layout, Schedule::constant(T, G, 0.05), Schedule::constant(T, G, 0.9),
+                                       kBlock);
+  many.start(initialWeights(wl.arch, 10));
+  const OverflowOnOneRank f{wl.shared, T - 1, bad};
+  f.armed = false;
+  train(many, f);
+  const VectorXd wT = many.weights();
+  f.armed = true;  // the recomputed g_{T-1} is 1e12 times the forward one on one process
+  CHECK_THROWS_AS(many.unstep(f), DistributedError);
+  CHECK(many.iteration() == T);
+  CHECK_FALSE(many.halfStep());
+  CHECK(sameBits(many.weights(), wT));
+  f.armed = false;
+  for (Index t = 0; t < T; ++t) many.unstep(f);
+  many.checkRecoveredStart();
+  CHECK(many.buffer().empty());
 }

@@ -114,13 +114,6 @@ Index sumBlockSize(const Optimizer& opt) {
   else return kScheduleSumBlock;
 }
 
-/// True for an optimizer whose state is sharded over processes (ShardedOptimizer: it has a
-/// slicing); reverse() then works on this process's slice.
-template <class, class = void>
-struct IsSharded : std::false_type {};
-template <class O>
-struct IsSharded<O, std::void_t<decltype(std::declval<const O&>().slicing())>> : std::true_type {};
-
 /// The pieces of `layout`'s elements [first, last), in element order, for summation blocks of
 /// `block` elements.
 inline std::vector<SumPiece> sumPieces(const ParameterLayout& layout, Index first, Index last,
@@ -328,7 +321,12 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
       nextValues = Eigen::MatrixXd::Zero(Rule::numSchedules, numGroups);
   std::vector<Coefficients> coefficients;
   try {
-    (detail::callReverseBegin(callbacks, opt, out.metaObjective), ...);
+    if constexpr (sizeof...(Callbacks) > 0) {
+      detail::runHooks(opt, T, "running a callback's onReverseBegin at iteration", [&] {
+        (detail::callReverseBegin(callbacks, opt, out.metaObjective), ...);
+        return false;
+      });
+    }
     for (Index t = T; t-- > 0;) {
       opt.coefficients(t, coefficients);
       pieceSums.setZero();
@@ -381,6 +379,7 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
         std::exception_ptr local;
         try {
           checkProducts();
+          opt.requireSameProcesses(f);
         } catch (...) {
           local = std::current_exception();
         }
@@ -407,7 +406,12 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
       detail::chainProducts(coefficients, productSums, productTails, nextValues, sums);
       for (Index j = 0; j < Rule::numSchedules; ++j) out.schedule(j).row(t) = sums.row(j);
       [[maybe_unused]] const ReverseState state{g, dw, u, adjoints.data(), S};
-      (detail::callReverseStep(callbacks, opt, t, state), ...);
+      if constexpr (sizeof...(Callbacks) > 0) {
+        detail::runHooks(opt, t, "running a callback's onReverseStep at iteration", [&] {
+          (detail::callReverseStep(callbacks, opt, t, state), ...);
+          return false;
+        });
+      }
     }
     opt.checkRecoveredStart();
     for (int s = 0; s < S; ++s) {
@@ -418,7 +422,12 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
     out.hyperparameterLayout = hyperparameterLayout(f);
     out.statistics.reverseSeconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - clockStart).count();
-    (detail::callReverseEnd(callbacks, opt, out), ...);
+    if constexpr (sizeof...(Callbacks) > 0) {
+      detail::runHooks(opt, 0, "running a callback's onReverseEnd at iteration", [&] {
+        (detail::callReverseEnd(callbacks, opt, out), ...);
+        return false;
+      });
+    }
   } catch (...) {
     const std::exception_ptr error = std::current_exception();
     detail::restoreAfterFailedReverse(opt, f, T);

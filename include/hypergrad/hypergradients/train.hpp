@@ -7,6 +7,7 @@
 #include <chrono>
 #include <exception>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <Eigen/Core>
@@ -16,6 +17,39 @@
 #include "../objective.hpp"
 
 namespace hypergrad {
+
+namespace detail {
+
+/// True for an optimizer whose state is sharded over processes (ShardedOptimizer: it has a
+/// slicing); train() and reverse() then agree on what their callbacks did.
+template <class, class = void>
+struct IsSharded : std::false_type {};
+template <class O>
+struct IsSharded<O, std::void_t<decltype(std::declval<const O&>().slicing())>> : std::true_type {};
+
+/// Runs callback hooks (`hooks()` returns whether one asked to stop). For a sharded optimizer
+/// the processes agree on the outcome — one process's callback throwing makes every process throw
+/// DistributedError, one process's stop stops all — so they stay in step; otherwise a plain call.
+template <class Optimizer, class Hooks>
+bool runHooks(const Optimizer& opt, Index t, const char* what, Hooks&& hooks) {
+  if constexpr (IsSharded<Optimizer>::value) {
+    bool stop = false;
+    std::exception_ptr error;
+    try {
+      stop = hooks();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    return opt.agreeOnStop(t, error, stop, what);
+  } else {
+    static_cast<void>(opt);
+    static_cast<void>(t);
+    static_cast<void>(what);
+    return hooks();
+  }
+}
+
+}  // namespace detail
 
 /// What train() did.
 struct TrainSummary {
@@ -34,6 +68,9 @@ struct TrainSummary {
 /// recomputes their gradients) so that the optimizer is exactly as it was before the call, and
 /// the exception is rethrown. Should the objective fail again during that rollback, the
 /// optimizer is left consistent at opt.iteration() and the first exception is rethrown.
+///
+/// With a ShardedOptimizer, the callbacks see this process's slice of g, and their outcome is
+/// agreed among the processes after each hook (one collective per hook when there are callbacks).
 template <class Optimizer, class Objective, class... Callbacks>
 TrainSummary train(Optimizer& opt, const Objective& f, Callbacks&&... callbacks) {
   checkObjective<Objective>();
@@ -41,19 +78,35 @@ TrainSummary train(Optimizer& opt, const Objective& f, Callbacks&&... callbacks)
   const Index first = opt.iteration();
   TrainSummary summary;
   try {
-    (detail::callTrainBegin(callbacks, opt), ...);
+    if constexpr (sizeof...(Callbacks) > 0) {
+      detail::runHooks(opt, first, "running a callback's onTrainBegin at iteration", [&] {
+        (detail::callTrainBegin(callbacks, opt), ...);
+        return false;
+      });
+    }
     while (opt.iteration() < opt.numIterations()) {
       [[maybe_unused]] const Index t = opt.iteration();
       opt.step(f);
       ++summary.stepsTaken;
       bool stop = false;
-      ((stop = detail::callForwardStep(callbacks, opt, t, opt.lastGradient(), summary.stopReason) || stop), ...);
+      if constexpr (sizeof...(Callbacks) > 0) {
+        stop = detail::runHooks(opt, t, "running a callback's onForwardStep at iteration", [&] {
+          bool any = false;
+          ((any = detail::callForwardStep(callbacks, opt, t, opt.lastGradient(), summary.stopReason) || any), ...);
+          return any;
+        });
+      }
       if (stop) {
         summary.stoppedEarly = true;
         break;
       }
     }
-    (detail::callTrainEnd(callbacks, opt), ...);
+    if constexpr (sizeof...(Callbacks) > 0) {
+      detail::runHooks(opt, opt.iteration(), "running a callback's onTrainEnd at iteration", [&] {
+        (detail::callTrainEnd(callbacks, opt), ...);
+        return false;
+      });
+    }
   } catch (...) {
     const std::exception_ptr error = std::current_exception();
     try {

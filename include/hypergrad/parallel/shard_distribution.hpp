@@ -67,9 +67,9 @@ struct ShardExchangeHeader {
 };
 
 /// \brief One contiguous slice of the parameter vector per process: the sharded optimizer state
-/// (parallel/sharded_optimizer.hpp). The cuts are at multiples of an alignment — a multiple of the
-/// information buffer's block size and of the reverse pass's 4096-element schedule-sum blocks —
-/// so that each process's buffer blocks and sum blocks are the single process's own; process r
+/// (parallel/sharded_optimizer.hpp). The cuts are at multiples of an alignment — the information
+/// buffer's block size, which is also the unit of the reverse pass's schedule sums — so that each
+/// process's buffer blocks and sum blocks are the single process's own; process r
 /// owns alignment units ⌊r·U/P⌋ to ⌊(r+1)·U/P⌋ of the U = ⌈N / alignment⌉ (some own none when
 /// U < P).
 class ParameterSlicing {
@@ -136,6 +136,11 @@ class ShardDistribution {
   /// process receives all of them in rank order (`all`, Σ counts values). `counts` is the same
   /// on every process.
   virtual void allGatherValues(const double* local, const Index* counts, double* all) const = 0;
+
+  /// The most values one process may send or receive in one exchange (MPI's int counts); an
+  /// objective checks its counts against it before the agreement, so that an exchange too large
+  /// for one process fails on every process.
+  static constexpr Index maxValuesPerExchange = 2147483647;
 
   /// \brief Collective, after agree(): process p sends sendCounts[q] values to each process q
   /// (`send`: q's values after those of processes before q) and receives recvCounts[p] values

@@ -32,6 +32,15 @@
 /// agreement, every process throws the same DistributedError, and the processes whose part
 /// succeeded undo it exactly — so all are as before the call. checkRecoveredStart() throws
 /// ExactnessViolation on every process when any process's slice or buffer is not back.
+/// Callbacks of train() and reverse() see this process's slices (g, the adjoints, u); the
+/// processes agree after every hook, so a callback that throws on one process makes all throw,
+/// and one that stops on one process stops all. What a callback does outside the library (its
+/// own MPI calls, say) is its own to keep in step.
+///
+/// **Per process.** `buffer()`, `local()` and a result's statistics (information bits, buffer
+/// bytes) are this process's; the hypergradients, `weights()` and `finalWeights` are whole. A run
+/// is saved per process with `saveRun(opt.local(), file)` and loaded into a sharded optimizer of
+/// the same configuration and number of processes with `loadLocalRun(...)` (collective).
 
 #include <array>
 #include <chrono>
@@ -41,6 +50,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -59,6 +69,12 @@
 #include "shard_distribution.hpp"
 
 namespace hypergrad {
+namespace detail {
+template <class, class = void>
+struct HasShardDistribution : std::false_type {};
+template <class F>
+struct HasShardDistribution<F, std::void_t<decltype(std::declval<const F&>().shardDistribution())>> : std::true_type {};
+}  // namespace detail
 
 /// \brief An exactly reversible optimizer (`Optimizer`, a ReversibleOptimizer such as
 /// SgdMomentum<> or ReversibleAdam<>) with its state sharded over the processes of a
@@ -99,9 +115,11 @@ class ShardedOptimizer {
       m_piecesOf.push_back(static_cast<Index>(
           detail::sumPieces(m_layout, m_slicing.begin(r), m_slicing.end(r), options.blockSize).size()));
     }
-    // Collective: processes with other schedules (or block sizes) would slice and step differently.
-    m_distribution->requireSame("the sharded optimizer's schedules and block size",
-                                mix64(m_schedules.fingerprint() ^ static_cast<std::uint64_t>(options.blockSize)));
+    // Collective: processes with other schedules, layouts or block sizes would slice and step
+    // differently (and their exchanges would not match).
+    std::uint64_t print = mix64(m_schedules.fingerprint() ^ static_cast<std::uint64_t>(options.blockSize));
+    for (const ParameterGroup& grp : m_layout.groups()) print = mix64(print ^ static_cast<std::uint64_t>(grp.size));
+    m_distribution->requireSame("the sharded optimizer's schedules, layout and block size", print);
   }
 
   /// The same with the schedules as separate arguments: `(distribution, layout, α, γ)` or
@@ -160,11 +178,12 @@ class ShardedOptimizer {
     checkObjectiveSize(f.numParameters());
     const auto clock = std::chrono::steady_clock::now();
     const Index t = iteration();
-    const double loss = f.gradientSlice(m_w, t, m_slicing, m_g);
+    const double loss = f.gradientSlice(m_w, t, m_slicing, m_work);
     std::exception_ptr error;
     bool stepped = false;
     try {
-      m_local.stepWithGradient(m_g);
+      requireSameProcesses(f);
+      m_local.stepWithGradient(m_work);
       stepped = true;
       m_local.weights(m_wSlice);
     } catch (...) {
@@ -176,11 +195,12 @@ class ShardedOptimizer {
     } catch (...) {
       if (stepped) {  // exact: the step just taken, undone with its own gradient
         m_local.unstepWeights();
-        m_local.unstepOptimizerState(m_g);
+        m_local.unstepOptimizerState(m_work);
       }
       throw;
     }
     m_w.swap(m_wNext);
+    m_g.swap(m_work);
     m_lastLoss = loss;
     m_forwardSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - clock).count();
   }
@@ -296,6 +316,93 @@ class ShardedOptimizer {
     }
   }
 
+  /// Collective (train() and reverse() call it after callbacks): throws the same DistributedError
+  /// on every process when `localError` is set on any; otherwise returns whether `stop` is true
+  /// on any process.
+  bool agreeOnStop(Index t, const std::exception_ptr& localError, bool stop, const char* operation) const {
+    m_distribution->agree({t, 0, size(), 0, operation}, localError);
+    const double mine = stop ? 1.0 : 0.0;
+    std::vector<double> all(static_cast<std::size_t>(m_slicing.numProcesses()));
+    const std::vector<Index> counts(all.size(), 1);
+    m_distribution->allGatherValues(&mine, counts.data(), all.data());
+    for (double x : all)
+      if (x != 0.0) return true;
+    return false;
+  }
+
+  /// Throws InvalidArgument unless the objective's shard distribution (when it has one) numbers
+  /// this process as the optimizer's does: the sliced exchange sends slice r to the objective's
+  /// rank r. (reverse() and step() carry this into their agreement.)
+  template <class Objective>
+  void requireSameProcesses(const Objective& f) const {
+    if constexpr (detail::HasShardDistribution<Objective>::value) {
+      const auto& d = f.shardDistribution();
+      if (d && (d->rank() != m_distribution->rank() || d->numProcesses() != m_distribution->numProcesses())) {
+        throw InvalidArgument(detail::message("ShardedOptimizer: the objective's shard distribution numbers this process ",
+                                              d->rank(), " of ", d->numProcesses(), ", the optimizer's ",
+                                              m_distribution->rank(), " of ", m_distribution->numProcesses(),
+                                              "; give both the same processes in the same order (e.g. the same "
+                                              "distribution object)"));
+      }
+    } else {
+      static_cast<void>(f);
+    }
+  }
+
+  /// This process's run (its slice: states, start, buffer, record), e.g. to save it per process
+  /// with the snapshot format: `saveRun(opt.local(), file)` writes the same.
+  typename Optimizer::RunState exportRun() const { return m_local.exportRun(); }
+
+  /// \brief Collective: makes every process's `run` (its slice, from exportRun() or loadLocalRun())
+  /// the current run. Throws on every process — each keeping its previous run — when any process's
+  /// run does not fit its slice or the processes' runs are at different iterations.
+  void importRun(typename Optimizer::RunState run) {
+    const Index t = run.iteration;
+    std::exception_ptr error;
+    std::optional<typename Optimizer::RunState> previous;
+    bool imported = false;
+    try {
+      if (m_local.started()) previous = m_local.exportRun();
+      m_local.importRun(std::move(run));
+      imported = true;
+      m_local.weights(m_wSlice);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    try {
+      // The header's batch field is the iteration: processes at different iterations disagree.
+      m_distribution->allGatherSlices({t, 0, size(), 0, "importing its slice of a run at iteration"}, m_slicing, m_wSlice,
+                                      m_wNext, error);
+    } catch (...) {
+      if (imported && previous) m_local.importRun(std::move(*previous));
+      throw;
+    }
+    m_w.swap(m_wNext);
+    m_started = true;
+    m_forwardSeconds = 0.0;
+    m_lastLoss = std::numeric_limits<double>::quiet_NaN();
+  }
+
+  /// \brief Collective: loads this process's slice of a run saved with `saveRun(opt.local(), ...)`
+  /// (optimizers/snapshot.hpp) by a sharded optimizer of the same configuration and number of
+  /// processes, then importRun(). `load(optimizer)` reads it, e.g.
+  /// `[&](auto& o) { hypergrad::loadRun(o, "run." + std::to_string(rank) + ".hgrun"); }`; it runs
+  /// on a fresh optimizer of this process's slice, so a failure leaves the current run as it was.
+  template <class Load>
+  void loadLocalRun(Load&& load) {
+    std::exception_ptr error;
+    std::optional<typename Optimizer::RunState> run;
+    try {
+      Optimizer fresh(m_local.layout(), requestedSchedules(), m_local.options());
+      load(fresh);
+      run = fresh.exportRun();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    m_distribution->agree({iteration(), 0, size(), 0, "loading its slice of a run at iteration"}, error);
+    importRun(std::move(*run));
+  }
+
   /// Collective: throws the same DistributedError on every process when `localError` is set on
   /// any (reverse() agrees on its checks of this process's slices with it).
   void agree(Index t, const std::exception_ptr& localError, const char* operation) const {
@@ -311,11 +418,11 @@ class ShardedOptimizer {
     unstepWeights();
     try {
       f.gradientSlice(m_w, iteration() - 1, m_slicing, m_work);
+      unstepOptimizerState(m_work);  // collective and atomic: on failure still at the half step
     } catch (...) {
       restepWeights();
       throw;
     }
-    unstepOptimizerState(m_work);
     m_g.swap(m_work);
   }
 
@@ -381,6 +488,12 @@ class ShardedOptimizer {
  private:
   Index begin() const noexcept { return m_slicing.begin(m_distribution->rank()); }
   Index end() const noexcept { return m_slicing.end(m_distribution->rank()); }
+
+  std::array<Schedule, static_cast<std::size_t>(numSchedules)> requestedSchedules() const {
+    std::array<Schedule, static_cast<std::size_t>(numSchedules)> out;
+    for (std::size_t j = 0; j < out.size(); ++j) out[j] = m_local.schedule(static_cast<Index>(j));
+    return out;
+  }
 
   static ParameterSlicing checkedSlicing(const std::shared_ptr<const ShardDistribution>& distribution,
                                          const ParameterLayout& layout, const OptimizerOptions& options) {

@@ -587,6 +587,12 @@ class BasicMlpObjective {
         }
         for (int p = 0; p < P; ++p)
           recvCounts[static_cast<std::size_t>(p)] = ShardDistribution::shardsOf(header.numShards, p, P).count() * mine.width;
+        if (total > ShardDistribution::maxValuesPerExchange ||
+            header.numShards * mine.width > ShardDistribution::maxValuesPerExchange) {
+          throw InvalidArgument(detail::message("MlpObjective: a sliced exchange of ", std::max(total, header.numShards * mine.width),
+                                                " values on this process exceeds the ", ShardDistribution::maxValuesPerExchange,
+                                                " an exchange allows; use more processes or fewer, larger shards"));
+        }
       } catch (...) {
         error = std::current_exception();
       }
