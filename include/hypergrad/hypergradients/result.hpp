@@ -23,7 +23,8 @@ namespace hypergrad {
 /// What a run cost, filled in by reverse(). Fields an optimizer cannot report stay 0 (the
 /// store-the-trajectory ReferenceOptimizer has no buffer and does not time its steps).
 struct RunStatistics {
-  Index iterations = 0;           ///< T, the steps reversed
+  Index iterations = 0;           ///< T, the steps of the run
+  Index stepsDifferentiated = 0;  ///< the steps reversed: T, or K for reverseTruncated()
   /// The information buffer's content when reverse() began, in bits: what the forward run's
   /// decays destroyed (the run's peak, up to the fluctuation of one step).
   double informationBits = 0.0;

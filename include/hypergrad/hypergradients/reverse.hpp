@@ -24,6 +24,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <type_traits>
@@ -233,6 +234,12 @@ void restoreAfterFailedReverse(Optimizer& opt, const Objective& f, Index T) noex
 
 }  // namespace detail
 
+namespace detail {
+template <class Optimizer, class Objective, class Meta, class... Callbacks>
+HypergradientResult<typename Optimizer::RuleType> reverseLastSteps(Optimizer& opt, const Objective& f, const Meta& meta,
+                                                                   Index steps, Callbacks&&... callbacks);
+}  // namespace detail
+
 /// Reverses every step `opt` has taken, accumulating hypergradients of `meta` at the current
 /// weights, and verifies that the initial state was recovered bit for bit with an empty buffer
 /// (throws ExactnessViolation otherwise). Per step: one gradient, one Hessian-vector product and
@@ -248,6 +255,36 @@ void restoreAfterFailedReverse(Optimizer& opt, const Objective& f, Index T) noex
 template <class Optimizer, class Objective, class Meta, class... Callbacks>
 HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const Objective& f, const Meta& meta,
                                                           Callbacks&&... callbacks) {
+  return detail::reverseLastSteps(opt, f, meta, -1, std::forward<Callbacks>(callbacks)...);
+}
+
+/// \brief Truncated reverse (Shaban et al. 2019): differentiates only the last `steps` = K steps
+/// of the run, 1 ≤ K ≤ T, at K / T of the reverse pass's cost (plus K forward steps to return).
+///
+/// Rows t ≥ T − K of every schedule hypergradient, and the whole-run hypergradients' shares from
+/// those steps, are **bit-identical** to those of the full reverse() (its backward recursion
+/// computes them first); rows t < T − K are 0, so a hyperparameter shared over the whole run
+/// (a constant α, θ) gets the truncated sum — the truncation bias. `initialWeights` and the other
+/// initial states hold ∂f/∂(state at iteration T − K), where the truncation starts, and
+/// statistics.stepsDifferentiated = K. Afterwards the K steps are taken forward again, so the
+/// optimizer is back at iteration T, its weights checked bit for bit against w_{T+1}
+/// (ExactnessViolation otherwise): the run can still be reversed in full. K = T is reverse(),
+/// start check included. Failures as for reverse().
+template <class Optimizer, class Objective, class Meta, class... Callbacks>
+HypergradientResult<typename Optimizer::RuleType> reverseTruncated(Optimizer& opt, const Objective& f, const Meta& meta,
+                                                                   Index steps, Callbacks&&... callbacks) {
+  if (steps < 1 || steps > opt.iteration()) {
+    throw InvalidArgument(detail::message("reverseTruncated: ", steps, " steps to differentiate, but the run has ",
+                                          opt.iteration(), "; give 1 <= steps <= ", opt.iteration()));
+  }
+  return detail::reverseLastSteps(opt, f, meta, steps, std::forward<Callbacks>(callbacks)...);
+}
+
+namespace detail {
+/// reverse() (steps = −1: all) and reverseTruncated() (the last `steps`).
+template <class Optimizer, class Objective, class Meta, class... Callbacks>
+HypergradientResult<typename Optimizer::RuleType> reverseLastSteps(Optimizer& opt, const Objective& f, const Meta& meta,
+                                                                   Index steps, Callbacks&&... callbacks) {
   using Rule = typename Optimizer::RuleType;
   using Coefficients = typename Optimizer::Coefficients;
   constexpr int S = Rule::numStates;
@@ -277,9 +314,11 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
                                           " parameters but the optimizer has ", N));
   }
 
+  const Index K = steps < 0 ? T : steps;  // the last K steps are differentiated
   const auto clockStart = std::chrono::steady_clock::now();
   HypergradientResult<Rule> out;
   out.statistics = detail::runStatistics(opt, T);
+  out.statistics.stepsDifferentiated = K;
   out.finalWeights = opt.weights();
   std::array<Eigen::VectorXd, static_cast<std::size_t>(S)> adjoints;
   Eigen::VectorXd& dw = adjoints[0];
@@ -327,7 +366,7 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
         return false;
       });
     }
-    for (Index t = T; t-- > 0;) {
+    for (Index t = T; t-- > T - K;) {
       opt.coefficients(t, coefficients);
       pieceSums.setZero();
       pieceProductSums.setZero();
@@ -413,10 +452,22 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
         });
       }
     }
-    opt.checkRecoveredStart();
+    if (K == T) opt.checkRecoveredStart();
     for (int s = 0; s < S; ++s) {
       if constexpr (sharded) out.initialState(s) = opt.gather(adjoints[static_cast<std::size_t>(s)], "gathering the initial-state hypergradients at iteration");
       else out.initialState(s) = std::move(adjoints[static_cast<std::size_t>(s)]);
+    }
+    if (K < T) {
+      // Truncated: back to T, the K steps re-taken (the run record checks their gradients), and
+      // the weights compared with w_{T+1} bit for bit.
+      while (opt.iteration() < T) opt.step(f);
+      opt.weights(w);
+      if (w.size() != out.finalWeights.size() ||
+          std::memcmp(w.data(), out.finalWeights.data(), sizeof(double) * static_cast<std::size_t>(w.size())) != 0) {
+        throw ExactnessViolation(detail::message("reverseTruncated: after re-taking the last ", K,
+                                                 " steps the weights differ from w_{T+1}: the objective is not a "
+                                                 "deterministic function of (w, theta, t)"));
+      }
     }
     out.hyperparameters = std::move(dtheta);
     out.hyperparameterLayout = hyperparameterLayout(f);
@@ -435,6 +486,7 @@ HypergradientResult<typename Optimizer::RuleType> reverse(Optimizer& opt, const 
   }
   return out;
 }
+}  // namespace detail
 
 namespace detail {
 template <std::size_t NumInitial, class Optimizer, class Objective, class Meta, class Tuple, std::size_t... I,
