@@ -489,6 +489,41 @@ void gemmKernelCase(benchmark::State& st, hypergrad::detail::GemmKernel kernel, 
       benchmark::Counter(2e-9 * static_cast<double>(m * n * k), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Truncated reverse (issue 14): the last K of T steps differentiated. Counters: the reverse pass's
+// time (K reverse steps and the K forward steps back to T), and the truncation bias against the
+// full pass: constant_alpha_rel_error = |Σ_t (dα_K − dα)| / |Σ_t dα| (the hypergradient of a
+// per-group constant learning rate), constant_alpha_cosine (its direction), schedule_rel_error =
+// |dα_K − dα|_F / |dα|_F (the rows left out).
+void hypergradientsTruncated(benchmark::State& state, const WorkloadSpec& spec, Index T, Index K) {
+  const Workload& wl = bench::workload(spec);
+  ExactSgd opt = exactOptimizer(wl, T, spec.gamma);
+  static std::map<std::string, MatrixXd> fullResults;
+  const std::string key = spec.name + "/" + std::to_string(T);
+  if (fullResults.count(key) == 0) {
+    opt.start(wl.w1);
+    hypergrad::train(opt, wl.train);
+    fullResults[key] = hypergrad::reverse(opt, wl.train, wl.validation).learningRates;
+  }
+  const MatrixXd& full = fullResults.at(key);
+  MatrixXd cut;
+  double reverseSeconds = 0.0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    opt.start(wl.w1);
+    hypergrad::train(opt, wl.train);
+    state.ResumeTiming();
+    const hypergrad::Hypergradients hg = hypergrad::reverseTruncated(opt, wl.train, wl.validation, K);
+    reverseSeconds += hg.statistics.reverseSeconds;
+    cut = hg.learningRates;
+  }
+  const VectorXd a = full.colwise().sum().transpose(), b = cut.colwise().sum().transpose();
+  state.counters["K"] = static_cast<double>(K);
+  state.counters["reverse_ms"] = 1e3 * reverseSeconds / static_cast<double>(state.iterations());
+  state.counters["constant_alpha_rel_error"] = (b - a).norm() / a.norm();
+  state.counters["constant_alpha_cosine"] = a.dot(b) / (a.norm() * b.norm());
+  state.counters["schedule_rel_error"] = (cut - full).norm() / full.norm();
+}
+
 void registerAll(bool longCases) {
   for (const WorkloadSpec& spec : {bench::mnistSpec(), bench::smokeSpec()}) {
     const bool smoke = spec.name == "smoke";
@@ -530,6 +565,12 @@ void registerAll(bool longCases) {
           ->Unit(ms)->Iterations(1);
     }
 
+    for (const Index K : {Index(1), Index(5), Index(10), Index(25), Index(50), T}) {
+      if (K > T || (smoke && K != 1 && K != T)) continue;
+      benchmark::RegisterBenchmark(("hypergradients/truncated" + tT + "/K:" + std::to_string(K)).c_str(),
+                                   [spec, T, K](benchmark::State& st) { hypergradientsTruncated(st, spec, T, K); })
+          ->Unit(ms)->Iterations(smoke ? 1 : 2);
+    }
     if (!smoke) {
       for (const Index b : {25, 50, 100, 200, 400, 800}) {
         benchmark::RegisterBenchmark(("hypergradients/batch" + tT + "/batch:" + std::to_string(b)).c_str(),
