@@ -3,9 +3,11 @@
 
 /// \file hypergradients.hpp
 /// \brief The passes, for any update rule: train() (forward), reverse() (exact hypergradients),
-/// computeHypergradients() (both), their result type and the callback protocol.
+/// computeHypergradients() (both), reverseTruncated() (the last K steps), their result type and
+/// the callback protocol; and implicitHypergradients() (IFT at the final weights).
 
 #include "callbacks.hpp"
+#include "hypergradients/implicit.hpp"
 #include "hypergradients/result.hpp"
 #include "hypergradients/reverse.hpp"
 #include "hypergradients/train.hpp"
