@@ -147,24 +147,17 @@ class ShardedOptimizer {
     std::uint64_t print = 0;
     std::exception_ptr error;
     std::optional<typename Optimizer::RunState> previous;
-    bool startedHere = false;
     try {
       (void)std::initializer_list<int>{(checkWhole(initial), print = mix64(print ^ wholePrint(initial)), 0)...};
       if (m_local.started()) previous = m_local.exportRun();
-      m_local.start(initial.segment(begin(), sliceSize())...);
-      startedHere = true;
-      m_local.weights(m_wSlice);
     } catch (...) {
       error = std::current_exception();
     }
-    try {
-      m_distribution->allGatherSlices({0, 0, size(), print, "starting its slice of the run at iteration"}, m_slicing,
-                                      m_wSlice, m_wNext, error);
-    } catch (...) {
-      if (startedHere && previous) m_local.importRun(std::move(*previous));
-      throw;
-    }
-    m_w.swap(m_wNext);
+    applyThenGather({0, 0, size(), print, "starting its slice of the run at iteration"}, error,
+                    [&] { m_local.start(initial.segment(begin(), sliceSize())...); },
+                    [&] {
+                      if (previous) m_local.importRun(std::move(*previous));
+                    });
     m_started = true;
     m_forwardSeconds = 0.0;
     m_lastLoss = std::numeric_limits<double>::quiet_NaN();
@@ -179,27 +172,15 @@ class ShardedOptimizer {
     const auto clock = std::chrono::steady_clock::now();
     const Index t = iteration();
     const double loss = f.gradientSlice(m_w, t, m_slicing, m_work);
-    std::exception_ptr error;
-    bool stepped = false;
-    try {
-      requireSameProcesses(f);
-      m_local.stepWithGradient(m_work);
-      stepped = true;
-      m_local.weights(m_wSlice);
-    } catch (...) {
-      error = std::current_exception();
-    }
-    try {
-      m_distribution->allGatherSlices({t, 0, size(), fingerprint(m_w.data(), m_w.size()), "taking its optimizer step at iteration"},
-                                      m_slicing, m_wSlice, m_wNext, error);
-    } catch (...) {
-      if (stepped) {  // exact: the step just taken, undone with its own gradient
-        m_local.unstepWeights();
-        m_local.unstepOptimizerState(m_work);
-      }
-      throw;
-    }
-    m_w.swap(m_wNext);
+    applyThenGather({t, 0, size(), fingerprint(m_w.data(), m_w.size()), "taking its optimizer step at iteration"}, nullptr,
+                    [&] {
+                      requireSameProcesses(f);
+                      m_local.stepWithGradient(m_work);
+                    },
+                    [&] {  // exact: the step just taken, undone with its own gradient
+                      m_local.unstepWeights();
+                      m_local.unstepOptimizerState(m_work);
+                    });
     m_g.swap(m_work);
     m_lastLoss = loss;
     m_forwardSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - clock).count();
@@ -208,47 +189,16 @@ class ShardedOptimizer {
   /// First half of a reverse step: every process restores its slice of w_t; w_t is all-gathered.
   void unstepWeights() {
     requireStarted("unstepWeights");
-    const Index t = iteration() - 1;
-    std::exception_ptr error;
-    bool done = false;
-    try {
-      m_local.unstepWeights();
-      done = true;
-      m_local.weights(m_wSlice);
-    } catch (...) {
-      error = std::current_exception();
-    }
-    try {
-      m_distribution->allGatherSlices({t, 0, size(), fingerprint(m_w.data(), m_w.size()), "reversing its weights at iteration"},
-                                      m_slicing, m_wSlice, m_wNext, error);
-    } catch (...) {
-      if (done) m_local.restepWeights();
-      throw;
-    }
-    m_w.swap(m_wNext);
+    applyThenGather({iteration() - 1, 0, size(), fingerprint(m_w.data(), m_w.size()), "reversing its weights at iteration"},
+                    nullptr, [&] { m_local.unstepWeights(); }, [&] { m_local.restepWeights(); });
   }
 
   /// Undoes unstepWeights() on every process.
   void restepWeights() {
     requireStarted("restepWeights");
-    const Index t = iteration() - 1;
-    std::exception_ptr error;
-    bool done = false;
-    try {
-      m_local.restepWeights();
-      done = true;
-      m_local.weights(m_wSlice);
-    } catch (...) {
-      error = std::current_exception();
-    }
-    try {
-      m_distribution->allGatherSlices({t, 0, size(), fingerprint(m_w.data(), m_w.size()), "re-taking its weights step at iteration"},
-                                      m_slicing, m_wSlice, m_wNext, error);
-    } catch (...) {
-      if (done) m_local.unstepWeights();
-      throw;
-    }
-    m_w.swap(m_wNext);
+    applyThenGather(
+        {iteration() - 1, 0, size(), fingerprint(m_w.data(), m_w.size()), "re-taking its weights step at iteration"},
+        nullptr, [&] { m_local.restepWeights(); }, [&] { m_local.unstepWeights(); });
   }
 
   /// Second half: each process restores its slice of the other states from its slice of g_t.
@@ -360,24 +310,17 @@ class ShardedOptimizer {
     const Index t = run.iteration;
     std::exception_ptr error;
     std::optional<typename Optimizer::RunState> previous;
-    bool imported = false;
     try {
       if (m_local.started()) previous = m_local.exportRun();
-      m_local.importRun(std::move(run));
-      imported = true;
-      m_local.weights(m_wSlice);
     } catch (...) {
       error = std::current_exception();
     }
-    try {
-      // The header's batch field is the iteration: processes at different iterations disagree.
-      m_distribution->allGatherSlices({t, 0, size(), 0, "importing its slice of a run at iteration"}, m_slicing, m_wSlice,
-                                      m_wNext, error);
-    } catch (...) {
-      if (imported && previous) m_local.importRun(std::move(*previous));
-      throw;
-    }
-    m_w.swap(m_wNext);
+    // The header's batch field is the iteration: processes at different iterations disagree.
+    applyThenGather({t, 0, size(), 0, "importing its slice of a run at iteration"}, error,
+                    [&] { m_local.importRun(std::move(run)); },
+                    [&] {
+                      if (previous) m_local.importRun(std::move(*previous));
+                    });
     m_started = true;
     m_forwardSeconds = 0.0;
     m_lastLoss = std::numeric_limits<double>::quiet_NaN();
@@ -486,6 +429,32 @@ class ShardedOptimizer {
   const std::shared_ptr<const ShardDistribution>& distribution() const noexcept { return m_distribution; }
 
  private:
+  /// The pattern of every operation that changes the weights: this process's part `apply()`
+  /// (which changes its slice, or throws changing nothing; skipped when `error` is already set),
+  /// then the weights all-gathered together with every process's outcome. When any process
+  /// failed, those whose part succeeded run `undo()` — exact — and all throw the same
+  /// DistributedError; otherwise the whole weights become the gathered ones.
+  template <class Apply, class Undo>
+  void applyThenGather(const ShardExchangeHeader& header, std::exception_ptr error, Apply&& apply, Undo&& undo) {
+    bool applied = false;
+    if (!error) {
+      try {
+        apply();
+        applied = true;
+        m_local.weights(m_wSlice);
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    try {
+      m_distribution->allGatherSlices(header, m_slicing, m_wSlice, m_wNext, error);
+    } catch (...) {
+      if (applied) undo();
+      throw;
+    }
+    m_w.swap(m_wNext);
+  }
+
   Index begin() const noexcept { return m_slicing.begin(m_distribution->rank()); }
   Index end() const noexcept { return m_slicing.end(m_distribution->rank()); }
 
