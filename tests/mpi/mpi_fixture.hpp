@@ -6,10 +6,13 @@
 
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <Eigen/Core>
+#include <catch2/catch.hpp>
 
 #include <hypergrad/batches.hpp>
 #include <hypergrad/mpi.hpp>
@@ -53,6 +56,19 @@ inline bool sameOnEveryRank(std::uint64_t print) {
   for (std::uint64_t p : all)
     if (p != all[0]) return false;
   return true;
+}
+
+// Runs `operation`, which must throw a DistributedError naming process `rank` whose message
+// contains every one of `parts` (the same error on every process: each checks its own).
+template <class Operation>
+void requireDistributedError(Operation&& operation, int rank, std::initializer_list<std::string> parts) {
+  try {
+    operation();
+    FAIL("expected a DistributedError from process " << rank);
+  } catch (const DistributedError& e) {
+    CHECK(e.rank() == rank);
+    for (const std::string& part : parts) CHECK_THAT(std::string(e.what()), Catch::Matchers::Contains(part));
+  }
 }
 
 inline std::shared_ptr<const ShardDistribution> world() { return std::make_shared<mpi::MpiShardDistribution>(); }
