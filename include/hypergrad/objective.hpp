@@ -20,6 +20,7 @@
 /// | `f.reverseStep(w, t, u, g, hu, dtheta)` | optional: all three from one pass (default: the 3 calls)  |
 /// | `double f.valueAndGradient(w, t, g)`     | optional: returns L(w, θ, t) and sets g exactly as gradient() (the optimizer's step() then reports the loss: lastLoss()) |
 /// | `f.reverseStepWithDirection(w, t, dir, u, g, hu, dtheta)` | optional: g, then `dir(g, u)` sets u, then hu and dtheta along it, sharing one forward pass (default: the 3 calls around dir) |
+/// | `f.mixedTangentProduct(w, t, dtheta, out)` | optional: out = (∂_θ ∇_w L(w, θ, t)) dtheta, size N: forward mode's tangent of g along θ (hypergradients/forward.hpp) |
 /// | `f.layout()`                            | optional: a ParameterLayout (e.g. an MLP's layers)        |
 /// | `f.hyperparameterLayout()`              | optional: θ's named blocks as a ParameterLayout ("l2.logLambda"); results carry it |
 ///

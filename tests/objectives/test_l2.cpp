@@ -227,6 +227,37 @@ TEST_CASE("L2Regularized per group matches finite differences of an independent 
   CHECK(f.hyperparameters() == eta);
 }
 
+TEST_CASE("L2Regularized mixedTangentProduct is the directional derivative of the gradient in theta, the mixed "
+          "product's transpose", "[objectives][l2]") {
+  QuadraticSetup s;
+  const ParameterLayout layout = threeGroups();
+  Eigen::VectorXd eta(3);
+  eta << -0.7, 0.4, 1.1;
+  const Index t = 3;
+  const Eigen::VectorXd w = randomVector(s.n, 31), u = randomVector(s.n, 32);
+  const Eigen::VectorXd dEta = randomVector(3, 33), dEtaWeights = randomVector(s.n, 34);
+  for (const bool perGroup : {true, false}) {
+    CAPTURE(perGroup);
+    const Eigen::VectorXd e = perGroup ? eta : layout.expand(eta);
+    const Eigen::VectorXd d = perGroup ? dEta : dEtaWeights;
+    const auto make = [&](const Eigen::VectorXd& x) {
+      return perGroup ? l2PerGroup(s.objective, layout, x) : l2PerWeight(s.objective, x);
+    };
+    const auto f = make(e);
+    Eigen::VectorXd jd, dtheta, gUp, gDown;
+    f.mixedTangentProduct(w, t, d, jd);
+    REQUIRE(jd.size() == s.n);
+    const double h = 1e-5;
+    make(e + h * d).gradient(w, t, gUp);
+    make(e - h * d).gradient(w, t, gDown);
+    CHECK(relativeError(jd, ((gUp - gDown) / (2 * h)).eval()) < 1e-8);
+    // uᵀ (J d) = (Jᵀ u)ᵀ d with the mixed product as Jᵀ u.
+    f.mixedProduct(w, t, u, dtheta);
+    CHECK(u.dot(jd) == Approx(dtheta.dot(d)).epsilon(1e-13));
+    CHECK_THROWS_AS(f.mixedTangentProduct(w, t, Eigen::VectorXd::Ones(d.size() + 1), jd), InvalidArgument);
+  }
+}
+
 TEST_CASE("L2Regularized per weight matches finite differences of an independent value", "[objectives][l2]") {
   QuadraticSetup s;
   const Eigen::VectorXd eta = randomVector(s.n, 31, 0.8);

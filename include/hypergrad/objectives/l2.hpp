@@ -66,6 +66,14 @@ struct HasSetHyperparameters<F, std::void_t<decltype(std::declval<F&>().setHyper
                                     std::declval<const Eigen::VectorXd&>()))>> : std::true_type {};
 
 template <class, class = void>
+struct HasMixedTangentProduct : std::false_type {};
+template <class F>
+struct HasMixedTangentProduct<F, std::void_t<decltype(std::declval<const F&>().mixedTangentProduct(
+                                     std::declval<const Eigen::VectorXd&>(), Index(0),
+                                     std::declval<const Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>()))>>
+    : std::true_type {};
+
+template <class, class = void>
 struct HasStepValue : std::false_type {};
 template <class F>
 struct HasStepValue<F, std::void_t<decltype(double(std::declval<const F&>().value(
@@ -158,6 +166,32 @@ class L2Regularized {
     Eigen::VectorXd innerTheta;
     m_inner.mixedProduct(w, t, u, innerTheta);
     assemble(innerTheta, w, u, dtheta);
+  }
+
+  /// out = (∂_θ ∇_w L) dtheta, forward mode's tangent of g along θ (forward.hpp): the inner
+  /// objective's (when dtheta moves its θ, it must have mixedTangentProduct) plus κ ⊙ w ⊙ dη,
+  /// since ∂κ/∂η = κ.
+  void mixedTangentProduct(const Eigen::VectorXd& w, Index t, const Eigen::VectorXd& dtheta, Eigen::VectorXd& out) const {
+    checkSize(w, "mixedTangentProduct", "w");
+    const Index p = m_inner.numHyperparameters();
+    if (dtheta.size() != numHyperparameters()) {
+      throw InvalidArgument(detail::message("L2Regularized::mixedTangentProduct: dtheta has ", dtheta.size(),
+                                            " entries but the objective has ", numHyperparameters(), " hyperparameters"));
+    }
+    out.setZero(w.size());
+    if (p > 0 && !dtheta.head(p).isZero(0.0)) {
+      if constexpr (detail::l2::HasMixedTangentProduct<InnerType>::value) {
+        Eigen::VectorXd inner;
+        m_inner.mixedTangentProduct(w, t, dtheta.head(p), inner);
+        out += inner;
+      } else {
+        throw InvalidArgument("L2Regularized::mixedTangentProduct: dtheta moves the inner objective's "
+                              "hyperparameters, which has no mixedTangentProduct to propagate them");
+      }
+    }
+    const Eigen::VectorXd eta = dtheta.tail(m_logLambda.size());
+    const Eigen::VectorXd perWeight = m_mode == L2Mode::PerGroup ? m_layout.expand(eta) : eta;
+    out.array() += m_coefficient.array() * w.array() * perWeight.array();
   }
 
   /// All three at once, through the inner objective's fused reverseStep when it has one. The

@@ -251,8 +251,11 @@ struct AdamWRule : AdamRule {
   /// The derived decay factor.
   static constexpr std::array<ScheduleSpec, 1> derived{
       {{"decayFactors", "weight-decay factor 1 - learning rate * lambda", ScheduleDomain::Ratio}}};
-  /// ρ = 1 − αλ.
-  static double derive(int /*d*/, const std::array<double, 5>& v) { return 1.0 - v[LearningRate] * v[WeightDecay]; }
+  /// ρ = 1 − αλ (generic in the value type: forward mode runs it on dual numbers).
+  template <class T>
+  static T derive(int /*d*/, const std::array<T, 5>& v) {
+    return 1.0 - v[LearningRate] * v[WeightDecay];
+  }
 
   /// w ← ρ w − α m̂ / (√ŝ + ε).
   template <class A, class C>

@@ -163,6 +163,7 @@ class ReferenceOptimizer {
   const ParameterLayout& layout() const noexcept { return m_layout; }  ///< The parameter groups.
   /// True between unstepWeights() and unstepOptimizerState() (or restepWeights()).
   bool halfStep() const noexcept { return m_halfStep; }
+  bool started() const noexcept { return m_started; }  ///< True once start() has succeeded.
   const Schedules& schedules() const noexcept { return m_schedules; }  ///< The validated schedules.
   /// Schedule j's values, T × G: as given, also for ratio schedules.
   const Eigen::MatrixXd& scheduleValues(Index j) const { return m_schedules.used(j); }
