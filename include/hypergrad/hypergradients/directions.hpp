@@ -274,6 +274,7 @@ struct DirectionalHypergradients {
   Index hessianProducts = 0;        ///< Hessian-vector products the method evaluated
   std::size_t memoryBytes = 0;      ///< the method's own storage (tangents, buffer, checkpoints)
   double seconds = 0.0;             ///< wall time of the method (training included where it trains)
+  std::string diagnostics;          ///< what the method wants said (the implicit method's CG report)
 
   /// ∂f/∂ the hyperparameter named `name`; InvalidArgument when there is none.
   double value(const std::string& name) const {
