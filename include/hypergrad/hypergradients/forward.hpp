@@ -266,8 +266,10 @@ class ForwardTangents {
           }
           detail::DualElement<S> e(v.data(), d.data());
           const auto& c = entries[static_cast<std::size_t>(h)];
-          Rule::forwardState(e, c, detail::Dual{g(i), m_gradientTangents(h, i)});
-          Rule::forwardWeights(e, c);
+          const detail::Dual gi{g(i), m_gradientTangents(h, i)};
+          Rule::forwardState(e, c, gi);
+          if constexpr (detail::weightsReadGradient<Rule>()) Rule::forwardWeights(e, c, gi);
+          else Rule::forwardWeights(e, c);
           for (int s = 0; s < S; ++s) m_tangents[static_cast<std::size_t>(s)](h, i) = d[static_cast<std::size_t>(s)];
         }
       }

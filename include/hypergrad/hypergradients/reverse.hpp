@@ -18,7 +18,9 @@
 /// stored trajectory, the naive baseline): `RuleType`, `Coefficients`, `iteration()`,
 /// `numIterations()`, `size()`, `layout()`, `halfStep()`, `weights()`, `weights(out)`,
 /// `coefficients(t, out)`, `stateReader()` (`.value(s, i)`), `unstepWeights()`,
-/// `restepWeights()`, `unstepOptimizerState(g)`, `step(f)` and `checkRecoveredStart()`.
+/// `restepWeights()`, `unstepOptimizerState(g)`, `step(f)` and `checkRecoveredStart()`; optionally
+/// `prepareReverseStep(f)`, called before each reverse step (CheckpointedOptimizer recomputes the
+/// step's segment there).
 
 #include <algorithm>
 #include <array>
@@ -202,6 +204,14 @@ struct HasBuffer : std::false_type {};
 template <class O>
 struct HasBuffer<O, std::void_t<decltype(std::declval<const O&>().buffer().informationBits())>> : std::true_type {};
 
+/// An optimizer that must get ready before each reverse step, with the objective at hand
+/// (CheckpointedOptimizer recomputes a segment from its checkpoint).
+template <class, class, class = void>
+struct HasPrepareReverseStep : std::false_type {};
+template <class O, class F>
+struct HasPrepareReverseStep<O, F, std::void_t<decltype(std::declval<O&>().prepareReverseStep(std::declval<const F&>()))>>
+    : std::true_type {};
+
 template <class, class = void>
 struct HasForwardSeconds : std::false_type {};
 template <class O>
@@ -367,6 +377,7 @@ HypergradientResult<typename Optimizer::RuleType> reverseLastSteps(Optimizer& op
       });
     }
     for (Index t = T; t-- > T - K;) {
+      if constexpr (detail::HasPrepareReverseStep<Optimizer, Objective>::value) opt.prepareReverseStep(f);
       opt.coefficients(t, coefficients);
       pieceSums.setZero();
       pieceProductSums.setZero();

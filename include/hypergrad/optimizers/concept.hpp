@@ -15,7 +15,8 @@
 /// weights w may be updated only from the other state vectors (v; m, s), and those only from
 /// themselves and g_t = ∇L(w_t): then the reverse pass restores w_t first (forwardWeights
 /// inverted), recomputes g_t at w_t, and restores the rest (forwardState inverted). Nesterov
-/// momentum and plain RMSprop update w from g(w) itself and do not fit (they need checkpointing).
+/// momentum and plain RMSprop update w from g(w) itself: they are written with
+/// `forwardWeights(a, c, g)` (below), run in double and are reversed by checkpointing.
 ///
 /// **The rule is written once**, as element code templated on an *arithmetic* `a` bound to one
 /// element i: the exact arithmetic (fixed point + information buffer) runs it forward, records it
@@ -53,6 +54,7 @@
 /// | `R::schedules`                     | `std::array<ScheduleSpec, J>`: key, description and domain of each      |
 /// | `R::forwardState(a, c, g)`         | the g-dependent half: updates states 1 … S−1 from g and themselves      |
 /// | `R::forwardWeights(a, c)`          | w ← w + addend computed from states 1 … S−1                             |
+/// | or `R::forwardWeights(a, c, g)`    | the same reading g_t too (Nesterov momentum, plain RMSprop): the rule is *not exactly reversible*; ReversibleOptimizer refuses it, ReferenceOptimizer runs it and CheckpointedOptimizer reverses it (adjoint terms that need g_t go in `direction`, with directionNeedsGradient) |
 /// | `R::directionNeedsGradient`        | `bool`: whether the Hessian direction u needs g_t (Adam: yes)           |
 /// | `R::adjointWeights(b, c)`          | adjoint of forwardWeights at the post-step state (see below)           |
 /// | `R::direction(b, c)`               | u = (∂ state_{t+1} / ∂ g_t)ᵀ d state_{t+1}: sets `b.direction()`; once per step, after adjointWeights, at the post-step state; when directionNeedsGradient it may also add the adjoint terms that need both g_t and the post-step state (RMSprop) |
@@ -221,6 +223,23 @@ struct HasForwardWeights<R, std::void_t<decltype(R::forwardWeights(std::declval<
                                                                     std::declval<const ConceptCoefficientsT<R>&>()))>>
     : std::true_type {};
 
+/// A rule whose weights half reads g_t: `forwardWeights(a, c, g)` (Nesterov momentum, plain
+/// RMSprop). It cannot be inverted (w_t is needed to recompute g_t, which w_{t+1} needs), so the
+/// exact driver refuses it; ReferenceOptimizer runs it and CheckpointedOptimizer reverses it.
+template <class, class = void>
+struct HasForwardWeightsWithGradient : std::false_type {};
+template <class R>
+struct HasForwardWeightsWithGradient<R, std::void_t<decltype(R::forwardWeights(std::declval<ConceptArithmetic&>(),
+                                                                                std::declval<const ConceptCoefficientsT<R>&>(),
+                                                                                0.0))>>
+    : std::true_type {};
+
+/// True for rule R when its weights half reads g_t (see HasForwardWeightsWithGradient).
+template <class R>
+constexpr bool weightsReadGradient() {
+  return !HasForwardWeights<R>::value && HasForwardWeightsWithGradient<R>::value;
+}
+
 template <class, class = void>
 struct HasAdjointWeights : std::false_type {};
 template <class R>
@@ -323,7 +342,8 @@ struct RuleInterfaceOf<R, Opt, std::enable_if_t<HasRuleInterface<R, Opt>::value>
 template <class R>
 inline constexpr bool isUpdateRule =
     detail::HasRuleName<R>::value && detail::HasRuleStates<R>::value && detail::HasRuleSchedules<R>::value &&
-    detail::HasDirectionFlag<R>::value && detail::HasForwardState<R>::value && detail::HasForwardWeights<R>::value &&
+    detail::HasDirectionFlag<R>::value && detail::HasForwardState<R>::value &&
+    (detail::HasForwardWeights<R>::value || detail::HasForwardWeightsWithGradient<R>::value) &&
     detail::HasAdjointWeights<R>::value && detail::HasDirection<R>::value && detail::HasAdjointState<R>::value &&
     detail::HasHypergradientFields<R>::value && detail::HasStateFields<R>::value;
 
@@ -345,9 +365,10 @@ constexpr void checkRule() {
   static_assert(detail::HasForwardState<R>::value,
                 "hypergrad: the update rule lacks `template <class A, class C> static void forwardState(A& a, const C& "
                 "c, double g)`, the g-dependent half of the step (see optimizers/concept.hpp)");
-  static_assert(detail::HasForwardWeights<R>::value,
+  static_assert(detail::HasForwardWeights<R>::value || detail::HasForwardWeightsWithGradient<R>::value,
                 "hypergrad: the update rule lacks `template <class A, class C> static void forwardWeights(A& a, const "
-                "C& c)`, the weights half of the step (see optimizers/concept.hpp)");
+                "C& c)`, the weights half of the step (or `forwardWeights(a, c, g)` for a rule that is not exactly "
+                "reversible; see optimizers/concept.hpp)");
   static_assert(detail::HasAdjointWeights<R>::value,
                 "hypergrad: the update rule lacks `template <class B, class C> static void adjointWeights(B& b, const "
                 "C& c)` (see optimizers/concept.hpp)");

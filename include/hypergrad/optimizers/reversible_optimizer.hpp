@@ -112,6 +112,10 @@ template <class Rule, class Format = FixedFormat<52>, class Rounding = BitsBackR
 class ReversibleOptimizer
     : public detail::RuleInterfaceOf<Rule, ReversibleOptimizer<Rule, Format, Rounding, RatioBits, PrecisionBits>>::Type {
   static_assert((checkRule<Rule>(), true));  // checkRule's own static_asserts name what is missing
+  static_assert(!detail::weightsReadGradient<Rule>(),
+                "hypergrad::ReversibleOptimizer: this rule updates the weights from g_t itself (forwardWeights(a, c, g): "
+                "Nesterov momentum, plain RMSprop), so no step can be inverted exactly; run it on a ReferenceOptimizer "
+                "and reverse it with CheckpointedOptimizer (optimizers/checkpointed.hpp)");
   static_assert(PrecisionBits >= RatioBits + 8,
                 "hypergrad::ReversibleOptimizer: PrecisionBits must exceed RatioBits by at least 8 for the coder to "
                 "reach the entropy bound (e.g. RatioBits = 16, PrecisionBits = 24)");

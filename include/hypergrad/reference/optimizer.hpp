@@ -155,6 +155,46 @@ class ReferenceOptimizer {
       throw ExactnessViolation(detail::message(Rule::name, " (reference): the reverse pass stopped at iteration ", m_t));
   }
 
+  // ---- A run as data (CheckpointedOptimizer resumes from its checkpoints with it) -----------------
+
+  /// The current state vectors, the gradient fingerprints of the steps taken and the iteration.
+  struct RunState {
+    std::array<Eigen::VectorXd, static_cast<std::size_t>(numStates)> state;  ///< state 0 the weights
+    std::vector<std::uint64_t> fingerprints;  ///< one per iteration of the schedules
+    Index iteration = 0;                      ///< forward steps applied
+  };
+  /// A copy of the current run (requires start(); not between unstepWeights() and
+  /// unstepOptimizerState()).
+  RunState exportRun() const {
+    if (!m_started || m_halfStep)
+      throw InvalidState(detail::message(Rule::name, " (reference): exportRun needs a started run, not a half step"));
+    return RunState{m_state, m_fingerprints, m_t};
+  }
+  /// Makes `run` the current run; InvalidArgument (nothing changed) when it does not fit these
+  /// schedules and layout, or when this optimizer stores its trajectory (TrajectoryStorage::Store)
+  /// and the run is past iteration 0: the states before it would be missing.
+  void importRun(RunState run) {
+    for (int s = 0; s < numStates; ++s)
+      if (run.state[static_cast<std::size_t>(s)].size() != size())
+        throw InvalidArgument(detail::message(Rule::name, " (reference): importRun: state '", Rule::stateNames[static_cast<std::size_t>(s)],
+                                              "' has the wrong size for a layout of ", size(), " parameters"));
+    if (static_cast<Index>(run.fingerprints.size()) != numIterations() || run.iteration < 0 ||
+        run.iteration > numIterations() || (m_storage == TrajectoryStorage::Store && run.iteration > 0)) {
+      throw InvalidArgument(detail::message(Rule::name, " (reference): importRun: iteration ", run.iteration, " and ",
+                                            run.fingerprints.size(), " recorded steps do not fit schedules of ",
+                                            numIterations(), " iterations",
+                                            m_storage == TrajectoryStorage::Store ? " with the trajectory stored" : ""));
+    }
+    m_state = std::move(run.state);
+    m_fingerprints = std::move(run.fingerprints);
+    m_t = run.iteration;
+    m_trajectory.clear();
+    m_halfStep = false;
+    m_started = true;
+  }
+  /// The gradient fingerprint of each forward step taken (the run record).
+  const std::vector<std::uint64_t>& gradientFingerprints() const noexcept { return m_fingerprints; }
+
   // ---- Accessors ----------------------------------------------------------------------------------
 
   Index size() const noexcept { return m_layout.size(); }  ///< N, the number of parameters.
@@ -248,7 +288,8 @@ class ReferenceOptimizer {
       for (Index i = grp.offset; i < grp.offset + grp.size; ++i) {
         detail::ReferenceElement<numStates> e(x.data(), i);
         Rule::forwardState(e, c, g[i]);
-        Rule::forwardWeights(e, c);
+        if constexpr (detail::weightsReadGradient<Rule>()) Rule::forwardWeights(e, c, g[i]);
+        else Rule::forwardWeights(e, c);
       }
     }
     ++m_t;
