@@ -50,6 +50,7 @@ HyperparameterDirections<Rule> perGroupDirections(const Problem& p, Index T) {
   HyperparameterDirections<Rule> d(T, p.layout, p.train.numHyperparameters(), hyperparameterLayout(p.train));
   for (const ScheduleSpec& spec : Rule::schedules) d.addScheduleGroups(spec.key);
   d.addHyperparameterBlock("l2.logLambda");
+  d.addHyperparameterDirection(VectorXd::Ones(p.train.numHyperparameters()), "every log lambda at once");
   d.addInitialScales(p.w1);
   return d;
 }
@@ -59,7 +60,7 @@ template <class Opt>
 void checkAgainstReverse(Opt& opt, const Problem& p, Index T) {
   using Rule = typename Opt::RuleType;
   const HyperparameterDirections<Rule> d = perGroupDirections<Rule>(p, T);
-  REQUIRE(d.size() == Index(Rule::numSchedules + 2) * p.G);
+  REQUIRE(d.size() == Index(Rule::numSchedules + 2) * p.G + 1);
   opt.start(p.w1);
   const DirectionalHypergradients fwd = forwardHypergradients(opt, p.train, p.valid, d);
   REQUIRE(opt.iteration() == T);
@@ -264,5 +265,6 @@ TEST_CASE("forward mode refuses what it cannot do and leaves a failed run where 
     CHECK_THROWS_AS(d.addHyperparameters(0, p.train.numHyperparameters() + 1), InvalidArgument);
     CHECK_THROWS_AS(d.addInitialState(2, p.w1, "x"), InvalidArgument);
     CHECK_THROWS_AS(d.addHyperparameterBlock("nope"), InvalidArgument);
+    CHECK_THROWS_AS(d.addHyperparameterDirection(VectorXd::Ones(p.train.numHyperparameters() + 1), "x"), InvalidArgument);
   }
 }

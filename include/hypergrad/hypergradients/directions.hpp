@@ -132,6 +132,21 @@ class HyperparameterDirections {
 
   // ---- The objective's θ --------------------------------------------------------------------------
 
+  /// One hyperparameter moving θ by `tangent` (θ's size), e.g. one log λ shared by a group of
+  /// per-weight penalties.
+  Index addHyperparameterDirection(const Eigen::VectorXd& tangent, std::string name) {
+    if (tangent.size() != m_P || !tangent.allFinite()) {
+      throw InvalidArgument(detail::message("HyperparameterDirections::addHyperparameterDirection: the tangent has ",
+                                            tangent.size(), " entries (finite: ", tangent.allFinite() ? "yes" : "no",
+                                            "); the objective has ", m_P, " hyperparameters"));
+    }
+    HyperparameterDirection d;
+    d.name = std::move(name);
+    for (Index p = 0; p < m_P; ++p)
+      if (tangent(p) != 0.0) d.theta.push_back({p, tangent(p)});
+    return append(std::move(d));
+  }
+
   /// One hyperparameter per θ entry p in [first, first + count) (count −1: to the end), named by
   /// the objective's hyperparameter layout ("l2.logLambda[2]") or "theta[p]".
   Index addHyperparameters(Index first = 0, Index count = -1) {
