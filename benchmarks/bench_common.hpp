@@ -174,6 +174,27 @@ inline hypergrad::Dataset syntheticData(Index numExamples, Index numFeatures, In
   return data;
 }
 
+/// Synthetic classification data without the centring of syntheticData: inputs uniform in [0, 1],
+/// label = argmax_c xᵀ teacher_c, the teacher standard normal from `teacherSeed` (bench_toolbox's
+/// small workload: an MLP trained on it to a positive-definite Hessian at strong enough L2).
+inline hypergrad::Dataset uncentredTeacherData(Index numExamples, Index numFeatures, Index numClasses,
+                                               std::uint64_t teacherSeed, std::uint64_t seed) {
+  hypergrad::CounterRng teacherRng(teacherSeed), rng(seed);
+  MatrixXd teacher(numFeatures, numClasses);
+  for (Index i = 0; i < teacher.size(); ++i) teacher(i) = teacherRng.normal();
+  hypergrad::Dataset d;
+  d.inputs.resize(numExamples, numFeatures);
+  d.labels.resize(numExamples);
+  d.numClasses = numClasses;
+  for (Index j = 0; j < numExamples; ++j) {
+    for (Index i = 0; i < numFeatures; ++i) d.inputs(j, i) = rng.uniform();
+    Eigen::Index best;
+    (d.inputs.row(j) * teacher).maxCoeff(&best);
+    d.labels(j) = static_cast<int>(best);
+  }
+  return d;
+}
+
 /// Everything a training run needs: objective (training loss), meta objective (validation
 /// loss), layout, initial weights (1/√fan-in scales) and constant schedules.
 struct Workload {
