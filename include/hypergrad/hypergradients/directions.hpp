@@ -66,10 +66,10 @@ class HyperparameterDirections {
   /// θ entries named by `hyperparameterLayout` (may be empty).
   HyperparameterDirections(Index numIterations, ParameterLayout layout, Index numHyperparameters = 0,
                            ParameterLayout hyperparameterLayout = ParameterLayout())
-      : m_T(numIterations), m_layout(std::move(layout)), m_P(numHyperparameters),
+      : m_numIterations(numIterations), m_layout(std::move(layout)), m_numTheta(numHyperparameters),
         m_thetaLayout(std::move(hyperparameterLayout)) {
-    if (m_T <= 0 || m_P < 0) {
-      throw InvalidArgument(detail::message("HyperparameterDirections: ", m_T, " iterations and ", m_P,
+    if (m_numIterations <= 0 || m_numTheta < 0) {
+      throw InvalidArgument(detail::message("HyperparameterDirections: ", m_numIterations, " iterations and ", m_numTheta,
                                             " hyperparameters; give at least one iteration and P >= 0"));
     }
   }
@@ -87,14 +87,14 @@ class HyperparameterDirections {
   /// One hyperparameter moving schedule `key` by `tangent` (T × G): ∂(entry t, k)/∂λ = tangent(t, k).
   Index addSchedule(const std::string& key, const Eigen::MatrixXd& tangent, std::string name) {
     const int j = scheduleIndex<Rule>(key);
-    if (tangent.rows() != m_T || tangent.cols() != m_layout.numGroups() || !tangent.allFinite()) {
+    if (tangent.rows() != m_numIterations || tangent.cols() != m_layout.numGroups() || !tangent.allFinite()) {
       throw InvalidArgument(detail::message("HyperparameterDirections::addSchedule: the tangent of '", key, "' is ",
                                             tangent.rows(), " x ", tangent.cols(), (tangent.allFinite() ? "" : " with a non-finite entry"),
-                                            "; it must be finite and T x G = ", m_T, " x ", m_layout.numGroups()));
+                                            "; it must be finite and T x G = ", m_numIterations, " x ", m_layout.numGroups()));
     }
     HyperparameterDirection d;
     d.name = std::move(name);
-    for (Index t = 0; t < m_T; ++t)
+    for (Index t = 0; t < m_numIterations; ++t)
       for (Index k = 0; k < m_layout.numGroups(); ++k)
         if (tangent(t, k) != 0.0) d.schedules.push_back({j, t, k, tangent(t, k)});
     return append(std::move(d));
@@ -108,7 +108,7 @@ class HyperparameterDirections {
     for (Index k = 0; k < m_layout.numGroups(); ++k) {
       HyperparameterDirection d;
       d.name = key + "[" + m_layout.group(k).name + "]";
-      for (Index t = 0; t < m_T; ++t) d.schedules.push_back({j, t, k, 1.0});
+      for (Index t = 0; t < m_numIterations; ++t) d.schedules.push_back({j, t, k, 1.0});
       append(std::move(d));
     }
     return first;
@@ -120,7 +120,7 @@ class HyperparameterDirections {
   Index addScheduleEntries(const std::string& key) {
     const int j = scheduleIndex<Rule>(key);
     const Index first = size();
-    for (Index t = 0; t < m_T; ++t)
+    for (Index t = 0; t < m_numIterations; ++t)
       for (Index k = 0; k < m_layout.numGroups(); ++k) {
         HyperparameterDirection d;
         d.name = detail::message(key, "[", t, ", ", m_layout.group(k).name, "]");
@@ -135,31 +135,31 @@ class HyperparameterDirections {
   /// One hyperparameter moving θ by `tangent` (θ's size), e.g. one log λ shared by a group of
   /// per-weight penalties.
   Index addHyperparameterDirection(const Eigen::VectorXd& tangent, std::string name) {
-    if (tangent.size() != m_P || !tangent.allFinite()) {
+    if (tangent.size() != m_numTheta || !tangent.allFinite()) {
       throw InvalidArgument(detail::message("HyperparameterDirections::addHyperparameterDirection: the tangent has ",
                                             tangent.size(), " entries (finite: ", tangent.allFinite() ? "yes" : "no",
-                                            "); the objective has ", m_P, " hyperparameters"));
+                                            "); the objective has ", m_numTheta, " hyperparameters"));
     }
     HyperparameterDirection d;
     d.name = std::move(name);
-    for (Index p = 0; p < m_P; ++p)
-      if (tangent(p) != 0.0) d.theta.push_back({p, tangent(p)});
+    for (Index p = 0; p < m_numTheta; ++p)
+      if (tangent(p) != 0.0) d.theta.emplace_back(p, tangent(p));
     return append(std::move(d));
   }
 
   /// One hyperparameter per θ entry p in [first, first + count) (count −1: to the end), named by
   /// the objective's hyperparameter layout ("l2.logLambda[2]") or "theta[p]".
   Index addHyperparameters(Index first = 0, Index count = -1) {
-    if (count < 0) count = m_P - first;
-    if (first < 0 || count < 0 || first + count > m_P) {
+    if (count < 0) count = m_numTheta - first;
+    if (first < 0 || count < 0 || first + count > m_numTheta) {
       throw InvalidArgument(detail::message("HyperparameterDirections::addHyperparameters: entries [", first, ", ",
-                                            first + count, ") of an objective with ", m_P, " hyperparameters"));
+                                            first + count, ") of an objective with ", m_numTheta, " hyperparameters"));
     }
     const Index firstIndex = size();
     for (Index p = first; p < first + count; ++p) {
       HyperparameterDirection d;
       d.name = thetaName(p);
-      d.theta.push_back({p, 1.0});
+      d.theta.emplace_back(p, 1.0);
       append(std::move(d));
     }
     return firstIndex;
@@ -209,11 +209,12 @@ class HyperparameterDirections {
   // ---- Access -------------------------------------------------------------------------------------
 
   Index size() const noexcept { return static_cast<Index>(m_directions.size()); }  ///< H.
+  /// Hyperparameter h's tangents (std::out_of_range for h outside 0 … H − 1).
   const HyperparameterDirection& direction(Index h) const { return m_directions.at(static_cast<std::size_t>(h)); }
   const std::string& name(Index h) const { return direction(h).name; }  ///< λ_h's name.
-  Index numIterations() const noexcept { return m_T; }                   ///< T.
+  Index numIterations() const noexcept { return m_numIterations; }                   ///< T.
   const ParameterLayout& layout() const noexcept { return m_layout; }    ///< The parameter groups.
-  Index numHyperparameters() const noexcept { return m_P; }              ///< θ's size.
+  Index numHyperparameters() const noexcept { return m_numTheta; }              ///< θ's size.
   /// The names of all H directions, in order.
   std::vector<std::string> names() const {
     std::vector<std::string> out;
@@ -227,10 +228,10 @@ class HyperparameterDirections {
   /// other methods are measured against. InvalidArgument when `r` is of another run's shape.
   Eigen::VectorXd project(const HypergradientResult<Rule>& r) const {
     for (int j = 0; j < numSchedules; ++j) {
-      if (r.schedule(j).rows() != m_T || r.schedule(j).cols() != m_layout.numGroups())
+      if (r.schedule(j).rows() != m_numIterations || r.schedule(j).cols() != m_layout.numGroups())
         throw InvalidArgument(detail::message("HyperparameterDirections::project: the result's '", Rule::schedules[j].key,
                                               "' is ", r.schedule(j).rows(), " x ", r.schedule(j).cols(), ", expected ",
-                                              m_T, " x ", m_layout.numGroups()));
+                                              m_numIterations, " x ", m_layout.numGroups()));
     }
     for (int s = 0; s < numStates; ++s) {
       if (r.initialState(s).size() != m_layout.size())
@@ -238,9 +239,9 @@ class HyperparameterDirections {
                                               Rule::stateNames[static_cast<std::size_t>(s)], " has ",
                                               r.initialState(s).size(), " entries, expected ", m_layout.size()));
     }
-    if (r.hyperparameters.size() != m_P)
+    if (r.hyperparameters.size() != m_numTheta)
       throw InvalidArgument(detail::message("HyperparameterDirections::project: the result has ", r.hyperparameters.size(),
-                                            " hyperparameter entries, expected ", m_P));
+                                            " hyperparameter entries, expected ", m_numTheta));
     Eigen::VectorXd out(size());
     for (Index h = 0; h < size(); ++h) {
       const HyperparameterDirection& d = direction(h);
@@ -258,8 +259,8 @@ class HyperparameterDirections {
     std::stable_sort(d.schedules.begin(), d.schedules.end(),
                      [](const auto& a, const auto& b) { return a.iteration < b.iteration; });
     for (const auto& p : d.theta)
-      if (p.first < 0 || p.first >= m_P)
-        throw InvalidArgument(detail::message("HyperparameterDirections: theta entry ", p.first, " of ", m_P));
+      if (p.first < 0 || p.first >= m_numTheta)
+        throw InvalidArgument(detail::message("HyperparameterDirections: theta entry ", p.first, " of ", m_numTheta));
     m_directions.push_back(std::move(d));
     return size() - 1;
   }
@@ -270,9 +271,9 @@ class HyperparameterDirections {
     return detail::message("theta[", p, "]");
   }
 
-  Index m_T;
+  Index m_numIterations;
   ParameterLayout m_layout;
-  Index m_P;
+  Index m_numTheta;
   ParameterLayout m_thetaLayout;
   std::vector<HyperparameterDirection> m_directions;
 };
