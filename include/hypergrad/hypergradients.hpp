@@ -12,6 +12,7 @@
 #include "hypergradients/directions.hpp"
 #include "hypergradients/forward.hpp"
 #include "hypergradients/implicit.hpp"
+#include "hypergradients/realtime.hpp"
 #include "hypergradients/result.hpp"
 #include "hypergradients/reverse.hpp"
 #include "hypergradients/toolbox.hpp"
