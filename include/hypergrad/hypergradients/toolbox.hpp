@@ -14,6 +14,9 @@
 /// | `method::Truncated{K}`      | reverseTruncated(): the last K steps                  | O(N) + buffer | 1 HVP for K steps        | biased for K < T              |
 /// | `method::Implicit{options}` | implicitHypergradients() at the final weights (θ only) | O(N)          | none; CG at the end      | only at a stationary point    |
 ///
+/// Real-time optimisation (realtime.hpp, RTHO) is built on forward mode but changes the run
+/// itself as it goes, so it is a training loop of its own rather than one of these methods.
+///
 /// HVP: Hessian-vector product; H: hyperparameters; N: weights. Where the optimizer ends: Reverse
 /// (and Truncated{T}, which is the reverse pass) at iteration 0, the run reversed and its start
 /// verified bit for bit; the others at the end of the run, which can still be reversed. Each either completes or throws with the optimizer back
