@@ -34,6 +34,7 @@
 #include <vector>
 
 #include <hypergrad.hpp>
+#include <hypergrad/data/deflate.hpp>
 #include <hypergrad/data/idx.hpp>
 #include <hypergrad/io/image.hpp>
 #include <hypergrad/io/svg.hpp>
@@ -46,7 +47,8 @@ using hypergrad::Dataset;
 using hypergrad::Index;
 
 constexpr Index kSide = 28, kPixels = kSide * kSide, kClasses = 10;
-constexpr Index kDisplayScale = 2;      // pixels per image pixel in the PNGs
+// The PNGs: each image pixel a 2 x 2 block, zlib-compressed.
+const hypergrad::PngOptions kPictures = hypergrad::PngOptions().withScale(2).withDeflate(hypergrad::zlibDeflate);
 constexpr double kUnpenalised = -30.0;  // log λ of "no penalty": λ ≈ 9e-14, negligible next to any gradient
 
 struct Options {
@@ -312,14 +314,6 @@ std::vector<MatrixXd> classTiles(const MatrixXd& perClass) {
   return tiles;
 }
 
-// Each pixel drawn as a scale × scale block, so that the pictures are large enough to look at.
-MatrixXd upscale(const MatrixXd& image, Index scale) {
-  MatrixXd out(image.rows() * scale, image.cols() * scale);
-  for (Index r = 0; r < out.rows(); ++r)
-    for (Index c = 0; c < out.cols(); ++c) out(r, c) = image(r / scale, c / scale);
-  return out;
-}
-
 // The q-quantile (0 ≤ q ≤ 1) of the entries of m: display ranges that a few outliers do not set.
 double quantile(const MatrixXd& m, double q) {
   std::vector<double> v(m.data(), m.data() + m.size());
@@ -425,17 +419,21 @@ int run(const Options& opt) {
 
   // Pictures.
   const std::filesystem::path out(opt.out);
-  // Display ranges from the 1st and 99th percentiles (pixels beyond them are drawn saturated).
-  const double etaLo = quantile(learnedEta, 0.01), etaHi = quantile(learnedEta, 0.99);
-  const MatrixXd penalties = hypergrad::imageGrid(classTiles(learnedEta), 5, 1, etaHi);
-  hypergrad::writePng((out / "penalties.png").string(), upscale(penalties, kDisplayScale), etaLo, etaHi);
+  // The learned log-penalties as departures from where they started, on a diverging map whose
+  // ends are the 99th percentile of |departure| (a few outliers do not wash out the rest); the
+  // weights likewise around 0.
+  const MatrixXd departure = (learnedEta.array() - bestEta).matrix();
+  const double etaMax = std::max(quantile(departure.cwiseAbs(), 0.99), 1e-12);
+  hypergrad::writePngDiverging((out / "penalties.png").string(),
+                               hypergrad::imageGrid(classTiles(departure), 5, 1, 0.0), etaMax, kPictures);
   const MatrixXd weights = experiment.architecture().weights(wLearned, 0);
   const double absMax = quantile(weights.cwiseAbs(), 0.99);
-  hypergrad::writePngDiverging((out / "weights.png").string(),
-                               upscale(hypergrad::imageGrid(classTiles(weights), 5, 1, 0.0), kDisplayScale), absMax);
+  hypergrad::writePngDiverging((out / "weights.png").string(), hypergrad::imageGrid(classTiles(weights), 5, 1, 0.0),
+                               absMax, kPictures);
   std::printf(
-      "penalties.png: log lambda from %.2f (black) to %.2f (white); weights.png: blue -%.3g, white 0, red +%.3g\n",
-      etaLo, etaHi, absMax, absMax);
+      "penalties.png: log lambda - %.2f, blue -%.2f (less penalty), white 0, red +%.2f (more); weights.png: blue "
+      "-%.3g, white 0, red +%.3g\n",
+      bestEta, etaMax, etaMax, absMax, absMax);
 
   hypergrad::SvgPlot curve("Per-weight L2: meta-learning curve", "meta-iteration", "cross-entropy loss");
   std::vector<double> iters, valid, test;

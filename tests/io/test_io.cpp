@@ -3,12 +3,15 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <array>
 #include <fstream>
+#include <limits>
 #include <iterator>
 #include <vector>
 
 #include <zlib.h>
 
+#include <hypergrad/data/deflate.hpp>
 #include <hypergrad/io/image.hpp>
 #include <hypergrad/io/svg.hpp>
 
@@ -67,6 +70,82 @@ TEST_CASE("a greyscale PNG decodes, with zlib's inflate and CRC, to the expected
     CHECK(raw[static_cast<std::size_t>(r * 5)] == 0);  // filter type none
     for (int c = 0; c < 4; ++c) CHECK(int(raw[static_cast<std::size_t>(r * 5 + 1 + c)]) == expected[r][c]);
   }
+  std::remove(path.c_str());
+}
+
+namespace {
+// A PNG's header fields and inflated scanlines (filter bytes included), chunk CRCs checked.
+struct Decoded {
+  std::uint32_t width = 0, height = 0;
+  int colourType = -1;
+  std::vector<unsigned char> raw;
+  std::size_t fileSize = 0;
+};
+Decoded decodePng(const std::string& path, int channels) {
+  const auto bytes = readAll(path);
+  Decoded d;
+  d.fileSize = bytes.size();
+  std::vector<unsigned char> idat;
+  for (std::size_t pos = 8; pos + 12 <= bytes.size();) {
+    const std::uint32_t len = be32(&bytes[pos]);
+    const std::string type(bytes.begin() + static_cast<long>(pos) + 4, bytes.begin() + static_cast<long>(pos) + 8);
+    CHECK(crc32(0L, &bytes[pos + 4], 4 + len) == be32(&bytes[pos + 8 + len]));
+    if (type == "IHDR") {
+      d.width = be32(&bytes[pos + 8]);
+      d.height = be32(&bytes[pos + 12]);
+      d.colourType = bytes[pos + 17];
+    } else if (type == "IDAT") {
+      idat.insert(idat.end(), bytes.begin() + static_cast<long>(pos) + 8, bytes.begin() + static_cast<long>(pos + 8 + len));
+    }
+    pos += 12 + len;
+  }
+  d.raw.resize(std::size_t(d.height) * (1 + std::size_t(d.width) * std::size_t(channels)));
+  uLongf size = d.raw.size();
+  REQUIRE(uncompress(d.raw.data(), &size, idat.data(), idat.size()) == Z_OK);
+  REQUIRE(size == d.raw.size());
+  return d;
+}
+}  // namespace
+
+TEST_CASE("PngOptions: scale draws each value as a block; zlibDeflate compresses to the same pixels", "[io]") {
+  Eigen::MatrixXd img(2, 3);
+  img << 0.0, 0.5, 1.0,  //
+      1.0, 0.25, 0.0;
+  const std::string stored = "test_io_scaled_stored.png", deflated = "test_io_scaled_deflated.png";
+  writePng(stored, img, 0.0, 1.0, PngOptions().withScale(3));
+  writePng(deflated, img, 0.0, 1.0, PngOptions().withScale(3).withDeflate(zlibDeflate));
+  const Decoded a = decodePng(stored, 1), b = decodePng(deflated, 1);
+  CHECK(a.width == 9);
+  CHECK(a.height == 6);
+  CHECK(a.raw == b.raw);
+  CHECK(b.fileSize < a.fileSize);
+  const int level[2][3] = {{0, 128, 255}, {255, 64, 0}};
+  for (int y = 0; y < 6; ++y) {
+    CHECK(a.raw[std::size_t(y) * 10] == 0);
+    for (int x = 0; x < 9; ++x) CHECK(int(a.raw[std::size_t(y) * 10 + 1 + std::size_t(x)]) == level[y / 3][x / 3]);
+  }
+  CHECK_THROWS_AS(writePng(stored, img, 0.0, 1.0, PngOptions().withScale(0)), InvalidArgument);
+  std::remove(stored.c_str());
+  std::remove(deflated.c_str());
+}
+
+TEST_CASE("the diverging map runs through RdBu's stops and tints small values", "[io]") {
+  Eigen::MatrixXd img(1, 5);
+  img << -2.0, -1.0, 0.0, 0.1, std::numeric_limits<double>::quiet_NaN();
+  const std::string path = "test_io_diverging.png";
+  writePngDiverging(path, img, 1.0, PngOptions().withDeflate(zlibDeflate));
+  const Decoded d = decodePng(path, 3);
+  REQUIRE(d.colourType == 2);
+  const auto pixel = [&](int x) {
+    const std::size_t at = 1 + 3 * std::size_t(x);
+    return std::array<int, 3>{d.raw[at], d.raw[at + 1], d.raw[at + 2]};
+  };
+  CHECK(pixel(0) == std::array<int, 3>{5, 48, 97});     // clamped at −absMax: the darkest blue
+  CHECK(pixel(1) == std::array<int, 3>{5, 48, 97});
+  CHECK(pixel(2) == std::array<int, 3>{247, 247, 247});  // zero: the middle stop
+  CHECK(pixel(3) == std::array<int, 3>{250, 233, 223});  // a tenth of absMax is visibly red
+  CHECK(pixel(4) == std::array<int, 3>{247, 247, 247});  // NaN: the middle
+  CHECK(divergingColour(1.0) == std::array<std::uint8_t, 3>{103, 0, 31});
   std::remove(path.c_str());
 }
 

@@ -11,7 +11,11 @@
 /// at the low end of the grey scale and white (the midpoint) in the diverging map.
 ///
 /// PNGs are written with stored (uncompressed) deflate blocks, with CRC-32 and Adler-32 computed
-/// here, so the files are valid PNGs of about width x height bytes (x3 for colour).
+/// here, so the files are valid PNGs of about width x height bytes (x3 for colour) without zlib.
+/// `PngOptions().withDeflate(hypergrad::zlibDeflate)` (<hypergrad/data/deflate.hpp>, in the
+/// `hypergrad::data` target, which links zlib) compresses them instead, and
+/// `PngOptions().withScale(k)` draws each value as a k x k block (pictures of 28 x 28 images
+/// that a person can see, without upscaling the matrix by hand).
 ///
 /// \code
 ///   std::vector<Eigen::MatrixXd> digits;                       // e.g. ten 28 x 28 images
@@ -19,7 +23,8 @@
 ///       pixels.row(c).data(), 28, 28).transpose());            // row-major pixels -> image
 ///   const Eigen::MatrixXd sheet = hypergrad::imageGrid(digits, 5);  // 2 rows of 5, 1 px gaps
 ///   hypergrad::writePng("digits.png", sheet, 0.0, 1.0);        // grey, 0 = black, 1 = white
-///   hypergrad::writePngDiverging("penalty.png", logPenalty, 3.0);   // blue - white - red
+///   hypergrad::writePngDiverging("penalty.png", logPenalty.array() - start, 3.0,   // blue - white - red
+///                                hypergrad::PngOptions().withScale(4));
 /// \endcode
 
 #include <algorithm>
@@ -27,7 +32,9 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -36,6 +43,27 @@
 #include "hypergrad/errors.hpp"
 
 namespace hypergrad {
+
+/// How a PNG is written: the pixels per value and the compressor.
+struct PngOptions {
+  /// Each matrix value becomes a scale x scale block of pixels (nearest neighbour), scale >= 1.
+  Index scale = 1;
+  /// Compresses the scanlines into a zlib stream (the IDAT content); empty: stored blocks.
+  std::function<std::vector<std::uint8_t>(const std::vector<std::uint8_t>&)> deflate;
+  /// A copy with `k` pixels per value.
+  PngOptions withScale(Index k) const {
+    PngOptions o = *this;
+    o.scale = k;
+    return o;
+  }
+  /// A copy compressing with `f` (e.g. hypergrad::zlibDeflate from <hypergrad/data/deflate.hpp>).
+  template <class F>
+  PngOptions withDeflate(F&& f) const {
+    PngOptions o = *this;
+    o.deflate = std::forward<F>(f);
+    return o;
+  }
+};
 
 /// Tiles equally sized images row by row into a grid with `columns` columns, separated (and
 /// framed) by `padding` pixels of `padValue`. Throws InvalidArgument for no tiles, columns < 1,
@@ -127,17 +155,8 @@ inline void pngChunk(std::vector<std::uint8_t>& out, const char type[4], const s
   putBigEndian32(out, crc32(out.data() + start, out.size() - start));
 }
 
-/// A PNG of `width` x `height` pixels with `channels` = 1 (grey) or 3 (RGB) 8-bit samples per
-/// pixel, row-major in `pixels`, compressed with stored deflate blocks.
-inline std::vector<std::uint8_t> encodePng(const std::vector<std::uint8_t>& pixels, std::uint32_t width,
-                                           std::uint32_t height, int channels) {
-  const std::size_t stride = std::size_t(width) * std::size_t(channels);
-  std::vector<std::uint8_t> raw;  // scanlines, each led by filter type 0 (none)
-  raw.reserve((stride + 1) * height);
-  for (std::uint32_t y = 0; y < height; ++y) {
-    raw.push_back(0);
-    raw.insert(raw.end(), pixels.begin() + std::ptrdiff_t(y * stride), pixels.begin() + std::ptrdiff_t((y + 1) * stride));
-  }
+/// A zlib stream of `raw` in stored (uncompressed) deflate blocks: what a PNG needs, without zlib.
+inline std::vector<std::uint8_t> storedZlib(const std::vector<std::uint8_t>& raw) {
   std::vector<std::uint8_t> z = {0x78, 0x01};  // zlib header: deflate, 32K window, no dictionary
   std::size_t pos = 0;
   do {
@@ -152,6 +171,21 @@ inline std::vector<std::uint8_t> encodePng(const std::vector<std::uint8_t>& pixe
     pos += len;
   } while (pos < raw.size());
   putBigEndian32(z, adler32(raw.data(), raw.size()));
+  return z;
+}
+
+/// A PNG of `width` x `height` pixels with `channels` = 1 (grey) or 3 (RGB) 8-bit samples per
+/// pixel, row-major in `pixels`, compressed by options.deflate (stored deflate blocks without one).
+inline std::vector<std::uint8_t> encodePng(const std::vector<std::uint8_t>& pixels, std::uint32_t width,
+                                           std::uint32_t height, int channels, const PngOptions& options = PngOptions()) {
+  const std::size_t stride = std::size_t(width) * std::size_t(channels);
+  std::vector<std::uint8_t> raw;  // scanlines, each led by filter type 0 (none)
+  raw.reserve((stride + 1) * height);
+  for (std::uint32_t y = 0; y < height; ++y) {
+    raw.push_back(0);
+    raw.insert(raw.end(), pixels.begin() + std::ptrdiff_t(y * stride), pixels.begin() + std::ptrdiff_t((y + 1) * stride));
+  }
+  std::vector<std::uint8_t> z = options.deflate ? options.deflate(raw) : storedZlib(raw);
 
   std::vector<std::uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
   std::vector<std::uint8_t> ihdr;
@@ -166,6 +200,31 @@ inline std::vector<std::uint8_t> encodePng(const std::vector<std::uint8_t>& pixe
   pngChunk(png, "IDAT", z);
   pngChunk(png, "IEND", {});
   return png;
+}
+
+inline void checkScale(const char* who, const std::string& path, const Eigen::MatrixXd& image, Index scale) {
+  if (scale < 1 || image.cols() * scale > 0x7fffffff || image.rows() * scale > 0x7fffffff)
+    throw InvalidArgument(detail::message(who, "('", path, "'): scale ", scale, " for a ", image.rows(), " x ",
+                                          image.cols(), " image; give a scale >= 1 that keeps it below 2^31 pixels a side"));
+}
+
+/// `pixels` (width x height, `channels` bytes each) with every pixel repeated as a k x k block.
+inline std::vector<std::uint8_t> scalePixels(const std::vector<std::uint8_t>& pixels, Index width, Index height,
+                                             int channels, Index k) {
+  if (k == 1) return pixels;
+  const auto ch = static_cast<std::size_t>(channels);
+  std::vector<std::uint8_t> out;
+  out.reserve(pixels.size() * static_cast<std::size_t>(k * k));
+  std::vector<std::uint8_t> row;  // one scaled scanline, repeated k times
+  for (Index y = 0; y < height; ++y) {
+    row.clear();
+    for (Index x = 0; x < width; ++x) {
+      const auto at = pixels.begin() + std::ptrdiff_t(static_cast<std::size_t>(y * width + x) * ch);
+      for (Index r = 0; r < k; ++r) row.insert(row.end(), at, at + std::ptrdiff_t(ch));
+    }
+    for (Index r = 0; r < k; ++r) out.insert(out.end(), row.begin(), row.end());
+  }
+  return out;
 }
 
 inline std::vector<std::uint8_t> greyPixels(const Eigen::MatrixXd& image, double lo, double hi) {
@@ -191,45 +250,71 @@ inline void writePgm(const std::string& path, const Eigen::MatrixXd& image, doub
 }
 
 /// Writes an 8-bit greyscale PNG: [lo, hi] maps to black..white, values outside are clamped for
-/// display only. Throws InvalidArgument naming the path if it cannot be written.
-inline void writePng(const std::string& path, const Eigen::MatrixXd& image, double lo, double hi) {
+/// display only; `options` sets the pixels per value and the compressor. Throws InvalidArgument
+/// naming the path if it cannot be written or the scale is below 1.
+inline void writePng(const std::string& path, const Eigen::MatrixXd& image, double lo, double hi,
+                     const PngOptions& options = PngOptions()) {
   detail::checkImage("writePng", path, image);
   detail::checkRange("writePng", path, lo, hi);
+  detail::checkScale("writePng", path, image, options.scale);
+  const Index k = options.scale;
   detail::writeFile("writePng", path,
-                    detail::encodePng(detail::greyPixels(image, lo, hi), std::uint32_t(image.cols()),
-                                      std::uint32_t(image.rows()), 1));
+                    detail::encodePng(detail::scalePixels(detail::greyPixels(image, lo, hi), image.cols(), image.rows(), 1, k),
+                                      std::uint32_t(image.cols() * k), std::uint32_t(image.rows() * k), 1, options));
 }
 
-/// Writes an 8-bit RGB PNG from `rgb` (3 bytes per pixel, row-major, `height` rows of `width`).
-inline void writePngRgb(const std::string& path, const std::vector<std::uint8_t>& rgb, Index width, Index height) {
+/// Writes an 8-bit RGB PNG from `rgb` (3 bytes per pixel, row-major, `height` rows of `width`),
+/// each pixel drawn as options.scale x options.scale.
+inline void writePngRgb(const std::string& path, const std::vector<std::uint8_t>& rgb, Index width, Index height,
+                        const PngOptions& options = PngOptions()) {
   if (width < 1 || height < 1 || width > 0x7fffffff || height > 0x7fffffff ||
       rgb.size() != std::size_t(width) * std::size_t(height) * 3)
     throw InvalidArgument(detail::message("writePngRgb('", path, "'): ", rgb.size(), " bytes do not make a ", width,
                                           " x ", height, " RGB image (3 bytes per pixel)"));
+  detail::checkScale("writePngRgb", path, Eigen::MatrixXd(height, width), options.scale);
+  const Index k = options.scale;
   detail::writeFile("writePngRgb", path,
-                    detail::encodePng(rgb, std::uint32_t(width), std::uint32_t(height), 3));
+                    detail::encodePng(detail::scalePixels(rgb, width, height, 3, k), std::uint32_t(width * k),
+                                      std::uint32_t(height * k), 3, options));
 }
 
-/// Writes a PNG with a diverging colour map for signed data: -absMax blue, 0 white, +absMax red
-/// (ColorBrewer RdBu ends), clamped beyond ±absMax for display only; NaN is white.
-/// A natural absMax is image.cwiseAbs().maxCoeff() (or a fixed value to compare pictures).
-inline void writePngDiverging(const std::string& path, const Eigen::MatrixXd& image, double absMax) {
+/// The diverging colour of u in [−1, 1] (clamped; NaN is the midpoint): ColorBrewer's 11-class
+/// RdBu, dark blue at −1 through near-white at 0 to dark red at +1, interpolated linearly between
+/// its stops — small values already take a visible tint, where a straight line from white to a
+/// single end colour leaves them white.
+inline std::array<std::uint8_t, 3> divergingColour(double u) {
+  static constexpr std::uint8_t stops[11][3] = {{5, 48, 97},    {33, 102, 172}, {67, 147, 195}, {146, 197, 222},
+                                                {209, 229, 240}, {247, 247, 247}, {253, 219, 199}, {244, 165, 130},
+                                                {214, 96, 77},   {178, 24, 43},   {103, 0, 31}};
+  const double x = std::isnan(u) ? 5.0 : 5.0 * (std::clamp(u, -1.0, 1.0) + 1.0);  // 0 … 10
+  const int lower = std::min(9, static_cast<int>(x));
+  const double f = x - lower;
+  std::array<std::uint8_t, 3> c{};
+  for (int k = 0; k < 3; ++k)
+    c[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(
+        std::lround(stops[lower][k] + f * (stops[lower + 1][k] - stops[lower][k])));
+  return c;
+}
+
+/// Writes a PNG with a diverging colour map for signed data (divergingColour): −absMax dark blue,
+/// 0 near-white, +absMax dark red, clamped beyond ±absMax for display only; NaN is the midpoint.
+/// Subtract a centre first to show departures from it (e.g. learned log-penalties minus their
+/// starting value); a high quantile of |values| as absMax (rather than the maximum) keeps a few
+/// outliers from washing out the structure.
+inline void writePngDiverging(const std::string& path, const Eigen::MatrixXd& image, double absMax,
+                              const PngOptions& options = PngOptions()) {
   detail::checkImage("writePngDiverging", path, image);
   if (!(std::isfinite(absMax) && absMax > 0))
     throw InvalidArgument(detail::message("writePngDiverging('", path, "'): absMax must be finite and > 0, got ",
                                           absMax, " (an all-zero image? use any positive value)"));
-  const double blue[3] = {33, 102, 172}, red[3] = {178, 24, 43};
   std::vector<std::uint8_t> rgb;
   rgb.reserve(std::size_t(image.size()) * 3);
   for (Index r = 0; r < image.rows(); ++r)
     for (Index c = 0; c < image.cols(); ++c) {
-      const double v = image(r, c);
-      const double u = std::isnan(v) ? 0.0 : std::clamp(v / absMax, -1.0, 1.0);
-      const double* end = u < 0 ? blue : red;
-      const double a = std::abs(u);
-      for (int k = 0; k < 3; ++k) rgb.push_back(static_cast<std::uint8_t>(std::lround(255.0 + a * (end[k] - 255.0))));
+      const std::array<std::uint8_t, 3> colour = divergingColour(image(r, c) / absMax);
+      rgb.insert(rgb.end(), colour.begin(), colour.end());
     }
-  writePngRgb(path, rgb, image.cols(), image.rows());
+  writePngRgb(path, rgb, image.cols(), image.rows(), options);
 }
 
 }  // namespace hypergrad
