@@ -177,12 +177,7 @@ void methodCase(benchmark::State& state, const bench::WorkloadSpec& spec, Index 
         options.tolerance = 1e-6;
         options.maxIterations = 300;
         const hypergrad::ImplicitResult ir = hypergrad::implicitHypergradients(full, wl.validation, opt.weights(), options);
-        r.values.resize(d.size());
-        for (Index h = 0; h < d.size(); ++h) {
-          double sum = 0.0;
-          for (const auto& p : d.direction(h).theta) sum += p.second * ir.hyperparameters(p.first);
-          r.values(h) = sum;
-        }
+        r.values = d.projectTheta(ir.hyperparameters);
         r.hessianProducts = ir.iterations;
         r.memoryBytes = 5 * sizeof(double) * static_cast<std::size_t>(wl.size());
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - clock).count();

@@ -90,6 +90,15 @@ struct HasMixedProduct<F, std::void_t<decltype(std::declval<const F&>().mixedPro
                               std::declval<const Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>()))>>
     : std::true_type {};
 
+/// The optional `mixedTangentProduct(w, t, dtheta, out)` (forward mode's tangent of g along θ).
+template <class, class = void>
+struct HasMixedTangentProduct : std::false_type {};
+template <class F>
+struct HasMixedTangentProduct<F, std::void_t<decltype(std::declval<const F&>().mixedTangentProduct(
+                                     std::declval<const Eigen::VectorXd&>(), Index(0),
+                                     std::declval<const Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>()))>>
+    : std::true_type {};
+
 template <class, class = void>
 struct HasReverseStep : std::false_type {};
 template <class F>

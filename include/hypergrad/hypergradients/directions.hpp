@@ -223,6 +223,22 @@ class HyperparameterDirections {
     return out;
   }
 
+  /// A gradient with respect to θ alone (∂f/∂θ, e.g. an implicit hypergradient) on these
+  /// directions: Σ_p ∂θ_p/∂λ_h ∂f/∂θ_p (their schedule and initial-state parts contribute 0).
+  /// InvalidArgument when `dtheta` is not of θ's size.
+  Eigen::VectorXd projectTheta(const Eigen::VectorXd& dtheta) const {
+    if (dtheta.size() != m_numTheta)
+      throw InvalidArgument(detail::message("HyperparameterDirections::projectTheta: ", dtheta.size(),
+                                            " entries, expected ", m_numTheta));
+    Eigen::VectorXd out(size());
+    for (Index h = 0; h < size(); ++h) {
+      double sum = 0.0;
+      for (const auto& p : direction(h).theta) sum += p.second * dtheta(p.first);
+      out(h) = sum;
+    }
+    return out;
+  }
+
   /// The reverse pass's hypergradients on these directions: ∂f/∂λ_h = Σ tangent · ∂f/∂(schedule
   /// entry) + Σ ∂θ_p/∂λ_h ∂f/∂θ_p + Σ tangent · ∂f/∂(initial state) — the exact values the toolbox's
   /// other methods are measured against. InvalidArgument when `r` is of another run's shape.

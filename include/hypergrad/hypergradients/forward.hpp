@@ -115,14 +115,6 @@ class DualElement {
   double* m_d;
 };
 
-template <class, class = void>
-struct HasMixedTangentProduct : std::false_type {};
-template <class F>
-struct HasMixedTangentProduct<F, std::void_t<decltype(std::declval<const F&>().mixedTangentProduct(
-                                     std::declval<const Eigen::VectorXd&>(), Index(0),
-                                     std::declval<const Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>()))>>
-    : std::true_type {};
-
 template <class R, class = void>
 struct HasDualDerive : std::false_type {};
 template <class R>
@@ -296,8 +288,7 @@ class ForwardTangents {
     if constexpr (detail::HasHyperGradient<Meta>::value) {
       Eigen::VectorXd dtheta;
       meta.hyperGradient(w, dtheta);
-      for (Index h = 0; h < m_directions.size(); ++h)
-        for (const auto& p : m_directions.direction(h).theta) r.values(h) += p.second * dtheta(p.first);
+      r.values += m_directions.projectTheta(dtheta);
     }
     r.iterations = m_t;
     r.hessianProducts = m_hessianProducts;

@@ -157,12 +157,7 @@ DirectionalHypergradients hypergradients(const method::Implicit& m, Optimizer& o
     DirectionalHypergradients o;
     o.method = "implicit";
     o.names = directions.names();
-    o.values.resize(directions.size());
-    for (Index h = 0; h < directions.size(); ++h) {
-      double sum = 0.0;
-      for (const auto& p : directions.direction(h).theta) sum += p.second * r.hyperparameters(p.first);
-      o.values(h) = sum;
-    }
+    o.values = directions.projectTheta(r.hyperparameters);
     o.metaObjective = r.metaObjective;
     o.finalWeights = opt.weights();
     o.iterations = opt.iteration();

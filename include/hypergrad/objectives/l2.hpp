@@ -66,14 +66,6 @@ struct HasSetHyperparameters<F, std::void_t<decltype(std::declval<F&>().setHyper
                                     std::declval<const Eigen::VectorXd&>()))>> : std::true_type {};
 
 template <class, class = void>
-struct HasMixedTangentProduct : std::false_type {};
-template <class F>
-struct HasMixedTangentProduct<F, std::void_t<decltype(std::declval<const F&>().mixedTangentProduct(
-                                     std::declval<const Eigen::VectorXd&>(), Index(0),
-                                     std::declval<const Eigen::VectorXd&>(), std::declval<Eigen::VectorXd&>()))>>
-    : std::true_type {};
-
-template <class, class = void>
 struct HasStepValue : std::false_type {};
 template <class F>
 struct HasStepValue<F, std::void_t<decltype(double(std::declval<const F&>().value(
@@ -180,7 +172,7 @@ class L2Regularized {
     }
     out.setZero(w.size());
     if (p > 0 && !dtheta.head(p).isZero(0.0)) {
-      if constexpr (detail::l2::HasMixedTangentProduct<InnerType>::value) {
+      if constexpr (detail::HasMixedTangentProduct<InnerType>::value) {
         Eigen::VectorXd inner;
         m_inner.mixedTangentProduct(w, t, dtheta.head(p), inner);
         out += inner;
