@@ -308,10 +308,49 @@ TEST_CASE("CurveStopping stops train() when the run cannot beat the best, and on
   const TrainSummary cut = train(second, f, rule);
   CHECK(cut.stoppedEarly);
   CHECK(cut.stepsTaken == 2 * settings.minPoints);
-  CHECK_THAT(cut.stopReason, Catch::Contains("learning curve: P(final value better than"));
+  CHECK_THAT(cut.stopReason, Catch::Contains("learning curve: P(final value better than") && Catch::Contains("at step 10"));
   // A best the run beats easily: never stopped.
   settings.best = 2 * recorder.values().front();
   SgdMomentum<> third = makeOpt();
   CHECK_FALSE(train(third, f, Rule(loss, settings)).stoppedEarly);
   CHECK_THROWS_AS(Rule(loss, Rule::Settings{}), InvalidArgument);
+}
+
+TEST_CASE("CurveStopping stops a diverged run and a worsening one, and keeps a worsening run that already beats the best",
+          "[learning_curves]") {
+  using Rule = CurveStopping<std::function<double(int, Index)>>;
+  Rule::Settings settings;
+  settings.finalStep = 100;
+  settings.best = 0.5;
+  settings.minPoints = 4;
+  const auto metric = [](int, Index) { return 0.0; };
+  {
+    Rule rule(metric, settings);
+    CHECK_FALSE(rule.observe(1, 2.3));
+    CHECK(rule.observe(2, std::numeric_limits<double>::infinity()));
+    CHECK(rule.stoppedAt() == 2);
+    CHECK_THAT(rule.stopReason(), Catch::Contains("the metric is inf at step 2 (the run diverged)"));
+  }
+  {
+    // A loss rising from 2.3: no improving family fits, and it never got near 0.5.
+    Rule rule(metric, settings);
+    bool stopped = false;
+    Index step = 0;
+    while (!stopped && step < 50) {
+      ++step;
+      stopped = rule.observe(step, 2.3 + 0.1 * static_cast<double>(step));
+    }
+    CHECK(stopped);
+    CHECK(step == 4);
+    CHECK_THAT(rule.stopReason(), Catch::Contains("no improving curve family fits the run at step 4") &&
+                                      Catch::Contains("its best value so far, 2.4, does not beat 0.5"));
+  }
+  {
+    // Rising, but from below the best: not stopped (the run is already better than any other).
+    Rule rule(metric, settings);
+    bool stopped = false;
+    for (Index step = 1; step <= 10; ++step) stopped = stopped || rule.observe(step, 0.3 + 0.01 * static_cast<double>(step));
+    CHECK_FALSE(stopped);
+    CHECK(rule.lastProbability() == 1.0);
+  }
 }

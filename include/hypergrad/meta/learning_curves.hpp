@@ -45,7 +45,8 @@
 ///
 /// **Stopping rule** (CurveStopping, a train() callback): every `every` steps, record the user's
 /// metric; once `minPoints` are recorded, stop when P(final better than the best so far) falls
-/// below `threshold` (Domhan et al.: 5%).
+/// below `threshold` (Domhan et al.: 5%). A non-finite metric stops the run (it diverged); a curve
+/// that no improving family fits is taken to improve no further.
 ///
 /// \code
 /// hypergrad::CurvePrediction p = hypergrad::extrapolateCurve(steps, losses, 1000.0);
@@ -55,6 +56,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <limits>
 #include <string>
@@ -301,6 +303,13 @@ struct CurvePrediction {
 };
 
 namespace detail {
+
+// A value for a stop reason: 4 significant digits (messages elsewhere carry all 17).
+inline std::string curveNumber(double v) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.4g", v);
+  return buffer;
+}
 
 struct LmResult {
   std::vector<double> p;
@@ -558,19 +567,39 @@ class CurveStopping {
   }
 
   /// The rule without an optimizer: records (step, value) and says whether to stop. Steps must
-  /// increase. A failed fit (e.g. a curve that does not improve) never stops the run.
+  /// increase. Two cases the families cannot judge: a value that is not finite (the run
+  /// diverged) stops the run; a curve that no improving family fits (e.g. a loss rising since
+  /// the first record) is taken to improve no further, so the run stops unless its best recorded
+  /// value already beats `best`.
   bool observe(Index step, double value) {
     m_steps.push_back(static_cast<double>(step));
     m_values.push_back(value);
+    if (!std::isfinite(value)) {
+      m_stoppedAt = step;
+      m_probability = 0;
+      m_reason = "learning curve: the metric is " + detail::curveNumber(value) + " at step " + std::to_string(step) +
+                 " (the run diverged)";
+      return true;
+    }
     if (!std::isfinite(m_settings.best) || static_cast<Index>(m_steps.size()) < m_settings.minPoints ||
         step >= m_settings.finalStep)
       return false;
+    const bool minimise = m_settings.curve.goal == CurveGoal::Minimize;
     try {
       m_prediction = extrapolateCurve(m_steps, m_values, static_cast<double>(m_settings.finalStep), m_settings.curve);
+      m_probability = m_prediction.probabilityBetterThan(m_settings.best);
+      m_reason = "learning curve: P(final value better than " + detail::curveNumber(m_settings.best) +
+                 ") = " + detail::curveNumber(m_probability) + " < " + detail::curveNumber(m_settings.threshold) + " at step " +
+                 std::to_string(step) + " (predicted " + detail::curveNumber(m_prediction.mean) + " +- " +
+                 detail::curveNumber(m_prediction.sd) + ")";
     } catch (const InvalidArgument&) {
-      return false;
+      const double runBest = minimise ? *std::min_element(m_values.begin(), m_values.end())
+                                      : *std::max_element(m_values.begin(), m_values.end());
+      m_probability = (minimise ? runBest < m_settings.best : runBest > m_settings.best) ? 1.0 : 0.0;
+      m_reason = "learning curve: no improving curve family fits the run at step " + std::to_string(step) +
+                 " and its best value so far, " + detail::curveNumber(runBest) + ", does not beat " +
+                 detail::curveNumber(m_settings.best);
     }
-    m_probability = m_prediction.probabilityBetterThan(m_settings.best);
     if (m_probability < m_settings.threshold) {
       m_stoppedAt = step;
       return true;
@@ -579,15 +608,12 @@ class CurveStopping {
   }
 
   /// Why train() stopped.
-  std::string stopReason() const {
-    return detail::message("learning curve: P(final value better than ", m_settings.best, ") = ", m_probability, " < ",
-                   m_settings.threshold, " at step ", m_stoppedAt, " (predicted ", m_prediction.mean, " +- ", m_prediction.sd, ")");
-  }
+  std::string stopReason() const { return m_reason; }
 
   const std::vector<double>& steps() const { return m_steps; }    ///< recorded steps
   const std::vector<double>& values() const { return m_values; }  ///< recorded metric values
   const CurvePrediction& lastPrediction() const { return m_prediction; }  ///< the latest prediction made
-  double lastProbability() const { return m_probability; }  ///< its P(better than best); 1 before any
+  double lastProbability() const { return m_probability; }  ///< P(better than best) at the latest check; 1 before any
   Index stoppedAt() const { return m_stoppedAt; }  ///< the step the rule stopped at; 0 if it did not
   const Settings& settings() const { return m_settings; }  ///< the settings
 
@@ -598,6 +624,7 @@ class CurveStopping {
   CurvePrediction m_prediction;
   double m_probability = 1.0;
   Index m_stoppedAt = 0;
+  std::string m_reason;
 };
 
 }  // namespace hypergrad
