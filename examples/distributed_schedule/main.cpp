@@ -5,7 +5,7 @@
 // processes. The program prints a digest of every hypergradient it computed: the same under
 // `mpiexec -n 1`, `-n 2`, `-n 3`, ... and with `--single` (no exchange at all).
 //
-//   mpiexec -n 2 distributed_schedule [--quick] [--single] [--data DIR] [--meta-iterations N]
+//   mpiexec -n 2 distributed_schedule [--quick] [--single] [--data DIR|mnist] [--meta-iterations N]
 //                                     [--shard-size S] [--seed N]
 //
 // See README.md beside this file.
@@ -60,10 +60,12 @@ Options parse(int argc, char** argv) {
       std::printf("usage: mpiexec -n P %s [--quick] [--single | --sharded-state] [--data DIR] [--meta-iterations N]\n"
                   "                  [--shard-size S] [--seed N]\n"
                   "  --quick         MLP 784-20-10, T = 10, 500 examples (synthetic when DIR holds no MNIST files)\n"
+                  "  --data DIR      MNIST-format directory (default %s), or \"mnist\"\n"
+                  "                  (../shared/data/mnist or $HYPERGRAD_MNIST_DIR) or \"fashion-mnist\"; t10k only: two halves\n"
                   "  --single        evaluate every shard here (no exchange): the digest to compare with\n"
                   "  --sharded-state each process keeps only its slice of the optimizer state and buffer\n"
                   "  --shard-size S  examples per shard (default 50; --quick 10): the unit shared among processes\n",
-                  argv[0]);
+                  argv[0], hypergrad::defaultDataDirectory().c_str());
       std::exit(0);
     } else {
       throw hypergrad::InvalidArgument("unknown option '" + a + "' (see --help)");
@@ -120,13 +122,18 @@ int run(int argc, char** argv) {
   const bool print = rank == 0;
 
   // Every process reads the same data (from a shared file system, or its own copy).
-  const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : o.data;
+  const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : hypergrad::resolveDataDirectory(o.data);
   const Index n = o.quick ? 500 : 10000;
   hypergrad::Dataset train, valid;
   if (hypergrad::hasMnistSplit(dir, "train")) {
     const hypergrad::Dataset all = hypergrad::loadMnist(dir, "train", 2 * n);
     train = hypergrad::subset(all, 0, n);
     valid = hypergrad::subset(all, n, n);
+  } else if (hypergrad::hasMnistSplit(dir, "t10k")) {  // e.g. --data mnist, the test set alone: two halves
+    const hypergrad::Dataset all = hypergrad::loadMnist(dir, "t10k");
+    const Index half = std::min(n, all.numExamples() / 2);
+    train = hypergrad::subset(all, 0, half);
+    valid = hypergrad::subset(all, half, half);
   } else if (o.quick) {
     train = synthetic(n, 1);
     valid = synthetic(n, 2);

@@ -5,7 +5,7 @@
 // ∂f/∂w₁, and chains it to ∂f/∂log s_k = Σ_{i∈k} (∂f/∂w₁)_i s_k ε_i (ScaledInit::logScaleGradient);
 // Adam updates log s. The learned scales are compared with the 1/√fan-in heuristic.
 //
-//   init_scales [--quick] [--data DIR] [--out DIR] [--meta-iterations N] [--objective train|valid]
+//   init_scales [--quick] [--data DIR|mnist] [--out DIR] [--meta-iterations N] [--objective train|valid]
 //               [--scale0 S] [--alpha A] [--meta-step S] [--seed N]
 //
 // Writes init_scales.svg, init_scales_biases.svg, meta_learning_curve.svg, log.csv (losses per
@@ -48,8 +48,10 @@ void usage(const char* argv0) {
       "          [--scale0 S] [--alpha A] [--meta-step S] [--seed N]\n"
       "  --quick              tiny run (MLP 784-20-10, T = 10, 3 meta-iterations, 500 examples) for a smoke test;\n"
       "                       uses synthetic data when DIR holds no MNIST-format files\n"
-      "  --data DIR           MNIST-format directory (default %s); with only t10k files the\n"
-      "                       10,000 t10k examples are split 6,000 / 2,000 / 2,000 into train / valid / test\n"
+      "  --data DIR|NAME      MNIST-format directory (default %s), or a name:\n"
+      "                       \"mnist\" (../shared/data/mnist or $HYPERGRAD_MNIST_DIR) or \"fashion-mnist\";\n"
+      "                       with only t10k files the 10,000 t10k examples are split 6,000 / 2,000 / 2,000\n"
+      "                       into train / valid / test\n"
       "  --out DIR            output directory (default ./init_scales_out)\n"
       "  --meta-iterations N  meta-iterations (default 50, --quick 3)\n"
       "  --objective O        'train' (default, as the paper): final training loss; 'valid': validation loss\n"
@@ -118,7 +120,7 @@ hypergrad::Dataset synthetic(Index n, std::uint64_t seed) {
 }
 
 Splits loadSplits(const Options& o) {
-  const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : o.data;
+  const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : hypergrad::resolveDataDirectory(o.data);
   const Index nTrain = o.quick ? 500 : 10000, nValid = o.quick ? 500 : 10000, nTest = o.quick ? 500 : 10000;
   Splits s;
   if (hypergrad::hasMnistSplit(dir, "train")) {

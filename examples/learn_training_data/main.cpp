@@ -13,7 +13,7 @@
 // outside [0, 1] show), meta_learning_curve.svg, log.csv (one row per meta-iteration) and summary.csv (validation and
 // test loss / error of the learned set against two real-data baselines).
 //
-// Usage: learn_training_data [--data DIR] [--out DIR] [--quick] [--init zeros|gray|means]
+// Usage: learn_training_data [--data DIR|mnist] [--out DIR] [--quick] [--init zeros|gray|means]
 //                            [--steps T] [--meta-iterations M] [--meta-step S] [--alpha A] [--gamma G]
 
 #include <algorithm>
@@ -64,8 +64,9 @@ struct Options {
 void printUsage(std::FILE* out) {
   std::fputs(
       "usage: learn_training_data [options]\n"
-      "  --data DIR           MNIST-format directory (default /usr/share/datasets/fashion-mnist; one\n"
-      "                       with only t10k files is split into validation / test / baseline pool)\n"
+      "  --data DIR|NAME      MNIST-format directory (default /usr/share/datasets/fashion-mnist; one\n"
+      "                       with only t10k files is split into validation / test / baseline pool), or a\n"
+      "                       name: \"mnist\" (../shared/data/mnist or $HYPERGRAD_MNIST_DIR) or \"fashion-mnist\"\n"
       "  --out DIR            output directory (default ./learn_training_data_out)\n"
       "  --quick              tiny settings (seconds); synthetic data when no data directory is found\n"
       "  --init zeros|gray|means  starting images: black, 0.5 grey, or class means of the pool\n"
@@ -182,30 +183,31 @@ Dataset syntheticData(Index n, std::uint64_t stream) {
 // with only t10k (e.g. the MNIST test set) is split in three. Without data, --quick uses
 // synthetic data; a full run lets loadMnist throw its DataError (which says how to get the data).
 Splits loadSplits(const Options& opt) {
+  const std::string dir = hypergrad::resolveDataDirectory(opt.data);  // "mnist", "fashion-mnist" or a path
   Splits s;
-  const bool train = hypergrad::hasMnistSplit(opt.data, "train"), t10k = hypergrad::hasMnistSplit(opt.data, "t10k");
+  const bool train = hypergrad::hasMnistSplit(dir, "train"), t10k = hypergrad::hasMnistSplit(dir, "t10k");
   if (train || (!t10k && !opt.quick)) {
-    const Dataset all = hypergrad::loadMnist(opt.data, "train", opt.valid + kPool);
+    const Dataset all = hypergrad::loadMnist(dir, "train", opt.valid + kPool);
     if (all.numExamples() < 2 * kPool)
-      throw hypergrad::DataError("learn_training_data: '" + opt.data + "' holds too few training examples");
+      throw hypergrad::DataError("learn_training_data: '" + dir + "' holds too few training examples");
     s.valid = hypergrad::subset(all, 0, all.numExamples() - kPool);
     s.pool = hypergrad::subset(all, all.numExamples() - kPool, kPool);
-    s.test = hypergrad::loadMnist(opt.data, "t10k", opt.test);
-    s.source = opt.data + " (train split: validation + baseline pool; t10k: test)";
+    s.test = hypergrad::loadMnist(dir, "t10k", opt.test);
+    s.source = dir + " (train split: validation + baseline pool; t10k: test)";
   } else if (t10k) {
-    const Dataset all = hypergrad::loadMnist(opt.data, "t10k");
+    const Dataset all = hypergrad::loadMnist(dir, "t10k");
     const Index rest = all.numExamples() - kPool;
-    if (rest < 2) throw hypergrad::DataError("learn_training_data: '" + opt.data + "' holds too few examples");
+    if (rest < 2) throw hypergrad::DataError("learn_training_data: '" + dir + "' holds too few examples");
     const Index valid = std::min(opt.valid, rest / 2), test = std::min(opt.test, rest - valid);
     s.pool = hypergrad::subset(all, 0, kPool);
     s.valid = hypergrad::subset(all, kPool, valid);
     s.test = hypergrad::subset(all, kPool + valid, test);
-    s.source = opt.data + " (only t10k found: split into baseline pool, validation and test)";
+    s.source = dir + " (only t10k found: split into baseline pool, validation and test)";
   } else {
     s.valid = syntheticData(opt.valid, 2);
     s.test = syntheticData(opt.test, 3);
     s.pool = syntheticData(kPool, 4);
-    s.source = "SYNTHETIC data (no MNIST-format files in '" + opt.data + "'; --quick only)";
+    s.source = "SYNTHETIC data (no MNIST-format files in '" + dir + "'; --quick only)";
   }
   return s;
 }

@@ -5,7 +5,7 @@
 // meta-iteration trains forward, then runs training backwards bit for bit to get the gradient of
 // the final loss with respect to all 1,600 schedule entries.
 //
-//   learning_rate_schedule [--quick] [--data DIR] [--out DIR] [--meta-iterations N]
+//   learning_rate_schedule [--quick] [--data DIR|mnist] [--out DIR] [--meta-iterations N]
 //                          [--alpha0 A] [--meta-step S] [--seed N]
 //
 // Writes schedules.svg, bias_schedules.svg, momentum_schedules.svg, learning_curves.svg,
@@ -46,8 +46,10 @@ void usage(const char* argv0) {
       "usage: %s [--quick] [--data DIR] [--out DIR] [--meta-iterations N] [--alpha0 A] [--meta-step S] [--seed N]\n"
       "  --quick              tiny run (MLP 784-20-10, T = 10, 3 meta-iterations, 500 examples) for a smoke test;\n"
       "                       uses synthetic data when DIR holds no MNIST-format files\n"
-      "  --data DIR           MNIST-format directory (default %s); with only t10k files the\n"
-      "                       10,000 t10k examples are split 6,000 / 2,000 / 2,000 into train / valid / test\n"
+      "  --data DIR|NAME      MNIST-format directory (default %s), or a name:\n"
+      "                       \"mnist\" (../shared/data/mnist or $HYPERGRAD_MNIST_DIR) or \"fashion-mnist\";\n"
+      "                       with only t10k files the 10,000 t10k examples are split 6,000 / 2,000 / 2,000\n"
+      "                       into train / valid / test\n"
       "  --out DIR            output directory (default ./learning_rate_schedule_out)\n"
       "  --meta-iterations N  meta-iterations (default 50, --quick 3)\n"
       "  --alpha0 A           initial learning rate (default 0.1), --meta-step S Adam step (default 0.04)\n"
@@ -107,7 +109,7 @@ hypergrad::Dataset synthetic(Index n, std::uint64_t seed) {
 }
 
 Splits loadSplits(const Options& o) {
-  const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : o.data;
+  const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : hypergrad::resolveDataDirectory(o.data);
   const Index nTrain = o.quick ? 500 : 10000, nValid = o.quick ? 500 : 10000, nTest = o.quick ? 500 : 10000;
   Splits s;
   if (hypergrad::hasMnistSplit(dir, "train")) {

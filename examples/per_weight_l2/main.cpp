@@ -17,7 +17,7 @@
 // class), weights.png (learned weights per class), meta_learning_curve.svg, global_l2_grid.svg,
 // log.csv (one row per meta-iteration) and summary.csv (the comparison table).
 //
-// Usage: per_weight_l2 [--data DIR] [--out DIR] [--quick] [--train N] [--steps T] [--batch B]
+// Usage: per_weight_l2 [--data DIR|mnist] [--out DIR] [--quick] [--train N] [--steps T] [--batch B]
 //                      [--meta-iterations M] [--meta-step S] [--alpha A] [--gamma G]
 
 #include <algorithm>
@@ -71,8 +71,9 @@ struct Options {
 void printUsage(std::FILE* out) {
   std::fputs(
       "usage: per_weight_l2 [options]\n"
-      "  --data DIR           MNIST-format directory (default /usr/share/datasets/fashion-mnist; one\n"
-      "                       with only t10k files is split into train / validation / test)\n"
+      "  --data DIR|NAME      MNIST-format directory (default /usr/share/datasets/fashion-mnist; one\n"
+      "                       with only t10k files is split into train / validation / test), or a name:\n"
+      "                       \"mnist\" (../shared/data/mnist or $HYPERGRAD_MNIST_DIR) or \"fashion-mnist\"\n"
       "  --out DIR            output directory (default ./per_weight_l2_out)\n"
       "  --quick              tiny settings (seconds); synthetic data when no data directory is found\n"
       "  --train N            training examples (default 1000)\n"
@@ -192,30 +193,31 @@ Dataset syntheticData(Index n, std::uint64_t stream) {
 // only t10k (e.g. the MNIST test set) is split in three. Without data, --quick uses synthetic
 // data; a full run lets loadMnist throw its DataError (which says how to get the data).
 Splits loadSplits(const Options& opt) {
+  const std::string dir = hypergrad::resolveDataDirectory(opt.data);  // "mnist", "fashion-mnist" or a path
   Splits s;
-  const bool train = hypergrad::hasMnistSplit(opt.data, "train"), t10k = hypergrad::hasMnistSplit(opt.data, "t10k");
+  const bool train = hypergrad::hasMnistSplit(dir, "train"), t10k = hypergrad::hasMnistSplit(dir, "t10k");
   if (train || (!t10k && !opt.quick)) {
-    const Dataset all = hypergrad::loadMnist(opt.data, "train", opt.train + opt.valid);
+    const Dataset all = hypergrad::loadMnist(dir, "train", opt.train + opt.valid);
     if (all.numExamples() < opt.train + 2)
-      throw hypergrad::DataError("per_weight_l2: '" + opt.data + "' holds too few training examples");
+      throw hypergrad::DataError("per_weight_l2: '" + dir + "' holds too few training examples");
     s.train = hypergrad::subset(all, 0, opt.train);
     s.valid = hypergrad::subset(all, opt.train, all.numExamples() - opt.train);
-    s.test = hypergrad::loadMnist(opt.data, "t10k", opt.test);
-    s.source = opt.data + " (train split: training + validation; t10k: test)";
+    s.test = hypergrad::loadMnist(dir, "t10k", opt.test);
+    s.source = dir + " (train split: training + validation; t10k: test)";
   } else if (t10k) {
-    const Dataset all = hypergrad::loadMnist(opt.data, "t10k");
+    const Dataset all = hypergrad::loadMnist(dir, "t10k");
     const Index rest = all.numExamples() - opt.train;
-    if (rest < 2) throw hypergrad::DataError("per_weight_l2: '" + opt.data + "' holds too few examples to split");
+    if (rest < 2) throw hypergrad::DataError("per_weight_l2: '" + dir + "' holds too few examples to split");
     const Index valid = std::min(opt.valid, rest / 2), test = std::min(opt.test, rest - valid);
     s.train = hypergrad::subset(all, 0, opt.train);
     s.valid = hypergrad::subset(all, opt.train, valid);
     s.test = hypergrad::subset(all, opt.train + valid, test);
-    s.source = opt.data + " (only t10k found: split into training, validation and test)";
+    s.source = dir + " (only t10k found: split into training, validation and test)";
   } else {
     s.train = syntheticData(opt.train, 1);
     s.valid = syntheticData(opt.valid, 2);
     s.test = syntheticData(opt.test, 3);
-    s.source = "SYNTHETIC data (no MNIST-format files in '" + opt.data + "'; --quick only)";
+    s.source = "SYNTHETIC data (no MNIST-format files in '" + dir + "'; --quick only)";
   }
   return s;
 }

@@ -4,7 +4,7 @@
 // gradient descent over repeated runs, each differentiated exactly by the reverse pass. Both
 // minimise the validation loss; both are then judged on a fresh training run.
 //
-//   realtime_schedule [--quick] [--data DIR] [--out DIR] [--meta-step B] [--interval D] [--seed N]
+//   realtime_schedule [--quick] [--data DIR|mnist] [--out DIR] [--meta-step B] [--interval D] [--seed N]
 //
 // Writes budget.svg, learning_rates.svg and log.csv to the output directory (README.md beside
 // this file).
@@ -53,7 +53,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--help" || a == "-h") {
       std::printf("usage: %s [--quick] [--data DIR] [--out DIR] [--meta-step B] [--interval D] [--seed N]\n"
                   "  --quick        MLP 784-20-10, T = 40, 500 examples per split (synthetic without data)\n"
-                  "  --data DIR     MNIST-format directory (default %s; t10k only: split 6,000/2,000/2,000)\n"
+                  "  --data DIR     MNIST-format directory (default %s; t10k only: split 6,000/2,000/2,000),\n"
+                  "                 or \"mnist\" (../shared/data/mnist or $HYPERGRAD_MNIST_DIR) or \"fashion-mnist\"\n"
                   "  --meta-step B  step on the learning rates, both methods (default 0.002)\n"
                   "  --interval D   RTHO's steps between updates (default 10)\n",
                   argv[0], hypergrad::defaultDataDirectory().c_str());
@@ -87,7 +88,7 @@ hypergrad::Dataset synthetic(Index n, std::uint64_t seed) {
 }
 
 Splits loadSplits(const Options& o) {
-  const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : o.data;
+  const std::string dir = o.data.empty() ? hypergrad::defaultDataDirectory() : hypergrad::resolveDataDirectory(o.data);
   const Index n = o.quick ? 500 : 10000;
   Splits s;
   if (hypergrad::hasMnistSplit(dir, "train")) {

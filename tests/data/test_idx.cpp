@@ -1,12 +1,15 @@
 // Tests of the IDX reader and the MNIST loader (include/hypergrad/data/idx.hpp): round trips of
 // every element type, plain and gzip; every malformed-input error with its message; loadMnist on
-// synthetic files; and, where installed, the real Fashion-MNIST / MNIST test sets.
+// synthetic files; resolveDataDirectory's names and where it looks for "mnist"; and, where
+// installed, the real Fashion-MNIST / MNIST test sets.
 #include <catch2/catch.hpp>
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -594,6 +597,164 @@ TEST_CASE("checksumFile matches the published MD5s of the MNIST test files where
   CHECK(labels.fileMd5 == "ec29112dd5afa0611ce80d1b7f02629c");
   CHECK(images.contentBytes == 16 + 10000 * 784);
   CHECK(labels.contentBytes == 8 + 10000);
+#else
+  WARN("skipped: HYPERGRAD_SHARED_DATA_DIR not defined");
+#endif
+}
+
+namespace {
+
+/// Sets (or, given nullptr, unsets) an environment variable for one scope, then restores it.
+class ScopedEnvironment {
+ public:
+  ScopedEnvironment(const char* name, const char* value) : m_name(name) {
+    if (const char* old = std::getenv(name)) m_old = old, m_had = true;
+    if (value != nullptr) ::setenv(name, value, 1);
+    else ::unsetenv(name);
+  }
+  ~ScopedEnvironment() {
+    if (m_had) ::setenv(m_name.c_str(), m_old.c_str(), 1);
+    else ::unsetenv(m_name.c_str());
+  }
+  ScopedEnvironment(const ScopedEnvironment&) = delete;
+  ScopedEnvironment& operator=(const ScopedEnvironment&) = delete;
+
+ private:
+  std::string m_name, m_old;
+  bool m_had = false;
+};
+
+/// Makes `directory` (created if needed) the working directory for one scope, then restores the old one.
+/// Declare it after the TempDir it points into, so the old directory is back before that one is removed.
+class ScopedWorkingDirectory {
+ public:
+  explicit ScopedWorkingDirectory(const fs::path& directory) : m_old(fs::current_path()) {
+    fs::create_directories(directory);
+    fs::current_path(directory);
+  }
+  ~ScopedWorkingDirectory() {
+    std::error_code ec;
+    fs::current_path(m_old, ec);
+  }
+  ScopedWorkingDirectory(const ScopedWorkingDirectory&) = delete;
+  ScopedWorkingDirectory& operator=(const ScopedWorkingDirectory&) = delete;
+
+ private:
+  fs::path m_old;
+};
+
+/// A two-image MNIST-format t10k split (gzip) in `<tmp>/<subdirectory>`, created if needed.
+void writeTinyT10k(const TempDir& tmp, const std::string& subdirectory) {
+  fs::create_directories(tmp.file(subdirectory));
+  writeMnistSplit(tmp, subdirectory + "/t10k", 2, 28, 28, {7, 2}, true);
+}
+
+bool sameDirectory(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return fs::equivalent(a, b, ec);
+}
+
+}  // namespace
+
+TEST_CASE("resolveDataDirectory returns a directory path unchanged and maps \"fashion-mnist\" to the default",
+          "[data][resolve]") {
+  // Paths are not checked here (loadMnist reports a missing one); only the two names are special.
+  for (const std::string path : {"/nonexistent/hypergrad-data", "data/mnist", "./mnist", "MNIST", "mnist/", ""}) {
+    INFO("'" << path << "'");
+    CHECK(resolveDataDirectory(path) == path);
+  }
+  CHECK(resolveDataDirectory("fashion-mnist") == defaultDataDirectory());
+  CHECK(resolveDataDirectory("fashion-mnist") == "/usr/share/datasets/fashion-mnist");
+}
+
+TEST_CASE("resolveDataDirectory(\"mnist\") looks in $HYPERGRAD_MNIST_DIR first", "[data][resolve]") {
+  TempDir tmp;
+  writeTinyT10k(tmp, "my-mnist");
+  const ScopedEnvironment variable(mnistDirectoryVariable, tmp.file("my-mnist").c_str());
+  CHECK(std::string(mnistDirectoryVariable) == "HYPERGRAD_MNIST_DIR");
+  REQUIRE_FALSE(mnistDirectoryCandidates().empty());
+  CHECK(mnistDirectoryCandidates().front() == tmp.file("my-mnist"));
+  const std::string directory = resolveDataDirectory("mnist");
+  CHECK(directory == tmp.file("my-mnist"));  // before ../shared/data/mnist, wherever the tests run
+  const Dataset d = loadMnist(directory, "t10k");
+  CHECK(d.numExamples() == 2);
+  CHECK(d.labels(0) == 7);
+}
+
+TEST_CASE("resolveDataDirectory(\"mnist\") finds ../shared/data/mnist from the working directory and up to four "
+          "levels below it",
+          "[data][resolve]") {
+  // The CI layout: a checkout whose sibling is shared/, tests run from build folders below it.
+  TempDir tmp;
+  writeTinyT10k(tmp, "shared/data/mnist");
+  const ScopedEnvironment variable(mnistDirectoryVariable, nullptr);
+  const std::string shared = tmp.file("shared/data/mnist");
+  for (const std::string below : {"checkout", "checkout/build", "checkout/build/native/tests", "checkout/a/b/c/d"}) {
+    INFO("working directory " << below);
+    const ScopedWorkingDirectory cd(tmp.file(below));
+    const std::vector<std::string> candidates = mnistDirectoryCandidates();
+    CHECK(std::find(candidates.begin(), candidates.end(), shared) != candidates.end());
+    CHECK(candidates.back() == "/usr/share/datasets/mnist");
+    CHECK(sameDirectory(resolveDataDirectory("mnist"), shared));
+  }
+  // Five levels below the checkout the walk stops short of its sibling.
+  const ScopedWorkingDirectory cd(tmp.file("checkout/a/b/c/d/e"));
+  const std::vector<std::string> candidates = mnistDirectoryCandidates();
+  CHECK(std::find(candidates.begin(), candidates.end(), shared) == candidates.end());
+  CHECK(std::find(candidates.begin(), candidates.end(), tmp.file("checkout/a/shared/data/mnist")) !=
+        candidates.end());
+  // An empty variable counts as unset; every candidate is absolute and without "..".
+  const ScopedEnvironment empty(mnistDirectoryVariable, "");
+  CHECK(mnistDirectoryCandidates() == candidates);
+  for (const std::string& c : candidates) {
+    INFO(c);
+    CHECK(fs::path(c).is_absolute());
+    CHECK(c.find("..") == std::string::npos);
+  }
+}
+
+TEST_CASE("resolveDataDirectory(\"mnist\") throws a DataError naming every directory it tried and what to do",
+          "[data][resolve]") {
+  if (!findDataDirectory({"/usr/share/datasets/mnist"}).empty()) {
+    WARN("skipped: /usr/share/datasets/mnist holds MNIST, so \"mnist\" always resolves on this machine");
+    return;
+  }
+  TempDir tmp;
+  fs::create_directories(tmp.file("empty"));
+  const ScopedWorkingDirectory cd(tmp.file("nowhere/below"));  // no shared/ beside any ancestor
+  {
+    // A variable that points at a directory without the files is passed over, and said to be set.
+    const ScopedEnvironment variable(mnistDirectoryVariable, tmp.file("empty").c_str());
+    const std::vector<std::string> candidates = mnistDirectoryCandidates();
+    REQUIRE(candidates.size() >= 3);
+    CHECK(candidates.front() == tmp.file("empty"));
+    const std::string m = dataErrorMessage([] { resolveDataDirectory("mnist"); });
+    for (const std::string& c : candidates) CHECK_THAT(m, Contains("\n  " + c));
+    CHECK_THAT(m, Contains(tmp.file("nowhere/shared/data/mnist")) && Contains("/usr/share/datasets/mnist") &&
+                      Contains("t10k-images-idx3-ubyte") && Contains("HYPERGRAD_MNIST_DIR is set") &&
+                      Contains("--data DIR") && Contains("set HYPERGRAD_MNIST_DIR=DIR"));
+  }
+  const ScopedEnvironment variable(mnistDirectoryVariable, nullptr);
+  const std::string m = dataErrorMessage([] { resolveDataDirectory("mnist"); });
+  CHECK_THAT(m, Contains("HYPERGRAD_MNIST_DIR is not set") && Contains(tmp.file("nowhere/shared/data/mnist")));
+  CHECK_THAT(m, !Contains(tmp.file("empty")));
+}
+
+TEST_CASE("resolveDataDirectory(\"mnist\") finds the shared MNIST test set from inside the checkout (else skips)",
+          "[data][resolve][real]") {
+#ifdef HYPERGRAD_SHARED_DATA_DIR
+  const std::string shared = HYPERGRAD_SHARED_DATA_DIR;  // <checkout>/../shared/data/mnist
+  if (!hasMnistSplit(shared, "t10k")) {
+    WARN("skipped: MNIST t10k files not found in " << shared);
+    return;
+  }
+  const fs::path checkout = fs::path(shared).parent_path().parent_path().parent_path().parent_path();
+  const ScopedEnvironment variable(mnistDirectoryVariable, nullptr);
+  const ScopedWorkingDirectory cd(checkout / "include" / "hypergrad" / "data");  // three levels down
+  const std::string directory = resolveDataDirectory("mnist");
+  CHECK(sameDirectory(directory, shared));
+  const Dataset d = loadMnist(directory, "t10k", 3);
+  CHECK(d.labels(0) == 7);  // MNIST's first test digit
 #else
   WARN("skipped: HYPERGRAD_SHARED_DATA_DIR not defined");
 #endif

@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -482,6 +483,71 @@ inline std::string findDataDirectory(const std::vector<std::string>& candidates)
 /// (split "train" or "t10k").
 inline bool hasMnistSplit(const std::string& directory, const std::string& split) {
   return !detail::idx::findFile(directory, split + "-images-idx3-ubyte").empty();
+}
+
+/// Environment variable naming the directory of the MNIST files, the first place
+/// resolveDataDirectory("mnist") looks: the way to point a clone without `../shared` (or an
+/// installed program) at a copy of MNIST, without changing any command line.
+inline constexpr const char* mnistDirectoryVariable = "HYPERGRAD_MNIST_DIR";
+
+/// \brief Where resolveDataDirectory("mnist") looks, in order: `$HYPERGRAD_MNIST_DIR` when it is
+/// set and not empty; `<a>/../shared/data/mnist` for `a` = the working directory and up to four of
+/// its ancestors; then `/usr/share/datasets/mnist`.
+///
+/// Why the walk up: a checkout whose sibling is `shared/` (this project's CI layout) runs its
+/// examples from the checkout and its tests from build folders one to three levels below it
+/// (`build/native/tests`), and all of them should find the same copy without a flag. The paths
+/// are absolute and lexically normal (no `..`), so messages say exactly where the files were
+/// looked for; duplicates (near the file-system root) are dropped.
+inline std::vector<std::string> mnistDirectoryCandidates() {
+  std::vector<std::string> candidates;
+  const auto add = [&candidates](const std::filesystem::path& path) {
+    const std::string text = path.lexically_normal().string();
+    if (std::find(candidates.begin(), candidates.end(), text) == candidates.end()) candidates.push_back(text);
+  };
+  if (const char* value = std::getenv(mnistDirectoryVariable); value != nullptr && *value != '\0') add(value);
+  std::error_code ec;
+  std::filesystem::path ancestor = std::filesystem::current_path(ec);
+  if (!ec) {
+    for (int level = 0; level <= 4; ++level, ancestor = ancestor.parent_path()) {
+      add(ancestor.parent_path() / "shared" / "data" / "mnist");
+      if (ancestor == ancestor.parent_path()) break;  // the root: nothing further up
+    }
+  }
+  add("/usr/share/datasets/mnist");
+  return candidates;
+}
+
+/// \brief The directory a `--data` argument means: a data set's name, or a directory.
+///
+/// - "fashion-mnist": defaultDataDirectory() (Debian's dataset-fashion-mnist).
+/// - "mnist": the first of mnistDirectoryCandidates() that holds MNIST-format images (train or
+///   t10k, gzip-compressed or not; see findDataDirectory). This lets the examples run on the
+///   paper's data set by name wherever a copy sits, e.g. the 10,000-image test set in
+///   `../shared/data/mnist`, without each of them knowing the layout.
+/// - anything else: returned unchanged, as a directory path (the behaviour before names existed;
+///   loadMnist reports a missing or empty one). To use a directory called `mnist` in the working
+///   directory, pass `./mnist`.
+///
+/// The names are matched exactly (lowercase). Nothing is read but directory entries.
+/// \throws DataError for "mnist" when no candidate holds the files; the message lists every
+///         directory tried and says what to do (pass the directory itself, or set
+///         HYPERGRAD_MNIST_DIR).
+inline std::string resolveDataDirectory(const std::string& nameOrDirectory) {
+  if (nameOrDirectory == "fashion-mnist") return defaultDataDirectory();
+  if (nameOrDirectory != "mnist") return nameOrDirectory;
+  const std::vector<std::string> candidates = mnistDirectoryCandidates();
+  const std::string found = findDataDirectory(candidates);
+  if (!found.empty()) return found;
+  std::string tried;
+  for (const std::string& directory : candidates) tried += "\n  " + directory;
+  const char* variable = std::getenv(mnistDirectoryVariable);
+  throw DataError(std::string("resolveDataDirectory: no MNIST files for \"mnist\": none of these directories holds "
+                              "t10k-images-idx3-ubyte[.gz] or train-images-idx3-ubyte[.gz] (") +
+                  mnistDirectoryVariable + (variable != nullptr && *variable != '\0' ? " is set" : " is not set") +
+                  "):" + tried + "\nPass the directory holding the MNIST files instead of the name (--data DIR), or " +
+                  "set " + mnistDirectoryVariable + "=DIR; get the files (train-/t10k-images-idx3-ubyte.gz and " +
+                  "-labels-idx1-ubyte.gz) from http://yann.lecun.com/exdb/mnist/ or a mirror");
 }
 
 namespace detail {
