@@ -354,3 +354,13 @@ TEST_CASE("CurveStopping stops a diverged run and a worsening one, and keeps a w
     CHECK(rule.lastProbability() == 1.0);
   }
 }
+
+TEST_CASE("the Student-t distribution function behind the predictions matches its closed forms", "[learning_curves]") {
+  for (double t : {-30.0, -3.0, -1.0, -0.2, 0.0, 0.5, 2.0, 10.0}) {
+    INFO("t = " << t);
+    CHECK(detail::studentTCdf(t, 1) == Approx(0.5 + std::atan(t) / 3.14159265358979323846).margin(1e-13));  // Cauchy
+    CHECK(detail::studentTCdf(t, 2) == Approx(0.5 + t / (2 * std::sqrt(2 + t * t))).margin(1e-13));
+    CHECK(detail::studentTCdf(t, 1e7) == Approx(0.5 * std::erfc(-t / std::sqrt(2.0))).margin(1e-6));  // → normal
+  }
+  CHECK(detail::studentTCdf(2.0, 5) == Approx(0.94903026).margin(1e-8));  // tables: t_5, 0.949
+}

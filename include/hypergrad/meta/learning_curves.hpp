@@ -38,10 +38,13 @@
 /// A fit is rejected (weight 0, with a reason) when it does not converge to finite values, when
 /// it predicts a final value worse than its own start (the families describe improving curves),
 /// or outside the bounds the caller gives (e.g. a loss ≥ 0, an accuracy ≤ 1). Family k predicts
-/// N(μ_k, s_k²) at the target with s_k² = σ̂_k² (1 + jᵀ (JᵀJ)⁻¹ j), σ̂_k² = RSS/(n − p_k): the
+/// μ_k at the target with scale s_k, s_k² = σ̂_k² (1 + jᵀ (JᵀJ)⁻¹ j), σ̂_k² = RSS/(n − p_k): the
 /// noise of one observation plus the parameters' uncertainty by linearisation (j = ∂z(target)/∂p,
-/// J the Jacobian at the observations). The ensemble is the mixture Σ w_k N(μ_k, s_k²): its mean
-/// and standard deviation, and P(final better than y*) = Σ w_k Φ(±(μ_k − z*)/s_k).
+/// J the Jacobian at the observations) — as a Student-t with n − p_k degrees of freedom, since σ̂_k
+/// is estimated from the same points: a prediction from a handful of points has heavy tails, which
+/// is what keeps an early stopping rule from trusting it. The ensemble is the mixture
+/// Σ w_k t_{n−p_k}(μ_k, s_k): its mean, a standard deviation (each family's scale s_k counted as
+/// its sd), and P(final better than y*) = Σ w_k F_{n−p_k}(±(y* − μ_k)/s_k).
 ///
 /// **Stopping rule** (CurveStopping, a train() callback): every `every` steps, record the user's
 /// metric; once `minPoints` are recorded, stop when P(final better than the best so far) falls
@@ -98,6 +101,38 @@ struct CurveFamily {
 };
 
 namespace detail {
+
+// The regularised incomplete beta function I_x(a, b) by its continued fraction (modified Lentz).
+inline double incompleteBeta(double a, double b, double x) {
+  if (x <= 0) return 0;
+  if (x >= 1) return 1;
+  const auto fraction = [](double p, double q, double v) {
+    const double tiny = 1e-300;
+    double c = 1, d = 1 - (p + q) * v / (p + 1);
+    d = 1 / (std::abs(d) < tiny ? tiny : d);
+    double h = d;
+    for (int m = 1; m <= 300; ++m) {
+      const double m2 = 2.0 * m;
+      for (const double aa : {m * (q - m) * v / ((p + m2 - 1) * (p + m2)), -(p + m) * (p + q + m) * v / ((p + m2) * (p + m2 + 1))}) {
+        d = 1 + aa * d;
+        d = 1 / (std::abs(d) < tiny ? tiny : d);
+        c = 1 + aa / c;
+        if (std::abs(c) < tiny) c = tiny;
+        h *= d * c;
+      }
+      if (std::abs(d * c - 1) < 1e-15) break;
+    }
+    return h;
+  };
+  const double front = std::exp(std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) + a * std::log(x) + b * std::log1p(-x));
+  return x < (a + 1) / (a + b + 2) ? front * fraction(a, b, x) / a : 1 - front * fraction(b, a, 1 - x) / b;
+}
+
+// P(T ≤ t) for Student's t with ν degrees of freedom.
+inline double studentTCdf(double t, double nu) {
+  const double tail = 0.5 * incompleteBeta(0.5 * nu, 0.5, nu / (nu + t * t));
+  return t > 0 ? 1 - tail : tail;
+}
 
 // Ordinary least squares of y on the columns of a (small, dense); empty on failure.
 inline std::vector<double> leastSquares(const Eigen::MatrixXd& a, const Eigen::VectorXd& y) {
@@ -271,10 +306,11 @@ struct CurveFit {
   std::string family;              ///< the family's name
   std::vector<double> parameters;  ///< fitted parameters (z units, the table's order)
   double noiseSd = 0;              ///< σ̂ = √(RSS / (n − p)), y units
+  double dof = 0;                  ///< n − p, the degrees of freedom of σ̂ and of the Student-t prediction
   double logLikelihood = -std::numeric_limits<double>::infinity();  ///< ℓ at σ² = RSS / n
   double weight = 0;               ///< Akaike weight in the ensemble (0 if rejected)
   double mean = std::numeric_limits<double>::quiet_NaN();  ///< predicted y at the target
-  double sd = std::numeric_limits<double>::quiet_NaN();    ///< its standard deviation
+  double sd = std::numeric_limits<double>::quiet_NaN();    ///< its scale s (Student-t with `dof` degrees of freedom)
   std::string rejected;            ///< why the fit is not in the ensemble; empty if it is
 };
 
@@ -283,7 +319,7 @@ struct CurvePrediction {
   double target = 0;   ///< the x predicted at
   CurveGoal goal = CurveGoal::Minimize;  ///< direction of improvement
   double mean = 0;     ///< the ensemble mixture's mean (y units)
-  double sd = 0;       ///< the mixture's standard deviation
+  double sd = 0;       ///< the mixture's standard deviation, with each family's scale s as its sd
   std::vector<CurveFit> fits;  ///< every family tried, in the table's order
 
   /// P(the value at the target is better than `best`: below it for Minimize, above for Maximize).
@@ -292,7 +328,7 @@ struct CurvePrediction {
     for (const CurveFit& f : fits) {
       if (f.weight <= 0) continue;
       const double d = goal == CurveGoal::Minimize ? best - f.mean : f.mean - best;
-      p += f.weight * (f.sd > 0 ? 0.5 * std::erfc(-d / (f.sd * std::sqrt(2.0))) : (d > 0 ? 1.0 : 0.0));
+      p += f.weight * (f.sd > 0 ? detail::studentTCdf(d / f.sd, f.dof) : (d > 0 ? 1.0 : 0.0));
     }
     return p;
   }
@@ -495,6 +531,7 @@ inline CurvePrediction extrapolateCurve(const std::vector<double>& x, const std:
         const Eigen::VectorXd jt = jTarget.row(0).transpose();
         const double leverage = jt.dot(a.ldlt().solve(jt));
         fit.noiseSd = std::sqrt(sigma2);
+        fit.dof = nd - static_cast<double>(k);
         fit.mean = sign * zTarget;
         fit.sd = std::sqrt(sigma2 * (1 + std::max(0.0, leverage)));
         if (!std::isfinite(fit.mean) || !std::isfinite(fit.sd))
