@@ -537,7 +537,7 @@ inline std::string resolveDataDirectory(const std::string& nameOrDirectory) {
   if (nameOrDirectory == "fashion-mnist") return defaultDataDirectory();
   if (nameOrDirectory != "mnist") return nameOrDirectory;
   const std::vector<std::string> candidates = mnistDirectoryCandidates();
-  const std::string found = findDataDirectory(candidates);
+  std::string found = findDataDirectory(candidates);
   if (!found.empty()) return found;
   std::string tried;
   for (const std::string& directory : candidates) tried += "\n  " + directory;

@@ -85,8 +85,11 @@ enum class CurveGoal {
 struct CurveFamily {
   /// What the start function sees of the data (z: the values the family is fitted to).
   struct Summary {
-    double xFirst, xMid, xLast;  ///< first, median and last observed x
-    double zFirst, zLast;        ///< z at the first and last observations (means of up to 3 neighbours)
+    double xFirst;  ///< first observed x
+    double xMid;    ///< median observed x
+    double xLast;   ///< last observed x
+    double zFirst;  ///< z at the first observations (mean of up to 3)
+    double zLast;   ///< z at the last observations (mean of up to 3)
     double range;                ///< a positive scale of z's observed change
     bool rising;                 ///< whether improving means rising z (always, for additive families)
     const std::vector<double>* x;  ///< all observed x
@@ -554,7 +557,7 @@ inline CurvePrediction extrapolateCurve(const std::vector<double>& x, const std:
                           " points (is the curve improving, and are the bounds right?):" + why);
   }
   double total = 0;
-  for (std::size_t i = 0; i < scores.size(); ++i) total += std::isfinite(scores[i]) ? std::exp(scores[i] - bestScore) : 0.0;
+  for (const double score : scores) total += std::isfinite(score) ? std::exp(score - bestScore) : 0.0;
   double mean = 0, second = 0;
   for (std::size_t i = 0; i < scores.size(); ++i) {
     CurveFit& f = out.fits[i];
