@@ -213,6 +213,17 @@ int main(int argc, char** argv) try {
     return loss;
   };
   using Rule = hypergrad::CurveStopping<decltype(lossOf)>;
+  // The rule's settings for a run of T steps, given the best final loss so far.
+  const auto settingsFor = [&](double best, double threshold, Index minPoints) {
+    Rule::Settings s;
+    s.finalStep = T;
+    s.best = best;
+    s.every = o.every;
+    s.minPoints = minPoints;
+    s.threshold = threshold;
+    s.curve.withBounds(0, kInf);
+    return s;
+  };
 
   // ---- the random search, cut by the curves (and finished anyway, for the baseline) ----
   hypergrad::CounterRng draw(o.seed, 77);
@@ -226,14 +237,7 @@ int main(int argc, char** argv) try {
     const hypergrad::MlpObjective objective = objectiveFor(id);
     hypergrad::SgdMomentum<> sgd(layout, hypergrad::Schedule::constant(T, G, run.alpha), hypergrad::Schedule::constant(T, G, run.gamma));
     sgd.start(hypergrad::ScaledInit(layout, logScales, seedFor(id)).weights());
-    Rule::Settings settings;
-    settings.finalStep = T;
-    settings.best = bestCut;
-    settings.every = o.every;
-    settings.minPoints = o.minPoints;
-    settings.threshold = o.threshold;
-    settings.curve.withBounds(0, kInf);
-    Rule rule(lossOf, settings);
+    Rule rule(lossOf, settingsFor(bestCut, o.threshold, o.minPoints));
     double ruleSeconds = 0;
     const double recordedBefore = recordingSeconds;
     auto start = Clock::now();
@@ -259,7 +263,7 @@ int main(int argc, char** argv) try {
     const bool divergedInCurve = !run.losses.empty() && !std::isfinite(run.losses.back());
     if (run.stoppedAt > 0 && !divergedInCurve && sgd.iteration() < T) {
       // The baseline: finish the run without the rule (a real cut search would not).
-      Rule recorder(lossOf, [&] { auto s = settings; s.best = kInf; return s; }());
+      Rule recorder(lossOf, settingsFor(kInf, o.threshold, o.minPoints));
       start = Clock::now();
       try {
         hypergrad::train(sgd, objective, recorder);
@@ -322,14 +326,7 @@ int main(int argc, char** argv) try {
   for (Replay& rep : replays) {
     double best = kInf;
     for (const Run& run : runs) {
-      Rule::Settings settings;
-      settings.finalStep = T;
-      settings.best = best;
-      settings.every = o.every;
-      settings.minPoints = rep.minPoints;
-      settings.threshold = rep.threshold;
-      settings.curve.withBounds(0, kInf);
-      Rule rule(lossOf, settings);
+      Rule rule(lossOf, settingsFor(best, rep.threshold, rep.minPoints));
       Index taken = run.stepsCut + run.stepsRest;
       for (std::size_t i = 0; i < run.steps.size(); ++i)
         if (rule.observe(static_cast<Index>(run.steps[i]), run.losses[i])) {

@@ -433,8 +433,8 @@ int run(const Options& opt) {
   hypergrad::writePngDiverging((out / "weights.png").string(), hypergrad::imageGrid(classTiles(weights), 5, 1, 0.0),
                                absMax, kPictures);
   std::printf(
-      "penalties.png: log lambda - %.2f, blue -%.2f (less penalty), white 0, red +%.2f (more); weights.png: blue "
-      "-%.3g, white 0, red +%.3g\n",
+      "penalties.png: log lambda minus its start (%.2f), blue -%.2f (less penalty), white 0, red +%.2f (more); "
+      "weights.png: blue -%.3g, white 0, red +%.3g\n",
       bestEta, etaMax, etaMax, absMax, absMax);
 
   hypergrad::SvgPlot curve("Per-weight L2: meta-learning curve", "meta-iteration", "cross-entropy loss");
