@@ -364,3 +364,20 @@ TEST_CASE("the Student-t distribution function behind the predictions matches it
   }
   CHECK(detail::studentTCdf(2.0, 5) == Approx(0.94903026).margin(1e-8));  // tables: t_5, 0.949
 }
+
+TEST_CASE("CurveStopping refuses steps out of order and bad curve options instead of treating them as a failed fit",
+          "[learning_curves]") {
+  using Rule = CurveStopping<std::function<double(int, Index)>>;
+  Rule::Settings settings;
+  settings.finalStep = 100;
+  settings.best = 0.5;
+  const auto metric = [](int, Index) { return 0.0; };
+  Rule rule(metric, settings);
+  CHECK_FALSE(rule.observe(5, 2.0));
+  CHECK_THROWS_WITH(rule.observe(5, 1.9), Catch::Contains("steps must be >= 1 and increase"));
+  CHECK_THROWS_AS(rule.observe(3, 1.9), InvalidArgument);
+  CHECK(rule.steps().size() == 1);  // nothing recorded by the refused calls
+  CHECK_THROWS_WITH(Rule(metric, [&] { auto s = settings; s.curve.withBounds(1, 0); return s; }()), Catch::Contains("CurveStopping: lower bound"));
+  CHECK_THROWS_WITH(Rule(metric, [&] { auto s = settings; s.curve.withFamilies({"pow5"}); return s; }()),
+                    Catch::Contains("CurveStopping: no curve family 'pow5'"));
+}

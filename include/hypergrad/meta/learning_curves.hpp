@@ -434,14 +434,23 @@ inline LmResult levenbergMarquardt(const CurveFamily& fam, const std::vector<dou
   return out;
 }
 
-}  // namespace detail
+// Refuses options that no curve could satisfy: empty bounds, unknown family names.
+inline void checkCurveOptions(const CurveExtrapolationOptions& options, const char* who) {
+  if (!(options.lowerBound < options.upperBound))
+    throw InvalidArgument(detail::message(who, ": lower bound ", options.lowerBound, " is not below the upper bound ", options.upperBound));
+  for (const std::string& name : options.families) {
+    const auto& all = curveFamilies();
+    if (std::none_of(all.begin(), all.end(), [&](const CurveFamily& f) { return f.name == name; }))
+      throw InvalidArgument(std::string(who) + ": no curve family '" + name +
+                            "'; the families are pow3, pow4, logPower, exp3, exp4, mmf, janoschek, weibull, vaporPressure, "
+                            "logLogLinear, ilog2");
+  }
+}
 
-/// Fits the families to (x, y) and predicts y at `target` (see learning_curves.hpp for the
-/// model). \throws InvalidArgument for x and y of different sizes, fewer than 3 points, x not
-/// strictly increasing or below 1, non-finite values, target not beyond the last x, unknown
-/// family names, or bounds that exclude the observations' own range direction (lower ≥ upper).
-inline CurvePrediction extrapolateCurve(const std::vector<double>& x, const std::vector<double>& y, double target,
-                                        const CurveExtrapolationOptions& options = {}) {
+// extrapolateCurve() without its last check: when no family fits, every fit carries its reason,
+// every weight is 0 and mean and sd are NaN (CurveStopping judges that case itself).
+inline CurvePrediction fitCurves(const std::vector<double>& x, const std::vector<double>& y, double target,
+                                 const CurveExtrapolationOptions& options) {
   const std::size_t n = x.size();
   if (y.size() != n) throw InvalidArgument(detail::message("extrapolateCurve: ", n, " steps but ", y.size(), " values; give one value per step"));
   if (n < 3) throw InvalidArgument(detail::message("extrapolateCurve: ", n, " points; at least 3 are needed to fit a curve"));
@@ -453,14 +462,7 @@ inline CurvePrediction extrapolateCurve(const std::vector<double>& x, const std:
   }
   if (!(target > x.back()))
     throw InvalidArgument(detail::message("extrapolateCurve: target step ", target, " is not beyond the last observed step ", x.back()));
-  if (!(options.lowerBound < options.upperBound))
-    throw InvalidArgument(detail::message("extrapolateCurve: lower bound ", options.lowerBound, " is not below the upper bound ", options.upperBound));
-  for (const std::string& name : options.families) {
-    const auto& all = curveFamilies();
-    if (std::none_of(all.begin(), all.end(), [&](const CurveFamily& f) { return f.name == name; }))
-      throw InvalidArgument("extrapolateCurve: no curve family '" + name + "'; the families are pow3, pow4, logPower, exp3, exp4, "
-                            "mmf, janoschek, weibull, vaporPressure, logLogLinear, ilog2");
-  }
+  checkCurveOptions(options, "extrapolateCurve");
 
   // z = s y for additive families, y itself for the others (see the file comment).
   const double s = options.goal == CurveGoal::Minimize ? -1.0 : 1.0;
@@ -551,10 +553,8 @@ inline CurvePrediction extrapolateCurve(const std::vector<double>& x, const std:
     out.fits.push_back(std::move(fit));
   }
   if (!std::isfinite(bestScore)) {
-    std::string why;
-    for (const CurveFit& f : out.fits) why += "\n  " + f.family + ": " + f.rejected;
-    throw InvalidArgument("extrapolateCurve: no curve family fits these " + std::to_string(n) +
-                          " points (is the curve improving, and are the bounds right?):" + why);
+    out.mean = out.sd = std::numeric_limits<double>::quiet_NaN();
+    return out;
   }
   double total = 0;
   for (const double score : scores) total += std::isfinite(score) ? std::exp(score - bestScore) : 0.0;
@@ -569,6 +569,25 @@ inline CurvePrediction extrapolateCurve(const std::vector<double>& x, const std:
   }
   out.mean = mean;
   out.sd = std::sqrt(std::max(0.0, second - mean * mean));
+  return out;
+}
+
+}  // namespace detail
+
+/// Fits the families to (x, y) and predicts y at `target` (see learning_curves.hpp for the
+/// model). \throws InvalidArgument for x and y of different sizes, fewer than 3 points, x not
+/// strictly increasing or below 1, non-finite values, target not beyond the last x, unknown
+/// family names, empty bounds (lower ≥ upper), or when no family fits (the message gives each
+/// family's reason: e.g. a curve that does not improve).
+inline CurvePrediction extrapolateCurve(const std::vector<double>& x, const std::vector<double>& y, double target,
+                                        const CurveExtrapolationOptions& options = {}) {
+  CurvePrediction out = detail::fitCurves(x, y, target, options);
+  if (std::none_of(out.fits.begin(), out.fits.end(), [](const CurveFit& f) { return f.weight > 0; })) {
+    std::string why;
+    for (const CurveFit& f : out.fits) why += "\n  " + f.family + ": " + f.rejected;
+    throw InvalidArgument("extrapolateCurve: no curve family fits these " + std::to_string(x.size()) +
+                          " points (is the curve improving, and are the bounds right?):" + why);
+  }
   return out;
 }
 
@@ -589,13 +608,15 @@ class CurveStopping {
     CurveExtrapolationOptions curve;  ///< goal, bounds, families
   };
 
-  /// \throws InvalidArgument for finalStep < 1, every < 1, minPoints < 3 or a threshold outside [0, 1].
+  /// \throws InvalidArgument for finalStep < 1, every < 1, minPoints < 3, a threshold outside
+  /// [0, 1], or curve options extrapolateCurve() would refuse (empty bounds, unknown families).
   CurveStopping(Metric metric, Settings settings) : m_metric(std::move(metric)), m_settings(std::move(settings)) {
     if (m_settings.finalStep < 1 || m_settings.every < 1 || m_settings.minPoints < 3 ||
         !(m_settings.threshold >= 0 && m_settings.threshold <= 1))
       throw InvalidArgument(detail::message("CurveStopping: finalStep ", m_settings.finalStep, ", every ", m_settings.every, ", minPoints ",
                                     m_settings.minPoints, ", threshold ", m_settings.threshold,
                                     "; need finalStep >= 1, every >= 1, minPoints >= 3, threshold in [0, 1]"));
+    detail::checkCurveOptions(m_settings.curve, "CurveStopping");
   }
 
   /// Records the metric after every `every` steps; true = stop (see the class comment).
@@ -606,12 +627,15 @@ class CurveStopping {
     return observe(step, m_metric(opt, t));
   }
 
-  /// The rule without an optimizer: records (step, value) and says whether to stop. Steps must
-  /// increase. Two cases the families cannot judge: a value that is not finite (the run
-  /// diverged) stops the run; a curve that no improving family fits (e.g. a loss rising since
-  /// the first record) is taken to improve no further, so the run stops unless its best recorded
-  /// value already beats `best`.
+  /// The rule without an optimizer: records (step, value) and says whether to stop. Two cases
+  /// the families cannot judge: a value that is not finite (the run diverged) stops the run; a
+  /// curve that no improving family fits (e.g. a loss rising since the first record) is taken to
+  /// improve no further, so the run stops unless its best recorded value already beats `best`.
+  /// \throws InvalidArgument (recording nothing) for a step below 1 or not after the last one.
   bool observe(Index step, double value) {
+    if (step < 1 || (!m_steps.empty() && static_cast<double>(step) <= m_steps.back()))
+      throw InvalidArgument(detail::message("CurveStopping::observe: step ", step, " after step ",
+                                            m_steps.empty() ? 0.0 : m_steps.back(), "; steps must be >= 1 and increase"));
     m_steps.push_back(static_cast<double>(step));
     m_values.push_back(value);
     if (!std::isfinite(value)) {
@@ -625,14 +649,14 @@ class CurveStopping {
         step >= m_settings.finalStep)
       return false;
     const bool minimise = m_settings.curve.goal == CurveGoal::Minimize;
-    try {
-      m_prediction = extrapolateCurve(m_steps, m_values, static_cast<double>(m_settings.finalStep), m_settings.curve);
+    m_prediction = detail::fitCurves(m_steps, m_values, static_cast<double>(m_settings.finalStep), m_settings.curve);
+    if (std::isfinite(m_prediction.mean)) {
       m_probability = m_prediction.probabilityBetterThan(m_settings.best);
       m_reason = "learning curve: P(final value better than " + detail::curveNumber(m_settings.best) +
                  ") = " + detail::curveNumber(m_probability) + " < " + detail::curveNumber(m_settings.threshold) + " at step " +
                  std::to_string(step) + " (predicted " + detail::curveNumber(m_prediction.mean) + " +- " +
                  detail::curveNumber(m_prediction.sd) + ")";
-    } catch (const InvalidArgument&) {
+    } else {  // no improving family fits: the run is taken to improve no further
       const double runBest = minimise ? *std::min_element(m_values.begin(), m_values.end())
                                       : *std::max_element(m_values.begin(), m_values.end());
       m_probability = (minimise ? runBest < m_settings.best : runBest > m_settings.best) ? 1.0 : 0.0;
