@@ -77,7 +77,7 @@ void usage(const char* argv0) {
       "  --meta-step S        Adam step from the random start (default 1e-3)\n"
       "  --fine-tune-step S   Adam step from the pretrained representation (default 1e-4)\n"
       "  --seed N             base seed (default 1)\n",
-      argv0, hypergrad::defaultDataDirectory().c_str(), 4);
+      argv0, hypergrad::defaultDataDirectory().c_str(), int(Options{}.metaBatch));
 }
 
 Options parse(int argc, char** argv) {

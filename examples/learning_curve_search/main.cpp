@@ -171,7 +171,6 @@ struct Run {
   double secondsCut = 0, secondsRest = 0;  // time until the stop, and to finish the run after it
   double secondsFitting = 0;               // of secondsCut: the rule's curve fits
   Index stepsCut = 0, stepsRest = 0;
-  std::string note;
 };
 
 }  // namespace
@@ -244,9 +243,8 @@ int main(int argc, char** argv) try {
     bool diverged = false;
     try {
       hypergrad::train(sgd, objective, Timed<Rule>{&rule, &ruleSeconds});
-    } catch (const hypergrad::Error& e) {  // e.g. a fixed-point overflow: the run diverged
+    } catch (const hypergrad::Error&) {  // e.g. a fixed-point overflow: the run diverged
       diverged = true;
-      run.note = e.what();
     }
     run.secondsCut = seconds(start);
     run.secondsFitting = ruleSeconds - (recordingSeconds - recordedBefore);
@@ -258,7 +256,6 @@ int main(int argc, char** argv) try {
       run.probability = rule.lastProbability();
       run.predicted = rule.lastPrediction().mean;
       run.predictedSd = rule.lastPrediction().sd;
-      run.note = rule.stopReason();
     }
     const bool divergedInCurve = !run.losses.empty() && !std::isfinite(run.losses.back());
     if (run.stoppedAt > 0 && !divergedInCurve && sgd.iteration() < T) {

@@ -355,10 +355,14 @@ struct LmResult {
   double rss = std::numeric_limits<double>::infinity();
 };
 
-inline double curveRss(const CurveFamily& fam, const std::vector<double>& x, const std::vector<double>& z, const double* p) {
+// The residual sum of squares at p (infinite where it is not finite); with `values`, also z(x_i; p).
+inline double curveRss(const CurveFamily& fam, const std::vector<double>& x, const std::vector<double>& z, const double* p,
+                       Eigen::VectorXd* values = nullptr) {
   double rss = 0;
   for (std::size_t i = 0; i < x.size(); ++i) {
-    const double r = z[i] - fam.value(x[i], p);
+    const double v = fam.value(x[i], p);
+    if (values) (*values)(static_cast<Index>(i)) = v;
+    const double r = z[i] - v;
     rss += r * r;
   }
   return std::isfinite(rss) ? rss : std::numeric_limits<double>::infinity();
@@ -395,15 +399,15 @@ inline bool curveJacobian(const CurveFamily& fam, const std::vector<double>& x, 
 inline LmResult levenbergMarquardt(const CurveFamily& fam, const std::vector<double>& x, const std::vector<double>& z,
                                    std::vector<double> p, int maxIterations) {
   LmResult out;
-  double rss = curveRss(fam, x, z, p.data());
+  // `values` holds z(x_i; p) for the current p: computed with its RSS, kept from the accepted trial.
+  Eigen::VectorXd values(static_cast<Index>(x.size())), trialValues(values.size());
+  double rss = curveRss(fam, x, z, p.data(), &values);
   if (!std::isfinite(rss)) return out;
   const Index k = fam.numParameters;
   Eigen::MatrixXd jac;
   Eigen::VectorXd r(static_cast<Index>(x.size()));
   double lambda = 1e-3;
-  Eigen::VectorXd values(static_cast<Index>(x.size()));
   for (int it = 0; it < maxIterations; ++it) {
-    for (std::size_t i = 0; i < x.size(); ++i) values(static_cast<Index>(i)) = fam.value(x[i], p.data());
     if (!curveJacobian(fam, x, p, jac, &values)) break;
     for (std::size_t i = 0; i < x.size(); ++i) r(static_cast<Index>(i)) = z[i] - values(static_cast<Index>(i));
     const Eigen::MatrixXd a = jac.transpose() * jac;
@@ -415,10 +419,12 @@ inline LmResult levenbergMarquardt(const CurveFamily& fam, const std::vector<dou
       const Eigen::VectorXd step = damped.ldlt().solve(g);
       std::vector<double> trial = p;
       for (Index j = 0; j < k; ++j) trial[static_cast<std::size_t>(j)] += step(j);
-      const double trialRss = step.allFinite() ? curveRss(fam, x, z, trial.data()) : std::numeric_limits<double>::infinity();
+      const double trialRss =
+          step.allFinite() ? curveRss(fam, x, z, trial.data(), &trialValues) : std::numeric_limits<double>::infinity();
       if (trialRss < rss) {
         const double gain = rss - trialRss;
         p = std::move(trial);
+        values.swap(trialValues);
         rss = trialRss;
         lambda = std::max(lambda / 3, 1e-12);
         improved = true;
